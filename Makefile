@@ -1,0 +1,40 @@
+# Two commands on a fresh machine with Python 3.11 and pip:
+#   make demo   - install vqzoo in .venv and run the offline demo (two pretrained zoo models)
+#   make test   - install vqzoo with its test extra in .venv-test and run the whole test suite
+#   make bench  - install the benchmark extra (PyTorch) in .venv-bench and print the tables
+
+PYTHON ?= python3
+TFDS_DATA_DIR ?= $(abspath ../shared/datasets/tensorflow_datasets)
+export TFDS_DATA_DIR
+
+.PHONY: demo test bench clean
+
+.venv/.done: pyproject.toml setup.cfg
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -e .
+	touch $@
+
+.venv-test/.done: pyproject.toml setup.cfg
+	$(PYTHON) -m venv .venv-test
+	.venv-test/bin/pip install -q --upgrade pip
+	.venv-test/bin/pip install -q -e '.[test]'
+	touch $@
+
+.venv-bench/.done: pyproject.toml setup.cfg
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install -q --upgrade pip
+	.venv-bench/bin/pip install -q -e '.[data,bench]'
+	touch $@
+
+demo: .venv/.done
+	.venv/bin/vqzoo demo --out vqzoo_demo.png
+
+test: .venv-test/.done
+	.venv-test/bin/python -m pytest -q
+
+bench: .venv-bench/.done
+	.venv-bench/bin/python benchmarks/run_all.py --json bench_results/latest.json
+
+clean:
+	rm -rf .venv .venv-test .venv-bench build *.egg-info

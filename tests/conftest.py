@@ -1,0 +1,38 @@
+"""Test setup: 8 simulated CPU devices (for pmap) and the prepared TFDS data directory."""
+
+import os
+from pathlib import Path
+
+# Must happen before JAX initialises its backends.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_TFDS = REPO.parent / "shared" / "datasets" / "tensorflow_datasets"
+if "TFDS_DATA_DIR" not in os.environ and SHARED_TFDS.is_dir():
+  os.environ["TFDS_DATA_DIR"] = str(SHARED_TFDS)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tfds_dir() -> str:
+  path = os.environ.get("TFDS_DATA_DIR")
+  if not path or not Path(path, "mnist").is_dir():
+    raise RuntimeError("tests need the prepared TFDS directory: set TFDS_DATA_DIR to "
+                       "../shared/datasets/tensorflow_datasets")
+  return path
+
+
+@pytest.fixture(scope="session")
+def mnist_test(tfds_dir) -> np.ndarray:
+  from vqzoo.data import load_images
+  return load_images("mnist", "test", tfds_dir)
+
+
+@pytest.fixture(scope="session")
+def mnist_train(tfds_dir) -> np.ndarray:
+  from vqzoo.data import load_images
+  return load_images("mnist", "train", tfds_dir)

@@ -1,0 +1,103 @@
+"""Shapes at every boundary, and clear errors for bad input."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig
+from vqzoo.images import to_float_images
+from vqzoo.model import build, build_codec
+
+CONFIGS = {
+    "mlp": ModelConfig(),
+    "mlp-ema": ModelConfig(quantizer=QuantizerConfig(ema=True)),
+    "conv": ModelConfig(arch="conv", conv=ConvConfig(16, 1, 8),
+                        quantizer=QuantizerConfig(32, 8)),
+    "conv-ema-rgb": ModelConfig(arch="conv", image_shape=(16, 12, 3), conv=ConvConfig(16, 1, 8),
+                                quantizer=QuantizerConfig(32, 8, ema=True)),
+}
+
+
+class ShapeTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_shapes_at_every_boundary(self):
+    for name, config in CONFIGS.items():
+      with self.subTest(name):
+        b = 3
+        h, w, c = config.image_shape
+        k, d = config.quantizer.num_embeddings, config.quantizer.embedding_dim
+        x = jax.random.uniform(jax.random.PRNGKey(0), (b, h, w, c))
+        model = build(config)
+        params, state = model.init(jax.random.PRNGKey(1), x, True)
+        apply = self.variant(model.apply, static_argnums=(4,))
+        out, new_state = apply(params, state, None, x, True)
+        latent = config.latent_shape
+        chex.assert_shape(out.reconstruction, (b, h, w, c))
+        chex.assert_shape(out.codes, (b, *latent))
+        chex.assert_shape([out.z_e, out.z_q], (b, *latent, d))
+        chex.assert_shape(out.code_counts, (k,))
+        chex.assert_rank([out.loss, out.reconstruction_loss, out.codebook_loss,
+                          out.commitment_loss, out.perplexity], 0)
+        assert out.codes.dtype == jnp.int32
+        chex.assert_trees_all_equal_shapes(state, new_state)
+        codec = build_codec(config)
+        codes, _ = self.variant(codec.apply, static_argnums=(3,))(params, state, None, "encode", x)
+        chex.assert_trees_all_equal(codes, out.codes)
+        images, _ = self.variant(codec.apply, static_argnums=(3,))(
+            params, state, None, "decode", codes)
+        chex.assert_shape(images, (b, h, w, c))
+        np.testing.assert_allclose(images, out.reconstruction, rtol=1e-5, atol=1e-6)
+
+
+def test_total_loss_is_sum_of_named_terms():
+  for name in ("mlp", "mlp-ema"):
+    config = CONFIGS[name]
+    x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
+    model = build(config)
+    params, state = model.init(jax.random.PRNGKey(1), x, True)
+    out, _ = model.apply(params, state, None, x, True)
+    np.testing.assert_allclose(out.reconstruction_loss, jnp.mean((x - out.reconstruction) ** 2),
+                               rtol=1e-6)
+    embed = 0.0 if config.quantizer.ema else out.codebook_loss
+    np.testing.assert_allclose(out.loss, out.reconstruction_loss + embed + 0.25 * out.commitment_loss,
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, match", [
+    ((2, 28, 28), r"expected shape \[B, 28, 28, 1\]"),
+    ((2, 28, 28, 3), r"expected shape \[B, 28, 28, 1\]"),
+    ((2, 32, 32, 1), r"expected shape \[B, 28, 28, 1\]"),
+])
+def test_module_refuses_wrong_shapes(shape, match):
+  model = build(ModelConfig())
+  with pytest.raises(ValueError, match=match):
+    model.init(jax.random.PRNGKey(0), jnp.zeros(shape), True)
+
+
+@pytest.mark.parametrize("images, match", [
+    (np.zeros((2, 28, 28, 1, 1), np.uint8), r"expected shape \[B, 28, 28, 1\].*rank 5"),
+    (np.zeros((2, 32, 32), np.uint8), "expected 28x28 pixels"),
+    (np.zeros((2, 28, 28, 3), np.uint8), "expected 1 channel"),
+    (np.full((2, 28, 28), 300, np.int32), "0-255"),
+    (np.full((2, 28, 28), -1, np.int32), "0-255"),
+    (np.full((2, 28, 28), 1.5, np.float32), r"\[0, 1\]"),
+    (np.full((2, 28, 28), -0.1, np.float32), r"\[0, 1\]"),
+    (np.full((2, 28, 28), np.nan, np.float32), "NaN"),
+    (np.zeros((0, 28, 28), np.uint8), "empty"),
+    (np.array([["a"]]), "dtype"),
+])
+def test_bad_images_are_refused_with_what_was_expected(images, match):
+  with pytest.raises(ValueError, match=match):
+    to_float_images(images, (28, 28, 1))
+
+
+def test_good_images_are_accepted_in_every_layout():
+  u8 = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28) % 256
+  for images in (u8.astype(np.uint8), u8.astype(np.uint8)[..., None], u8[0].astype(np.uint8),
+                 u8.astype(np.float32) / 255):
+    x = to_float_images(images, (28, 28, 1))
+    assert x.dtype == np.float32 and x.ndim == 4 and x.shape[1:] == (28, 28, 1)
+    assert 0.0 <= x.min() and x.max() <= 1.0

@@ -1,0 +1,96 @@
+"""Model cards in the Hugging Face format (YAML front matter + Markdown)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from vqzoo.configs import ModelConfig, TrainConfig
+
+DATASET_CREDITS = {
+    "mnist": ("MNIST", "Y. LeCun, C. Cortes and C. J. C. Burges", "cc-by-sa-3.0",
+              "CC BY-SA 3.0"),
+    "fashion_mnist": ("Fashion-MNIST", "H. Xiao, K. Rasul and R. Vollgraf (Zalando Research)",
+                      "mit", "MIT"),
+}
+HUB_DATASET_IDS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist"}
+
+METRIC_ROWS = (("mse", "MSE (per pixel, [0, 1] scale)", "{:.5f}"), ("psnr", "PSNR (dB)", "{:.2f}"),
+               ("perplexity", "Perplexity", "{:.1f}"), ("codes_used", "Codes used", "{:d}"),
+               ("bits_per_image", "Bits per image", "{:.0f}"))
+
+
+def _front_matter(name: str, dataset: str | None, metrics: Mapping[str, Any] | None) -> str:
+  lines = ["---", "library_name: vqzoo", "license: apache-2.0",
+           "tags:", "- vq-vae", "- jax", "- haiku", "- vqzoo", "- image-reconstruction"]
+  if dataset:
+    lines += ["datasets:", f"- {HUB_DATASET_IDS.get(dataset, dataset)}"]
+  if metrics:
+    lines += ["model-index:", f"- name: {name}", "  results:", "  - task:",
+              "      type: image-to-image", "      name: Image reconstruction", "    dataset:",
+              f"      type: {HUB_DATASET_IDS.get(dataset, dataset)}",
+              f"      name: {DATASET_CREDITS.get(dataset, (dataset,))[0]}", "      split: test",
+              "    metrics:"]
+    for key, label, _ in METRIC_ROWS:
+      if key in metrics:
+        lines += [f"    - type: {key}", f"      name: {label}", f"      value: {metrics[key]}"]
+  return "\n".join(lines + ["---", ""])
+
+
+def metrics_table(metrics: Mapping[str, Any], columns: Mapping[str, Mapping[str, Any]] | None = None
+                  ) -> str:
+  """A Markdown table of metrics (one column, or several named columns)."""
+  columns = columns or {"value": metrics}
+  out = ["| metric | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+  for key, label, fmt in METRIC_ROWS:
+    if any(key in c for c in columns.values()):
+      cells = [fmt.format(c[key]) if key in c else "" for c in columns.values()]
+      out.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(out)
+
+
+def render_card(name: str, config: ModelConfig, description: str = "",
+                recipe: TrainConfig | None = None, metrics: Mapping[str, Any] | None = None,
+                dataset: str | None = None, lineage: Mapping[str, Any] | None = None,
+                extra_sections: Mapping[str, str] | None = None) -> str:
+  """Renders a full model card for a vqzoo model."""
+  q = config.quantizer
+  arch = ("MLP encoder/decoder " + f"{list(config.mlp.encoder_sizes)} / {list(config.mlp.decoder_sizes)}"
+          if config.arch == "mlp" else
+          f"conv encoder/decoder, {config.conv.num_hiddens} channels, "
+          f"{config.conv.num_residual_layers} residual layers of {config.conv.num_residual_hiddens}")
+  parts = [_front_matter(name, dataset, metrics), f"# {name}", "", description or
+           "A VQ-VAE (van den Oord et al., 2017, arXiv:1711.00937) from vqzoo.", "",
+           "## Architecture", "",
+           f"- {arch}; input {'x'.join(map(str, config.image_shape))}, latent grid "
+           f"{'x'.join(map(str, config.latent_shape)) or '1 code per image'}",
+           f"- codebook K={q.num_embeddings}, D={q.embedding_dim}, beta={q.commitment_cost}, "
+           + (f"EMA (decay {q.decay}, epsilon {q.epsilon})" if q.ema else "learnt by the embedding loss")
+           + (f", dead codes re-seeded below usage {q.dead_code_threshold}"
+              if q.dead_code_threshold else ""),
+           f"- output activation: {config.output_activation}", "",
+           "```json", json.dumps(config.to_dict(), indent=2), "```", ""]
+  if recipe is not None:
+    parts += ["## Training recipe", "", "```json", json.dumps(recipe.to_dict(), indent=2), "```", ""]
+  if lineage:
+    parts += ["## Lineage", "", "```json", json.dumps(dict(lineage), indent=2, default=str), "```",
+              ""]
+  if metrics:
+    parts += ["## Measured on the test split", "",
+              "Measured by `vqzoo eval` (code in `vqzoo/evaluate.py`) on the full test split; "
+              "reconstructions clipped to [0, 1]; PSNR = 10 log10(1 / MSE); bits per image = "
+              "latent positions x log2 K.", "", metrics_table(metrics), ""]
+  for title, body in (extra_sections or {}).items():
+    parts += [f"## {title}", "", body.strip(), ""]
+  parts += ["## Usage", "", "```python", "import vqzoo",
+            f'model = vqzoo.load("{name}")', "codes = model.encode(images)   # uint8 or [0, 1] floats",
+            "recon = model.decode(codes)", "```", "",
+            "## Limitations", "",
+            "Trained on small grayscale images; reconstructions of other kinds of images will be "
+            "poor. MSE is the only objective, so reconstructions are slightly blurry.", ""]
+  if dataset in DATASET_CREDITS:
+    title, authors, _, licence = DATASET_CREDITS[dataset]
+    parts += ["## Data and credit", "",
+              f"Trained and evaluated on {title} by {authors}, distributed under the {licence} "
+              "licence, read through TensorFlow Datasets.", ""]
+  return "\n".join(parts)

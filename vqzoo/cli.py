@@ -1,0 +1,194 @@
+"""The ``vqzoo`` command: list, info, reconstruct, eval, push, pull, demo, finetune."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+DEMO_MODELS = ("mnist-mlp", "mnist-conv-ema")
+DEMO_DIGITS = "mnist_test_digits.npy"
+
+
+def _load(name):
+  from vqzoo.loading import load
+  return load(name)
+
+
+def _bundled_digits() -> np.ndarray:
+  """32 real MNIST test digits (LeCun, Cortes & Burges; CC BY-SA 3.0) shipped with vqzoo."""
+  with resources.files("vqzoo.assets").joinpath(DEMO_DIGITS).open("rb") as f:
+    return np.load(f, allow_pickle=False)
+
+
+def _read_input(path: str) -> np.ndarray:
+  if path.lower().endswith(".npy"):
+    return np.load(path, allow_pickle=False)
+  from PIL import Image
+  with Image.open(path) as im:
+    return np.asarray(im.convert("L" if im.mode in ("L", "1", "P", "I") else im.mode))
+
+
+def _summary(model, images_u8_or_f, recon) -> dict:
+  x = model.preprocess(images_u8_or_f)
+  mse = float(np.mean((recon - x) ** 2))
+  codes = model.encode(images_u8_or_f)
+  return {"images": len(x), "mse": mse, "psnr": 10 * math.log10(1 / mse) if mse else math.inf,
+          "codes_used": int(len(np.unique(codes)))}
+
+
+def cmd_list(args):
+  from vqzoo import registry
+  for name in registry.list_models(args.pattern):
+    entry = registry.get_entry(name)
+    m = entry.metrics
+    tail = f"mse {m['mse']:.4f}  codes {m['codes_used']}" if m else "(not trained)"
+    print(f"{name:26s} {entry.description:60s} {tail}")
+
+
+def cmd_info(args):
+  from vqzoo import registry
+  from vqzoo.loading import load
+  entry = registry.get_entry(args.name)
+  model = load(args.name)
+  weights = entry.bundled_dir / "model.safetensors"
+  print(json.dumps({
+      "name": entry.name, "description": entry.description, "config": entry.config.to_dict(),
+      "recipe": entry.recipe.to_dict(), "bar": entry.bar, "metrics": entry.metrics,
+      "weights": {"repo_id": entry.weights.repo_id, "revision": entry.weights.revision,
+                  "sha256": entry.weights.sha256,
+                  "file_bytes": weights.stat().st_size if weights.exists() else None},
+      "parameters": model.num_parameters,
+  }, indent=2))
+
+
+def cmd_reconstruct(args):
+  from vqzoo.grid import save_comparison
+  model = _load(args.name)
+  if args.input:
+    images = _read_input(args.input)
+  elif args.dataset:
+    from vqzoo.data import load_images
+    images = load_images(args.dataset, args.split, args.data_dir)[:args.count]
+  else:
+    images = _bundled_digits()[:args.count]
+  x = model.preprocess(images)
+  recon = model.reconstruct(x)
+  save_comparison(args.out, x, recon)
+  print(json.dumps({**_summary(model, x, recon), "grid": str(args.out)}))
+
+
+def cmd_eval(args):
+  from vqzoo import registry
+  from vqzoo.data import load_images
+  from vqzoo.evaluate import evaluate
+  model = _load(args.name)
+  dataset = args.dataset or (registry.get_entry(args.name).eval_dataset
+                             if args.name in registry.REGISTRY else "mnist")
+  images = load_images(dataset, args.split, args.data_dir)
+  metrics = evaluate(model.config, model.params, model.state, images)
+  print(json.dumps({"model": args.name, "dataset": dataset, "split": args.split, **metrics},
+                   indent=2))
+
+
+def cmd_push(args):
+  from vqzoo.loading import load
+  model = load(args.dir)
+  info = model.push_to_hub(args.repo_id, commit_message=args.message, private=args.private)
+  print(json.dumps({"repo_id": args.repo_id, "commit": getattr(info, "oid", None),
+                    "url": str(getattr(info, "commit_url", info))}))
+
+
+def cmd_pull(args):
+  from vqzoo.loading import load
+  model = load("hf-hub:" + args.repo)
+  if args.out:
+    model.save_pretrained(args.out)
+  print(json.dumps({"repo": args.repo, **model.source, "saved_to": args.out}))
+
+
+def cmd_demo(args):
+  from vqzoo.grid import make_grid, save_png
+  digits = _bundled_digits()
+  x = digits.astype(np.float32) / 255
+  rows = [x]
+  for name in DEMO_MODELS:
+    model = _load(name)
+    recon = model.reconstruct(digits)
+    rows.append(recon)
+    s = _summary(model, digits, recon)
+    print(f"{name:16s} MSE {s['mse']:.5f}  PSNR {s['psnr']:.2f} dB  codes used {s['codes_used']}"
+          f"  ({s['images']} bundled MNIST test digits)")
+  save_png(args.out, make_grid(rows))
+  print(f"grid: {args.out} (rows: originals, {', '.join(DEMO_MODELS)})")
+
+
+def cmd_finetune(args, rest):
+  from vqzoo.finetune import main as finetune_main
+  return finetune_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="vqzoo", description="A model zoo of VQ-VAEs in JAX/haiku.")
+  sub = p.add_subparsers(dest="command", required=True)
+  s = sub.add_parser("list", help="list zoo models")
+  s.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'mnist-*'")
+  s.set_defaults(fn=cmd_list)
+  s = sub.add_parser("info", help="config, recipe, metrics, size of a zoo model")
+  s.add_argument("name")
+  s.set_defaults(fn=cmd_info)
+  s = sub.add_parser("reconstruct", help="write a PNG grid: originals above reconstructions")
+  s.add_argument("name", help="zoo name, hf-hub:owner/repo[@rev] or a directory")
+  src = s.add_mutually_exclusive_group()
+  src.add_argument("--input", help="a PNG or .npy file of images")
+  src.add_argument("--dataset", help="TFDS dataset name, e.g. mnist")
+  s.add_argument("--split", default="test")
+  s.add_argument("--count", type=int, default=16)
+  s.add_argument("--data-dir")
+  s.add_argument("--out", default="reconstruction.png")
+  s.set_defaults(fn=cmd_reconstruct)
+  s = sub.add_parser("eval", help="measure a model on a full split")
+  s.add_argument("name")
+  s.add_argument("--dataset")
+  s.add_argument("--split", default="test")
+  s.add_argument("--data-dir")
+  s.set_defaults(fn=cmd_eval)
+  s = sub.add_parser("push", help="push a saved model directory to the Hub")
+  s.add_argument("dir")
+  s.add_argument("repo_id")
+  s.add_argument("--message", default="Upload vqzoo model")
+  s.add_argument("--private", action="store_true")
+  s.set_defaults(fn=cmd_push)
+  s = sub.add_parser("pull", help="download a model from the Hub (owner/repo[@rev])")
+  s.add_argument("repo")
+  s.add_argument("--out", help="also save it to this directory")
+  s.set_defaults(fn=cmd_pull)
+  s = sub.add_parser("demo", help="reconstruct bundled MNIST digits with two zoo models, offline")
+  s.add_argument("--out", default="vqzoo_demo.png")
+  s.set_defaults(fn=cmd_demo)
+  sub.add_parser("finetune", help="fine-tune a model (see `vqzoo finetune --help`)",
+                 add_help=False)
+  return p
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ["finetune"]:
+    return cmd_finetune(None, argv[1:]) or 0
+  args = build_parser().parse_args(argv)
+  try:
+    return args.fn(args) or 0
+  except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"vqzoo {args.command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

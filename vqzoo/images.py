@@ -1,0 +1,53 @@
+"""Checking and converting user images: uint8 [0, 255] or float [0, 1], with or without channels."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def to_float_images(images, image_shape: Sequence[int]) -> np.ndarray:
+  """Validates ``images`` and returns ``[B, H, W, C]`` float32 in [0, 1].
+
+  Args:
+    images: ``[B, H, W, C]``, ``[B, H, W]`` (single channel), ``[H, W, C]`` or
+      ``[H, W]`` (a single image); uint8 in [0, 255] or float in [0, 1].
+    image_shape: the model's ``(H, W, C)``.
+
+  Raises:
+    ValueError: wrong rank, size or channel count; integers outside 0-255;
+      floats outside [0, 1]; NaN or Inf; an empty batch.
+  """
+  h, w, c = image_shape
+  expected = f"[B, {h}, {w}, {c}]" + (f" or [B, {h}, {w}]" if c == 1 else "")
+  x = np.asarray(images)
+  if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer)
+                                 or np.issubdtype(x.dtype, np.floating)):
+    raise ValueError(f"images: expected uint8 or float arrays, got dtype {x.dtype}")
+  if x.ndim == 2 or (x.ndim == 3 and x.shape == (h, w, c) and c != x.shape[0]):
+    x = x[None]  # a single image
+  if x.ndim == 3 and c == 1:
+    x = x[..., None]
+  if x.ndim != 4:
+    raise ValueError(f"images: expected shape {expected}, got {x.shape} (rank {x.ndim})")
+  if tuple(x.shape[1:3]) != (h, w):
+    raise ValueError(f"images: expected {h}x{w} pixels ({expected}), got {x.shape[1]}x"
+                     f"{x.shape[2]} (shape {x.shape})")
+  if x.shape[3] != c:
+    raise ValueError(f"images: expected {c} channel(s) ({expected}), got {x.shape[3]} "
+                     f"(shape {x.shape})")
+  if x.shape[0] == 0:
+    raise ValueError(f"images: expected at least one image ({expected}), got an empty batch")
+  if np.issubdtype(x.dtype, np.integer):
+    lo, hi = int(x.min()), int(x.max())
+    if lo < 0 or hi > 255:
+      raise ValueError(f"images: integer pixels must be in 0-255, got values in [{lo}, {hi}]")
+    return x.astype(np.float32) / 255.0
+  if not np.all(np.isfinite(x)):
+    raise ValueError("images: expected finite floats in [0, 1], found NaN or Inf")
+  lo, hi = float(x.min()), float(x.max())
+  if lo < 0.0 or hi > 1.0:
+    raise ValueError(f"images: float pixels must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}]"
+                     "; divide uint8 data by 255")
+  return x.astype(np.float32)

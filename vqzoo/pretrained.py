@@ -1,0 +1,167 @@
+"""A loaded VQ-VAE: config + params + state, with encode/decode/reconstruct and Hub I/O.
+
+A model directory (and a Hub repo) holds ``config.json`` (the :class:`ModelConfig`),
+``model.safetensors`` (params and state, flat ``/``-joined keys, float32) and a
+``README.md`` model card. Saving and pushing go through
+``huggingface_hub.ModelHubMixin``; loading checks every tensor against the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from huggingface_hub import ModelHubMixin, hf_hub_download
+
+from vqzoo import weights
+from vqzoo.cards import render_card
+from vqzoo.configs import ModelConfig
+from vqzoo.images import to_float_images
+from vqzoo.io import atomic_write_bytes, sha256_file
+from vqzoo.model import build, build_codec
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+
+
+class IntegrityError(ValueError):
+  """A weights file whose sha256 differs from its pin."""
+
+
+def verify_sha256(path: str | os.PathLike, expected: str | None) -> str:
+  """Returns the file's sha256; raises :class:`IntegrityError` if it is not ``expected``."""
+  actual = sha256_file(path)
+  if expected is not None and actual != expected:
+    raise IntegrityError(f"refusing {path}: sha256 is {actual}, expected {expected} "
+                         "(the file is corrupt or was altered)")
+  return actual
+
+
+def _commit_of(path: str) -> str | None:
+  match = re.search(r"[/\\]snapshots[/\\]([0-9a-f]{40})[/\\]", path)
+  return match.group(1) if match else None
+
+
+class PretrainedVQVAE(
+    ModelHubMixin,
+    library_name="vqzoo",
+    tags=["vq-vae", "jax", "haiku", "vqzoo"],
+    repo_url="https://github.com/vqzoo/vqzoo",
+):
+  """A VQ-VAE ready to use.
+
+  Attributes:
+    config: the :class:`ModelConfig`.
+    params, state: haiku params and state (the EMA codebook lives in state).
+    card: the model card (Markdown), if any.
+    source: where it was loaded from (``{"repo_id", "revision", "commit", "sha256"}`` or a path).
+  """
+
+  def __init__(self, config: ModelConfig, params=None, state=None, card: str | None = None,
+               source: dict[str, Any] | None = None):
+    if not isinstance(config, ModelConfig):
+      raise ValueError(f"config: expected a vqzoo.ModelConfig, got {type(config).__name__}")
+    init = lambda rng: build(config).init(rng, jnp.zeros((1, *config.image_shape)), True)
+    if params is None or state is None:
+      params, state = init(jax.random.PRNGKey(0))
+    template_params, template_state = jax.eval_shape(init, jax.random.PRNGKey(0))
+    weights.check_structure(template_params, params, "params")
+    weights.check_structure(template_state, state, "state")
+    self.config = config
+    self.params = jax.tree_util.tree_map(jnp.asarray, params)
+    self.state = jax.tree_util.tree_map(jnp.asarray, state)
+    self.card = card
+    self.source = source or {}
+    codec = build_codec(config)
+    self._encode = jax.jit(lambda p, s, x: codec.apply(p, s, None, "encode", x)[0])
+    self._decode = jax.jit(lambda p, s, c: jnp.clip(codec.apply(p, s, None, "decode", c)[0],
+                                                    0.0, 1.0))
+    self._reconstruct = jax.jit(
+        lambda p, s, x: jnp.clip(codec.apply(p, s, None, "reconstruct", x)[0], 0.0, 1.0))
+
+  # ------------------------------------------------------------------ inference
+
+  def preprocess(self, images) -> np.ndarray:
+    """uint8 or float images, with or without channel axis -> ``[B, H, W, C]`` float32."""
+    return to_float_images(images, self.config.image_shape)
+
+  def encode(self, images) -> np.ndarray:
+    """Images -> int32 codes ``[B]`` (MLP) or ``[B, H/4, W/4]`` (conv)."""
+    return np.asarray(self._encode(self.params, self.state, self.preprocess(images)))
+
+  def decode(self, codes) -> np.ndarray:
+    """int codes ``[B, ...latent]`` -> ``[B, H, W, C]`` float32 images in [0, 1]."""
+    codes = np.asarray(codes)
+    k = self.config.quantizer.num_embeddings
+    expected = self.config.latent_shape
+    if not np.issubdtype(codes.dtype, np.integer):
+      raise ValueError(f"codes: expected integers in [0, {k}), got dtype {codes.dtype}")
+    if codes.ndim != 1 + len(expected) or tuple(codes.shape[1:]) != expected:
+      raise ValueError(f"codes: expected shape [B{''.join(', ' + str(s) for s in expected)}], "
+                       f"got {codes.shape}")
+    if codes.size and (codes.min() < 0 or codes.max() >= k):
+      raise ValueError(f"codes: expected integers in [0, {k}), got values in "
+                       f"[{codes.min()}, {codes.max()}]")
+    return np.asarray(self._decode(self.params, self.state, codes.astype(np.int32)))
+
+  def reconstruct(self, images) -> np.ndarray:
+    """Images -> ``[B, H, W, C]`` float32 reconstructions in [0, 1]."""
+    return np.asarray(self._reconstruct(self.params, self.state, self.preprocess(images)))
+
+  @property
+  def num_parameters(self) -> int:
+    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(self.params)))
+
+  # ------------------------------------------------------------------ files and the Hub
+
+  def _save_pretrained(self, save_directory: Path) -> None:
+    save_directory = Path(save_directory)
+    weights.save(save_directory / WEIGHTS_NAME, self.params, self.state,
+                 metadata={"format": "vqzoo", "arch": self.config.arch})
+    atomic_write_bytes(save_directory / CONFIG_NAME,
+                       (json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+    card = self.card if self.card is not None else render_card("vqzoo-model", self.config)
+    atomic_write_bytes(save_directory / CARD_NAME, card.encode())
+
+  @classmethod
+  def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
+                       local_files_only: bool, token, config: ModelConfig | None = None,
+                       expected_sha256: str | None = None, **kwargs) -> "PretrainedVQVAE":
+    if config is None:
+      raise FileNotFoundError(f"{model_id}: no {CONFIG_NAME} found; is this a vqzoo model?")
+    if not isinstance(config, ModelConfig):
+      config = ModelConfig.from_dict(config)
+    if os.path.isdir(model_id):
+      weights_path = os.path.join(model_id, WEIGHTS_NAME)
+      card_path = os.path.join(model_id, CARD_NAME)
+      if not os.path.exists(weights_path):
+        raise FileNotFoundError(f"{model_id}: no {WEIGHTS_NAME}")
+      source = {"path": os.path.abspath(model_id)}
+    else:
+      common = dict(repo_id=model_id, revision=revision, cache_dir=cache_dir,
+                    force_download=force_download, local_files_only=local_files_only,
+                    token=token, library_name="vqzoo")
+      weights_path = hf_hub_download(filename=WEIGHTS_NAME, **common)
+      try:
+        card_path = hf_hub_download(filename=CARD_NAME, **common)
+      except Exception:  # a card is optional
+        card_path = None
+      source = {"repo_id": model_id, "revision": revision or "main",
+                "commit": _commit_of(weights_path)}
+    source["sha256"] = verify_sha256(weights_path, expected_sha256)
+    params, state = weights.load(weights_path)
+    card = Path(card_path).read_text() if card_path and os.path.exists(card_path) else None
+    return cls(config, params, state, card=card, source=source)
+
+  def __repr__(self) -> str:
+    q = self.config.quantizer
+    return (f"PretrainedVQVAE(arch={self.config.arch!r}, image_shape={self.config.image_shape}, "
+            f"K={q.num_embeddings}, D={q.embedding_dim}, ema={q.ema}, "
+            f"params={self.num_parameters:,})")

@@ -1,0 +1,247 @@
+"""Vector quantizers: a plain codebook (params) and an EMA codebook (state).
+
+Both follow van den Oord et al. (2017) and the seed's loss:
+
+    embedding (codebook) term   ||sg[z_e] - e||^2
+    commitment term        beta ||z_e - sg[e]||^2
+
+and pass gradients to the encoder with the straight-through estimator
+``z_q = z_e + sg[e - z_e]``. Nearest codes come from one matrix product,
+``||z||^2 - 2 z.e + ||e||^2``, never an ``[N, K, D]`` broadcast.
+
+Codebooks are stored ``[K, D]`` (one row per code). Haiku's own
+``hk.nets.VectorQuantizer*`` store the transpose; the tests check that both give
+identical results on identical inputs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+
+class QuantizerOutput(NamedTuple):
+  """What a quantizer returns for inputs ``z_e`` of shape ``[..., D]``.
+
+  Attributes:
+    quantized: ``[..., D]`` straight-through quantized vectors (value of ``e``,
+      gradient of ``z_e``).
+    codes: ``[...]`` int32 code indices.
+    loss: scalar, the quantizer's share of the training loss.
+    codebook_loss: scalar ``mean ||sg[z_e] - e||^2`` (reported, but not part of
+      ``loss`` for the EMA quantizer, whose codebook follows moving averages).
+    commitment_loss: scalar ``mean ||z_e - sg[e]||^2`` (unweighted by beta).
+    perplexity: scalar ``exp(entropy)`` of the batch's code distribution.
+    code_counts: ``[K]`` int32 number of vectors assigned to each code.
+  """
+
+  quantized: jax.Array
+  codes: jax.Array
+  loss: jax.Array
+  codebook_loss: jax.Array
+  commitment_loss: jax.Array
+  perplexity: jax.Array
+  code_counts: jax.Array
+
+
+def squared_distances(flat_z: jax.Array, codebook: jax.Array) -> jax.Array:
+  """``[N, D] x [K, D] -> [N, K]`` squared Euclidean distances by one matmul."""
+  chex.assert_rank([flat_z, codebook], 2)
+  return (jnp.sum(jnp.square(flat_z), axis=1, keepdims=True)
+          - 2.0 * flat_z @ codebook.T
+          + jnp.sum(jnp.square(codebook), axis=1)[None, :])
+
+
+def nearest_codes(flat_z: jax.Array, codebook: jax.Array) -> jax.Array:
+  """``[N, D] x [K, D] -> [N]`` int32 index of the nearest code for each row."""
+  return jnp.argmin(squared_distances(flat_z, codebook), axis=1).astype(jnp.int32)
+
+
+def _psum(x, axis_name):
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _gather_rows(x, axis_name):
+  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+
+
+def _perplexity(counts: jax.Array) -> jax.Array:
+  probs = counts / jnp.maximum(jnp.sum(counts), 1.0)
+  return jnp.exp(-jnp.sum(probs * jnp.log(probs + 1e-10)))
+
+
+def reseed_dead_codes(codebook: jax.Array, usage: jax.Array, flat_z: jax.Array,
+                      threshold: float, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Replaces codes used less than ``threshold`` by random rows of ``flat_z``.
+
+  Args:
+    codebook: ``[K, D]``.
+    usage: ``[K]`` moving average of vectors per batch assigned to each code.
+    flat_z: ``[N, D]`` encoder outputs to draw new codes from.
+    threshold: usage below which a code is dead.
+    rng: PRNG key (identical on every replica, so replicas stay in sync).
+
+  Returns:
+    ``([K, D] codebook, [K] bool mask of re-seeded codes)``.
+  """
+  dead = usage < threshold
+  picks = jax.random.randint(rng, (codebook.shape[0],), 0, flat_z.shape[0])
+  fresh = jax.lax.stop_gradient(flat_z[picks]).astype(codebook.dtype)
+  return jnp.where(dead[:, None], fresh, codebook), dead
+
+
+class _Quantizer(hk.Module):
+  """Shared search, losses and statistics of both quantizers."""
+
+  def __init__(self, num_embeddings: int, embedding_dim: int, commitment_cost: float,
+               decay: float = 0.99, dead_code_threshold: float = 0.0,
+               cross_replica_axis: str | None = None, name: str | None = None):
+    super().__init__(name=name)
+    if num_embeddings < 1 or embedding_dim < 1:
+      raise ValueError(f"num_embeddings and embedding_dim: expected >= 1, got "
+                       f"{num_embeddings} and {embedding_dim}")
+    if not 0.0 <= decay <= 1.0:
+      raise ValueError(f"decay: expected a number in [0, 1], got {decay}")
+    if commitment_cost < 0:
+      raise ValueError(f"commitment_cost: expected >= 0, got {commitment_cost}")
+    self.num_embeddings = num_embeddings
+    self.embedding_dim = embedding_dim
+    self.commitment_cost = commitment_cost
+    self.decay = decay
+    self.dead_code_threshold = dead_code_threshold
+    self.cross_replica_axis = cross_replica_axis
+
+  def _initial_codebook(self, shape, dtype):
+    # Matches hk.nets.VectorQuantizer's VarianceScaling(uniform) on the [D, K] transpose.
+    init = hk.initializers.VarianceScaling(distribution="uniform")
+    return init(shape[::-1], dtype).T
+
+  def codebook(self) -> jax.Array:
+    """``[K, D]`` float32 codebook (a param or state, per subclass)."""
+    raise NotImplementedError
+
+  def lookup(self, codes: jax.Array) -> jax.Array:
+    """int codes ``[...]`` -> code vectors ``[..., D]``."""
+    return self.codebook()[codes]
+
+  def _check(self, z_e):
+    if z_e.ndim < 1 or z_e.shape[-1] != self.embedding_dim:
+      raise ValueError(f"quantizer input: expected [..., {self.embedding_dim}], "
+                       f"got shape {z_e.shape}")
+
+  def _assign(self, z_e, codebook):
+    flat_z = jnp.reshape(z_e, (-1, self.embedding_dim))
+    flat_codes = nearest_codes(flat_z, codebook)
+    counts = _psum(jnp.bincount(flat_codes, length=self.num_embeddings), self.cross_replica_axis)
+    return flat_z, flat_codes, counts
+
+  def _outputs(self, z_e, codebook, flat_codes, counts, include_codebook_loss):
+    e = jnp.reshape(codebook[flat_codes], z_e.shape)
+    codebook_loss = jnp.mean(jnp.square(jax.lax.stop_gradient(z_e) - e))
+    commitment_loss = jnp.mean(jnp.square(z_e - jax.lax.stop_gradient(e)))
+    loss = self.commitment_cost * commitment_loss
+    if include_codebook_loss:
+      loss = loss + codebook_loss
+    quantized = z_e + jax.lax.stop_gradient(e - z_e)
+    return QuantizerOutput(
+        quantized=quantized,
+        codes=jnp.reshape(flat_codes, z_e.shape[:-1]),
+        loss=loss,
+        codebook_loss=codebook_loss,
+        commitment_loss=commitment_loss,
+        perplexity=_perplexity(counts.astype(jnp.float32)),
+        code_counts=counts.astype(jnp.int32),
+    )
+
+
+class VectorQuantizer(_Quantizer):
+  """Codebook as a parameter, learnt through the embedding loss.
+
+  Params: ``codebook`` ``[K, D]``. State: ``usage`` ``[K]``, the moving average
+  (by ``decay``) of vectors per batch assigned to each code, and
+  ``usage_updates``, how many batches it has seen; the trainer
+  reads to re-seed dead codes of this param codebook (a module cannot rewrite
+  its own params).
+  """
+
+  def codebook(self) -> jax.Array:
+    return hk.get_parameter("codebook", (self.num_embeddings, self.embedding_dim),
+                            jnp.float32, init=self._initial_codebook)
+
+  def __call__(self, z_e: jax.Array, is_training: bool) -> QuantizerOutput:
+    """Quantizes ``z_e`` ``[..., D]``; see :class:`QuantizerOutput`."""
+    self._check(z_e)
+    codebook = self.codebook()
+    usage = hk.get_state("usage", (self.num_embeddings,), jnp.float32, init=jnp.zeros)
+    updates = hk.get_state("usage_updates", (), jnp.int32, init=jnp.zeros)
+    _, flat_codes, counts = self._assign(z_e, codebook)
+    if is_training:
+      # The first batch sets the average outright (no bias towards zero).
+      decay = jnp.where(updates == 0, 0.0, self.decay)
+      hk.set_state("usage", decay * usage + (1 - decay) * counts)
+      hk.set_state("usage_updates", updates + 1)
+    return self._outputs(z_e, codebook, flat_codes, counts, include_codebook_loss=True)
+
+
+class VectorQuantizerEMA(_Quantizer):
+  """Codebook in state, updated by zero-debiased exponential moving averages.
+
+  State (as ``hk.nets.VectorQuantizerEMA``, codebook transposed):
+    ``codebook`` ``[K, D]``; ``ema_cluster_size_hidden`` ``[K]`` and
+    ``ema_dw_hidden`` ``[K, D]``, the biased moving sums; ``ema_counter``, the
+    number of updates, used to debias. Updated only when ``is_training``; under
+    ``pmap`` with ``cross_replica_axis`` the batch statistics are summed across
+    replicas so every replica holds the same codebook.
+  """
+
+  def __init__(self, num_embeddings: int, embedding_dim: int, commitment_cost: float,
+               decay: float = 0.99, epsilon: float = 1e-5, dead_code_threshold: float = 0.0,
+               cross_replica_axis: str | None = None, name: str | None = None):
+    super().__init__(num_embeddings, embedding_dim, commitment_cost, decay,
+                     dead_code_threshold, cross_replica_axis, name)
+    if epsilon <= 0:
+      raise ValueError(f"epsilon: expected > 0, got {epsilon}")
+    self.epsilon = epsilon
+
+  def codebook(self) -> jax.Array:
+    return hk.get_state("codebook", (self.num_embeddings, self.embedding_dim),
+                        jnp.float32, init=self._initial_codebook)
+
+  def __call__(self, z_e: jax.Array, is_training: bool) -> QuantizerOutput:
+    """Quantizes ``z_e`` ``[..., D]``; see :class:`QuantizerOutput`."""
+    self._check(z_e)
+    k, d = self.num_embeddings, self.embedding_dim
+    codebook = self.codebook()
+    hidden_size = hk.get_state("ema_cluster_size_hidden", (k,), z_e.dtype, init=jnp.zeros)
+    hidden_dw = hk.get_state("ema_dw_hidden", (k, d), z_e.dtype, init=jnp.zeros)
+    counter = hk.get_state("ema_counter", (), jnp.int32, init=jnp.zeros)
+
+    flat_z, flat_codes, counts = self._assign(z_e, codebook)
+    out = self._outputs(z_e, codebook, flat_codes, counts, include_codebook_loss=False)
+    if is_training:
+      one_hot = jax.nn.one_hot(flat_codes, k, dtype=flat_z.dtype)
+      dw = _psum(one_hot.T @ jax.lax.stop_gradient(flat_z), self.cross_replica_axis)
+      counter = counter + 1
+      hidden_size = hidden_size * self.decay + counts.astype(z_e.dtype) * (1 - self.decay)
+      hidden_dw = hidden_dw * self.decay + dw * (1 - self.decay)
+      debias = 1.0 - jnp.power(jnp.asarray(self.decay, z_e.dtype), counter)
+      cluster_size = hidden_size / debias
+      if self.dead_code_threshold > 0:
+        all_z = _gather_rows(jax.lax.stop_gradient(flat_z), self.cross_replica_axis)
+        fresh, dead = reseed_dead_codes(codebook, cluster_size, all_z,
+                                        self.dead_code_threshold, hk.next_rng_key())
+        # A re-seeded code starts as the mean of one vector: the fresh row itself.
+        hidden_size = jnp.where(dead, debias, hidden_size)
+        hidden_dw = jnp.where(dead[:, None], fresh * debias, hidden_dw)
+        cluster_size = hidden_size / debias
+      n = jnp.sum(cluster_size)
+      smoothed = (cluster_size + self.epsilon) / (n + k * self.epsilon) * n
+      hk.set_state("codebook", (hidden_dw / debias) / smoothed[:, None])
+      hk.set_state("ema_cluster_size_hidden", hidden_size)
+      hk.set_state("ema_dw_hidden", hidden_dw)
+      hk.set_state("ema_counter", counter)
+    return out

@@ -1,0 +1,140 @@
+"""The zoo: one table from variant name to config, recipe, weights and measured metrics.
+
+Data, not code: an entry is a :class:`ModelConfig`, a :class:`TrainConfig`
+(what ``scripts/train.py --variant NAME`` runs), where the weights live (bundled
+in the package and on the Hugging Face Hub, pinned by sha256) and the quality
+bar it must meet. Measured metrics live beside the bundled weights in
+``metrics.json``, written by ``scripts/evaluate.py --write``: one source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import json
+from pathlib import Path
+from typing import Any
+
+from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig, TrainConfig
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+HUB_ORG = "vqzoo"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsSpec:
+  """Where a variant's ``model.safetensors`` lives and what its bytes must hash to."""
+
+  repo_id: str
+  revision: str
+  filename: str
+  sha256: str | None  # None until the variant is trained
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooEntry:
+  """One zoo variant.
+
+  Attributes:
+    name: ``dataset-arch[-option]``.
+    description: one line for ``vqzoo list``.
+    config: the model.
+    recipe: the training recipe that produced the weights.
+    weights: where the weights live.
+    bar: quality bar on the full test split, e.g. ``{"mse_max": 0.002, "codes_used_min": 120}``.
+    eval_dataset: TFDS name of the dataset it is measured on.
+  """
+
+  name: str
+  description: str
+  config: ModelConfig
+  recipe: TrainConfig
+  weights: WeightsSpec
+  bar: dict[str, float]
+  eval_dataset: str
+
+  @property
+  def bundled_dir(self) -> Path:
+    return WEIGHTS_DIR / self.name
+
+  @property
+  def metrics(self) -> dict[str, Any]:
+    """Measured metrics (``metrics.json`` beside the bundled weights), or ``{}``."""
+    path = self.bundled_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _pins() -> dict[str, str]:
+  path = WEIGHTS_DIR / "pins.json"
+  return json.loads(path.read_text()) if path.exists() else {}
+
+
+_MLP_Q = dict(num_embeddings=512, embedding_dim=64, commitment_cost=0.25)
+_CONV_Q = dict(num_embeddings=128, embedding_dim=16, commitment_cost=0.25)
+_CONV = ConvConfig(num_hiddens=64, num_residual_layers=2, num_residual_hiddens=32)
+
+
+def _entries() -> list[tuple[str, str, ModelConfig, TrainConfig, dict, str]]:
+  mlp_recipe = TrainConfig(dataset="mnist", steps=20000, batch_size=256, learning_rate=1e-3,
+                           warmup_steps=200, final_lr_fraction=0.1, seed=0)
+  conv_recipe = TrainConfig(dataset="mnist", steps=16000, batch_size=128, learning_rate=2e-3,
+                            warmup_steps=200, final_lr_fraction=0.05, seed=0)
+  return [
+      ("mnist-mlp", "The seed's MLP (784-128-64-64), plain VQ, K=512, D=64",
+       ModelConfig(arch="mlp", quantizer=QuantizerConfig(**_MLP_Q, dead_code_threshold=0.05)),
+       mlp_recipe, {"mse_max": 0.0305, "codes_used_min": 450}, "mnist"),
+      ("mnist-mlp-ema", "The seed's MLP (784-128-64-64), EMA codebook, K=512, D=64",
+       ModelConfig(arch="mlp", quantizer=QuantizerConfig(**_MLP_Q, ema=True,
+                                                         dead_code_threshold=0.05)),
+       mlp_recipe, {"mse_max": 0.0305, "codes_used_min": 450}, "mnist"),
+      ("mnist-conv", "Conv, 7x7 latent grid, plain VQ, K=128, D=16",
+       ModelConfig(arch="conv", conv=_CONV,
+                   quantizer=QuantizerConfig(**_CONV_Q, dead_code_threshold=1.0)),
+       conv_recipe, {"mse_max": 0.0020}, "mnist"),
+      ("mnist-conv-ema", "Conv, 7x7 latent grid, EMA codebook, K=128, D=16",
+       ModelConfig(arch="conv", conv=_CONV,
+                   quantizer=QuantizerConfig(**_CONV_Q, ema=True, dead_code_threshold=1.0)),
+       conv_recipe, {"mse_max": 0.0020, "codes_used_min": 120}, "mnist"),
+      ("fashion-mnist-conv-ema", "Conv on Fashion-MNIST, 7x7 grid, EMA codebook, K=128, D=16",
+       ModelConfig(arch="conv", conv=_CONV,
+                   quantizer=QuantizerConfig(**_CONV_Q, ema=True, dead_code_threshold=1.0)),
+       dataclasses.replace(conv_recipe, dataset="fashion_mnist"), {"mse_max": 0.0045},
+       "fashion_mnist"),
+  ]
+
+
+def _build_registry() -> dict[str, ZooEntry]:
+  pins = _pins()
+  table = {}
+  for name, description, config, recipe, bar, dataset in _entries():
+    pin = pins.get(name, {})
+    weights = WeightsSpec(repo_id=pin.get("repo_id", f"{HUB_ORG}/{name}"),
+                          revision=pin.get("revision", "main"),
+                          filename="model.safetensors", sha256=pin.get("sha256"))
+    table[name] = ZooEntry(name, description, config, recipe, weights, bar, dataset)
+  return table
+
+
+REGISTRY: dict[str, ZooEntry] = _build_registry()
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+  """Sorted zoo names, optionally filtered by an fnmatch ``pattern`` (``"mnist-*"``)."""
+  names = sorted(REGISTRY)
+  return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def get_entry(name: str) -> ZooEntry:
+  """The registry entry for ``name``; an unknown name lists the closest ones."""
+  try:
+    return REGISTRY[name]
+  except KeyError:
+    close = difflib.get_close_matches(name, REGISTRY, n=3, cutoff=0.3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise KeyError(f"unknown zoo model {name!r}.{hint} Known: {', '.join(list_models())}") from None
+
+
+def get_config(name: str) -> ModelConfig:
+  """The :class:`ModelConfig` of a zoo variant."""
+  return get_entry(name).config
