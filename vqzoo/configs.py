@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 ARCHITECTURES = ("mlp", "conv")
 OUTPUT_ACTIVATIONS = ("none", "sigmoid")
+SCHEDULES = ("cosine", "constant")
 
 
 def _require(condition: bool, field: str, expected: str, got: Any) -> None:
@@ -208,7 +209,8 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """A training recipe: data, steps and optimiser (Adam with warmup + cosine decay)."""
+  """A training recipe: data, steps and optimiser (Adam; linear warmup, then cosine decay to
+  ``final_lr_fraction`` of the peak, or a constant rate)."""
 
   dataset: str = "mnist"
   split: str = "train"
@@ -218,9 +220,11 @@ class TrainConfig:
   warmup_steps: int = 100
   final_lr_fraction: float = 0.1
   seed: int = 0
+  schedule: str = "cosine"
 
   def __post_init__(self):
     _require(isinstance(self.dataset, str) and self.dataset, "dataset", "a dataset name", self.dataset)
+    _require(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}", self.schedule)
     _require(_is_int(self.steps) and self.steps >= 1, "steps", "an integer >= 1", self.steps)
     _require(_is_int(self.batch_size) and self.batch_size >= 1,
              "batch_size", "an integer >= 1", self.batch_size)

@@ -32,21 +32,27 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str | None:
   return os.environ.get("TFDS_DATA_DIR") or None
 
 
+def _not_prepared(name: str, split: str, where: str, detail: str = "") -> FileNotFoundError:
+  return FileNotFoundError(
+      f"TFDS dataset {name!r} (split {split!r}) is not prepared in {where}{detail}. "
+      f"Prepare it once, with TensorFlow and a network: `pip install 'vqzoo[data]' tensorflow "
+      f"&& python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
+      f"data_dir='{where}', file_format='array_record').download_and_prepare()\"`; or point "
+      f"TFDS_DATA_DIR (or --data-dir) at a directory that holds it.")
+
+
 def _data_source(name: str, split: str, data_dir: str | None):
   try:
     import tensorflow_datasets as tfds
   except ImportError as e:
     raise ImportError(f"Reading TFDS datasets needs the data extra: {DATA_INSTALL_HINT}") from e
+  where = data_dir or os.path.expanduser("~/tensorflow_datasets")
+  if not any(Path(where, name.split(":")[0]).glob("*/dataset_info.json")):
+    raise _not_prepared(name, split, where)
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except Exception as e:  # TFDS raises assorted types for a missing dataset.
-    where = data_dir or "TFDS's default data directory (~/tensorflow_datasets)"
-    raise FileNotFoundError(
-        f"TFDS dataset {name!r} (split {split!r}) is not prepared in {where}: {e}\n"
-        f"Prepare it with `{DATA_INSTALL_HINT} tensorflow && python -c \"import "
-        f"tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{where}')"
-        f".download_and_prepare()\"`, or point TFDS_DATA_DIR (or --data-dir) at a "
-        f"directory that holds it.") from e
+  except Exception as e:  # TFDS raises assorted types for a missing or partial dataset.
+    raise _not_prepared(name, split, where, f" ({type(e).__name__}: {e})") from e
 
 
 def load_images(name: str, split: str, data_dir: str | os.PathLike | None = None,
@@ -89,19 +95,16 @@ def to_float(images: np.ndarray) -> np.ndarray:
   return images.astype(np.float32) / 255.0
 
 
-def batches(images: np.ndarray, batch_size: int, seed: int, start_step: int = 0,
-            num_shards: int = 1) -> Iterator[np.ndarray]:
+def batches(images: np.ndarray, batch_size: int, seed: int, start_step: int = 0
+            ) -> Iterator[np.ndarray]:
   """Endless seeded shuffled batches of float32 images, resumable at a step.
 
   Each epoch is a permutation drawn from ``(seed, epoch)``, so step ``s`` gives
   the same batch whether the run started at 0 or resumed at ``s``.
 
   Yields:
-    ``[batch_size, H, W, C]`` float32, or ``[num_shards, batch_size / num_shards,
-    H, W, C]`` when ``num_shards > 1`` (for ``pmap``).
+    ``[batch_size, H, W, C]`` float32 in [0, 1].
   """
-  if batch_size % num_shards:
-    raise ValueError(f"batch_size: expected a multiple of {num_shards} devices, got {batch_size}")
   if batch_size > len(images):
     raise ValueError(f"batch_size: expected <= {len(images)} (the dataset size), got {batch_size}")
   per_epoch = len(images) // batch_size
@@ -109,8 +112,5 @@ def batches(images: np.ndarray, batch_size: int, seed: int, start_step: int = 0,
   while True:
     epoch, index = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(len(images))
-    batch = to_float(images[order[index * batch_size:(index + 1) * batch_size]])
-    if num_shards > 1:
-      batch = batch.reshape(num_shards, batch_size // num_shards, *batch.shape[1:])
-    yield batch
+    yield to_float(images[order[index * batch_size:(index + 1) * batch_size]])
     step += 1

@@ -58,10 +58,14 @@ def make_optimizer(recipe: TrainConfig, frozen: Iterable[str] = ()) -> optax.Gra
   unknown = frozen - set(PARTS)
   if unknown:
     raise ValueError(f"frozen: expected parts among {PARTS}, got {sorted(unknown)}")
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=recipe.learning_rate,
-      warmup_steps=min(recipe.warmup_steps, recipe.steps - 1) if recipe.steps > 1 else 0,
-      decay_steps=recipe.steps, end_value=recipe.learning_rate * recipe.final_lr_fraction)
+  warmup = min(recipe.warmup_steps, recipe.steps - 1)
+  if recipe.schedule == "constant":
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, recipe.learning_rate, warmup),
+                                     optax.constant_schedule(recipe.learning_rate)], [warmup])
+  else:
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=recipe.learning_rate, warmup_steps=warmup,
+        decay_steps=recipe.steps, end_value=recipe.learning_rate * recipe.final_lr_fraction)
   adam = optax.adam(schedule)
   if not frozen:
     return adam
@@ -183,12 +187,35 @@ def unreplicate(tree):
   return jax.tree_util.tree_map(lambda x: x[0], tree)
 
 
+def _finite_metrics(metrics, step: int, ckpt_path: Path, bar) -> dict[str, float]:
+  """Host copy of replica 0's metrics; raises FloatingPointError on NaN or Inf."""
+  values = {k: float(v[0]) for k, v in metrics.items()}
+  if not all(math.isfinite(v) for v in values.values()):
+    bar.close()
+    raise FloatingPointError(
+        f"non-finite metrics at step {step}: {values}; the last good checkpoint ({ckpt_path}) "
+        "is kept. Lower the learning rate or check the data.")
+  return values
+
+
+def _local_batches(images, recipe: TrainConfig, start: int, n_dev: int):
+  """This process's share of each global batch, as ``[n_dev, B / (hosts * n_dev), ...]``."""
+  hosts, index = jax.process_count(), jax.process_index()
+  if recipe.batch_size % (hosts * n_dev):
+    raise ValueError(f"batch_size: expected a multiple of {hosts * n_dev} (hosts x local "
+                     f"devices), got {recipe.batch_size}")
+  share = recipe.batch_size // hosts
+  for batch in data_lib.batches(images, recipe.batch_size, recipe.seed, start):
+    local = batch[index * share:(index + 1) * share]
+    yield local.reshape(n_dev, share // n_dev, *local.shape[1:])
+
+
 def train(config: ModelConfig, recipe: TrainConfig, workdir: str | os.PathLike,
           images: np.ndarray | None = None, data_dir: str | None = None, resume: bool = False,
           init_params=None, init_state=None, frozen: Iterable[str] = (),
           checkpoint_every: int = 1000, log_every: int = 50, progress: bool = True,
           devices=None, on_log: Callable[[int, Mapping[str, float]], None] | None = None,
-          ) -> TrainResult:
+          until_step: int | None = None) -> TrainResult:
   """Trains ``config`` by ``recipe``, checkpointing to ``workdir``.
 
   Args:
@@ -205,6 +232,8 @@ def train(config: ModelConfig, recipe: TrainConfig, workdir: str | os.PathLike,
     progress: show a tqdm progress bar.
     devices: devices to pmap over (default: all local devices).
     on_log: called as ``on_log(step, metrics)`` at every log line.
+    until_step: stop (with a checkpoint) at this step instead of ``recipe.steps``; a later
+      call with ``resume=True`` continues on the same schedule.
 
   Raises:
     FloatingPointError: the loss became NaN or Inf; the last good checkpoint is kept.
@@ -229,26 +258,19 @@ def train(config: ModelConfig, recipe: TrainConfig, workdir: str | os.PathLike,
   step_fn = jax.pmap(make_train_step(config, optimizer, AXIS, frozen), axis_name=AXIS,
                      devices=devices, donate_argnums=(0,))
   rts = replicate(jax.device_get(ts), n_dev)
-  batch_iter = data_lib.batches(images, recipe.batch_size, recipe.seed, start, num_shards=n_dev)
+  batch_iter = _local_batches(images, recipe, start, n_dev)
   last: dict[str, float] = {}
   bar = tqdm(total=recipe.steps, initial=start, disable=not progress, desc="train",
              dynamic_ncols=True)
   t0, images_seen = time.perf_counter(), 0
+  stop = recipe.steps if until_step is None else min(until_step, recipe.steps)
   with open(workdir / METRICS_NAME, "a") as log_file:
-    for step in range(start, recipe.steps):
-      batch = next(batch_iter)
-      if n_dev == 1:
-        batch = batch[None]
-      rts, metrics = step_fn(rts, batch)
+    for step in range(start, stop):
+      rts, metrics = step_fn(rts, next(batch_iter))
       images_seen += recipe.batch_size
       done = step + 1
-      if done % log_every == 0 or done == recipe.steps:
-        last = {k: float(v[0]) for k, v in metrics.items()}
-        if not all(math.isfinite(v) for v in last.values()):
-          bar.close()
-          raise FloatingPointError(
-              f"non-finite metrics at step {done}: {last}; the last good checkpoint "
-              f"({ckpt_path}) is kept. Lower the learning rate or check the data.")
+      if done % log_every == 0 or done == stop:
+        last = _finite_metrics(metrics, done, ckpt_path, bar)
         log_file.write(json.dumps({"step": done, **last}) + "\n")
         log_file.flush()
         bar.set_postfix(loss=f"{last['loss']:.4f}", mse=f"{last['mse']:.4f}",
@@ -256,12 +278,8 @@ def train(config: ModelConfig, recipe: TrainConfig, workdir: str | os.PathLike,
         if on_log is not None:
           on_log(done, last)
       bar.update(1)
-      if done % checkpoint_every == 0 or done == recipe.steps:
-        checked = {k: float(v[0]) for k, v in metrics.items()}
-        if not all(math.isfinite(v) for v in checked.values()):
-          bar.close()
-          raise FloatingPointError(f"non-finite metrics at step {done}: {checked}; the last "
-                                   f"good checkpoint ({ckpt_path}) is kept.")
+      if done % checkpoint_every == 0 or done == stop:
+        _finite_metrics(metrics, done, ckpt_path, bar)
         save_checkpoint(ckpt_path, unreplicate(rts))
   bar.close()
   elapsed = time.perf_counter() - t0

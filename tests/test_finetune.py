@@ -1,0 +1,106 @@
+"""Fine-tuning from a zoo model onto real TFDS data and onto a folder of real digits as PNGs."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqzoo import finetune as ft
+from vqzoo.image_folder import load_image_folder
+from vqzoo.loading import load
+from vqzoo.train import part_of
+
+BASE = "mnist-mlp"
+
+
+def _folder_digest(folder):
+  return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+          if p.is_file()}
+
+
+def _assert_parts(base, tuned, frozen):
+  for module, leaves in base.params.items():
+    for name, value in leaves.items():
+      same = np.array_equal(np.asarray(value), np.asarray(tuned.params[module][name]))
+      assert same == (part_of(module) in frozen), (module, name)
+
+
+def test_finetune_on_tfds_subset(tmp_path, tfds_dir):
+  out = tmp_path / "ft"
+  result = ft.finetune(BASE, out, dataset="fashion_mnist", split="train[:3000]",
+                       eval_split="test[:1000]", steps=60, batch_size=64, learning_rate=1e-3,
+                       warmup_steps=5, freeze=("codebook",), data_dir=tfds_dir, progress=False,
+                       log_every=10)
+  assert result.metrics_after["mse"] < result.metrics_before["mse"]
+  lines = [json.loads(l) for l in (tmp_path / "ft.work" / "metrics.jsonl").read_text().splitlines()]
+  assert lines[-1]["loss"] < lines[0]["loss"]
+  tuned = load(str(out))
+  base = load(BASE)
+  _assert_parts(base, tuned, {"codebook"})
+  card = (out / "README.md").read_text()
+  assert f'"base": "{BASE}"' in card and base.source["sha256"] in card
+  assert '"dataset": "fashion_mnist"' in card and '"steps": 60' in card
+  assert "| base model | fine-tuned |" in card
+  saved = json.loads((out / "metrics.json").read_text())
+  assert saved["lineage"]["frozen"] == ["codebook"]
+  assert saved["after"]["mse"] == pytest.approx(result.metrics_after["mse"])
+
+
+def test_finetune_on_image_folder_skips_broken_files(tmp_path, mnist_test, capsys):
+  folder = tmp_path / "digits"
+  (folder / "nested").mkdir(parents=True)
+  for i, image in enumerate(mnist_test[:300]):
+    target = folder / ("nested" if i % 2 else "") / f"digit_{i:03d}.png"
+    Image.fromarray(image[..., 0]).save(target)
+  # One RGB JPEG at another size: converted to grayscale and resized.
+  Image.fromarray(np.repeat(mnist_test[300], 3, -1)).resize((56, 56)).save(folder / "big.jpg")
+  (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+  (folder / "notes.txt").write_text("not an image")
+  before = _folder_digest(folder)
+  out = tmp_path / "ft"
+  with pytest.warns(UserWarning, match=r"skipped 2 .*broken\.png.*notes\.txt"):
+    result = ft.finetune(BASE, out, images_dir=str(folder), holdout_fraction=0.2, steps=40,
+                         batch_size=32, learning_rate=1e-3, warmup_steps=5,
+                         freeze=("encoder", "codebook"), progress=False, log_every=10)
+  assert _folder_digest(folder) == before  # the folder is never modified
+  assert result.lineage["data"]["images"] == 301 and result.lineage["data"]["held_out"] == 60
+  tuned = load(str(out))
+  _assert_parts(load(BASE), tuned, {"encoder", "codebook"})
+  lines = [json.loads(l) for l in (tmp_path / "ft.work" / "metrics.jsonl").read_text().splitlines()]
+  assert lines[-1]["mse"] < lines[0]["mse"]
+
+
+def test_folder_errors(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(ValueError, match="no readable PNG/JPEG"):
+    load_image_folder(empty, (28, 28, 1))
+  junk = tmp_path / "junk"
+  junk.mkdir()
+  (junk / "a.png").write_bytes(b"garbage")
+  with pytest.warns(UserWarning, match="a.png"), pytest.raises(ValueError, match="no readable"):
+    load_image_folder(junk, (28, 28, 1))
+  with pytest.raises(FileNotFoundError):
+    load_image_folder(tmp_path / "missing", (28, 28, 1))
+
+
+def test_reseed_before_moves_only_unused_codes(mnist_test):
+  base = load(BASE)
+  images = mnist_test[:200]  # 200 images use at most 200 of 512 codes
+  params, state, n = ft.reseed_unused_codes(base, images, seed=0)
+  used = np.unique(base.encode(images))
+  old = np.asarray(base.params["vqvae/~/quantizer"]["codebook"])
+  new = params["vqvae/~/quantizer"]["codebook"]
+  assert n == 512 - len(used)
+  np.testing.assert_array_equal(new[used], old[used])
+  moved = np.setdiff1d(np.arange(512), used)
+  assert not np.any(np.all(new[moved] == old[moved], axis=1))
+
+
+def test_cli_finetune_help_states_the_folder_rule(capsys):
+  from vqzoo.cli import main
+  with pytest.raises(SystemExit):
+    main(["finetune", "--help"])
+  assert "converted to grayscale" in capsys.readouterr().out

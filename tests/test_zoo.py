@@ -1,0 +1,129 @@
+"""Every shipped variant, re-measured on its real test split, meets its bar and its card."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+import vqzoo
+from vqzoo import registry, zoo
+from vqzoo.data import load_images
+from vqzoo.io import sha256_file
+from vqzoo.loading import load
+
+REPO_CARDS = registry.WEIGHTS_DIR.parent.parent / "model_cards"
+SHIPPED = [n for n in registry.list_models() if registry.get_entry(n).weights.sha256]
+REQUIRED = ["mnist-mlp", "mnist-mlp-ema", "mnist-conv", "mnist-conv-ema", "fashion-mnist-conv-ema"]
+
+
+def test_registry_lists_the_zoo_sorted_and_filters():
+  names = vqzoo.list_models()
+  assert names == sorted(names) and set(REQUIRED) <= set(names)
+  assert vqzoo.list_models("mnist-conv*") == ["mnist-conv", "mnist-conv-ema"]
+  assert vqzoo.list_models("nothing-*") == []
+
+
+def test_unknown_name_lists_closest_names():
+  with pytest.raises(KeyError, match="mnist-mlp"):
+    vqzoo.get_config("mnist-mlpp")
+
+
+def test_every_required_variant_ships_with_pinned_weights():
+  for name in REQUIRED:
+    entry = registry.get_entry(name)
+    assert entry.weights.sha256, f"{name} has no pinned weights"
+    assert sha256_file(entry.bundled_dir / "model.safetensors") == entry.weights.sha256
+    assert (REPO_CARDS / f"{name}.md").exists()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_variant_meets_its_bar_and_matches_its_card(name, tfds_dir):
+  entry = registry.get_entry(name)
+  model = load(name)
+  images = load_images(entry.eval_dataset, "test", tfds_dir)
+  assert len(images) == 10000
+  measured = vqzoo.evaluate(model.config, model.params, model.state, images)
+  assert zoo.check_bar(name, measured) == []
+  recorded = entry.metrics
+  assert math.isclose(measured["mse"], recorded["mse"], rel_tol=0.01)
+  assert measured["codes_used"] == recorded["codes_used"]
+  card = (REPO_CARDS / f"{name}.md").read_text()
+  assert card == model.card  # the repo's card is the one shipped with the weights
+  front = card.split("---")[1]
+  assert "library_name: vqzoo" in front and "model-index" in front
+  value = float(re.search(r"type: mse\n\s+name: [^\n]+\n\s+value: ([0-9.e-]+)", front).group(1))
+  assert math.isclose(value, measured["mse"], rel_tol=0.01)
+  assert f"| {measured['codes_used']} |" in card
+
+
+def test_tampered_bundled_weights_are_refused(tmp_path, monkeypatch):
+  entry = registry.get_entry("mnist-mlp")
+  fake_dir = tmp_path / "mnist-mlp"
+  fake_dir.mkdir()
+  for f in entry.bundled_dir.iterdir():
+    (fake_dir / f.name).write_bytes(f.read_bytes())
+  data = bytearray((fake_dir / "model.safetensors").read_bytes())
+  data[-1] ^= 0xFF
+  (fake_dir / "model.safetensors").write_bytes(bytes(data))
+  with pytest.raises(vqzoo.IntegrityError, match=entry.weights.sha256):
+    vqzoo.PretrainedVQVAE.from_pretrained(fake_dir, expected_sha256=entry.weights.sha256)
+
+
+def test_loaded_model_round_trips_and_accepts_any_layout(tmp_path):
+  model = load("mnist-mlp")
+  digits = np.load(registry.WEIGHTS_DIR.parent / "assets" / "mnist_test_digits.npy")
+  codes = model.encode(digits)
+  assert codes.dtype == np.int32 and codes.shape == (32,)
+  np.testing.assert_array_equal(model.encode(digits[..., 0]), codes)
+  np.testing.assert_array_equal(model.encode(digits / 255.0), codes)
+  np.testing.assert_allclose(model.decode(codes), model.reconstruct(digits), atol=1e-6)
+  model.save_pretrained(tmp_path / "copy")
+  again = load(str(tmp_path / "copy"))
+  for a, b in zip(*(jax_leaves(m) for m in (model, again))):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match=r"codes: expected integers in \[0, 512\)"):
+    model.decode(np.array([600]))
+  with pytest.raises(ValueError, match="expected 28x28"):
+    model.reconstruct(np.zeros((2, 32, 32), np.uint8))
+
+
+def jax_leaves(model):
+  import jax
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves((model.params, model.state))]
+
+
+def test_cli_list_info_eval_reconstruct_demo(tmp_path, capsys, tfds_dir):
+  from vqzoo.cli import main
+  assert main(["list"]) == 0
+  assert "mnist-mlp" in capsys.readouterr().out
+  assert main(["info", "mnist-mlp"]) == 0
+  info = json.loads(capsys.readouterr().out)
+  assert info["parameters"] == load("mnist-mlp").num_parameters and info["weights"]["file_bytes"] > 0
+  assert main(["eval", "mnist-mlp", "--data-dir", tfds_dir]) == 0
+  measured = json.loads(capsys.readouterr().out)
+  assert math.isclose(measured["mse"], registry.get_entry("mnist-mlp").metrics["mse"], rel_tol=1e-4)
+  out = tmp_path / "grid.png"
+  assert main(["reconstruct", "mnist-mlp", "--dataset", "mnist", "--count", "8", "--data-dir",
+               tfds_dir, "--out", str(out)]) == 0
+  from PIL import Image
+  with Image.open(out) as im:
+    assert im.size[0] > im.size[1] > 0
+  bad = tmp_path / "bad.npy"
+  np.save(bad, np.zeros((2, 32, 32, 3), np.uint8))
+  assert main(["reconstruct", "mnist-mlp", "--input", str(bad), "--out", str(out)]) == 2
+  assert "expected 28x28" in capsys.readouterr().err
+  assert main(["info", "mnist-mlpp"]) == 2
+  assert "Did you mean" in capsys.readouterr().err
+
+
+def test_demo_runs_offline_without_dataset(tmp_path, capsys, monkeypatch):
+  from vqzoo.cli import main
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no-data"))
+  assert main(["demo", "--out", str(tmp_path / "demo.png")]) == 0
+  out = capsys.readouterr().out
+  for name in ("mnist-mlp", "mnist-conv-ema"):
+    assert re.search(rf"{name}\s+MSE 0\.0\d+\s+PSNR \d+\.\d+ dB\s+codes used \d+", out), out
+  assert (tmp_path / "demo.png").stat().st_size > 0
