@@ -3,22 +3,20 @@
 Written against what the real ``huggingface_hub`` client (2.4.0) sends, so tests can
 drive ``push_to_hub`` / ``hf_hub_download`` / ``HfApi`` unmodified:
 
-=====================================================  ==========================================
-``POST /api/repos/create``                             200 ``{"url", "name", "id"}``; 409 if it exists
-                                                       (the client's ``exist_ok`` swallows 409)
-``POST /api/validate-yaml``                            200 ``{"errors": [], "warnings": []}``
-``POST /api/models/{repo}/preupload/{rev}``            every file ``uploadMode: "regular"`` (no
-                                                       LFS/xet), ``shouldIgnore: false``, ``oid`` =
-                                                       git blob sha1 of the file at ``rev`` or null
-``POST /api/models/{repo}/commit/{rev}``               ndjson: ``header``, ``file`` (base64),
-                                                       ``deletedFile``, ``deletedFolder``; a new
-                                                       40-hex commit, every commit's full file set
-                                                       kept; 200 ``{"commitUrl", "commitOid", ...}``
-``GET /api/models/{repo}[/revision/{rev}]``            model info: ``id``, ``sha``, ``siblings``...
-``HEAD|GET /{repo}/resolve/{rev}/{path}``              ``ETag`` (quoted sha256 of the bytes),
-                                                       ``X-Repo-Commit``, ``Content-Length``,
-                                                       ``Accept-Ranges``; ``Range: bytes=N-`` -> 206
-=====================================================  ==========================================
+- ``POST /api/repos/create``: 200 ``{"url", "name", "id"}``; 409 if it exists (the
+  client's ``exist_ok=True`` swallows the 409).
+- ``POST /api/validate-yaml``: 200 ``{"errors": [], "warnings": []}``.
+- ``POST /api/models/{repo}/preupload/{rev}``: every file ``uploadMode: "regular"`` (no
+  LFS, no xet), ``shouldIgnore: false``, ``oid`` = git blob sha1 of the file at ``rev``
+  or null (the client drops unchanged files from the commit).
+- ``POST /api/models/{repo}/commit/{rev}``: ndjson lines ``header``, ``file`` (base64),
+  ``deletedFile``, ``deletedFolder``; makes a new 40-hex commit keeping the full file
+  set of every commit; 200 ``{"commitUrl", "commitOid", ...}``.
+- ``GET /api/models/{repo}`` and ``GET /api/models/{repo}/revision/{rev}``: model info
+  (``id``, ``sha``, ``siblings``, ``lastModified``, ...).
+- ``HEAD`` and ``GET /{repo}/resolve/{rev}/{path}``: ``ETag`` (quoted sha256 of the
+  bytes), ``X-Repo-Commit``, ``Content-Length``, ``Accept-Ranges``;
+  ``Range: bytes=N-`` answers 206 with ``Content-Range`` (used to resume a download).
 
 ``rev`` is a branch name (``main``) or a full 40-hex commit id. Errors carry the
 ``X-Error-Code`` header the client maps to its exceptions (``RepoNotFound``,
@@ -45,12 +43,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-_COMMIT_RE_LEN = 40
+_COMMIT_ID_LEN = 40
 _GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 
 
@@ -60,7 +59,7 @@ def git_blob_sha1(data: bytes) -> str:
 
 
 def _is_commit_id(rev: str) -> bool:
-  return len(rev) == _COMMIT_RE_LEN and all(c in "0123456789abcdef" for c in rev)
+  return len(rev) == _COMMIT_ID_LEN and all(c in "0123456789abcdef" for c in rev)
 
 
 @dataclass
@@ -111,6 +110,7 @@ class HubServer:
     self._httpd: ThreadingHTTPServer | None = None
     self._thread: threading.Thread | None = None
     self.url: str | None = None
+    self.cache_dir: str | None = None  # set by the ``hub`` fixture
 
   # ------------------------------------------------------------------ lifecycle
 
@@ -127,8 +127,9 @@ class HubServer:
     self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     self._httpd.daemon_threads = True
     self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-    self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                    name="hub-server", daemon=True)
+    self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                    kwargs={"poll_interval": 0.05}, name="hub-server",
+                                    daemon=True)
     self._thread.start()
     return self.url
 
@@ -179,7 +180,8 @@ class HubServer:
     with self._lock:
       return self._repo(repo_type, repo_id).branches[branch]
 
-  def files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> dict[str, bytes]:
+  def files(self, repo_id: str, revision: str = "main",
+            repo_type: str = "model") -> dict[str, bytes]:
     with self._lock:
       commit = self._repo(repo_type, repo_id).resolve(revision)
       if commit is None:
@@ -208,7 +210,8 @@ class HubServer:
                   files: dict[str, bytes]) -> Commit:
     self._counter += 1
     digest = hashlib.sha1()
-    digest.update(json.dumps([repo.repo_id, parent, message, self._counter, time.time_ns()]).encode())
+    salt = [repo.repo_id, parent, message, self._counter, time.time_ns()]
+    digest.update(json.dumps(salt).encode())
     for path in sorted(files):
       digest.update(path.encode() + b"\0" + git_blob_sha1(files[path]).encode())
     commit = Commit(digest.hexdigest(), parent, message, dict(files),
@@ -272,7 +275,8 @@ class _Handler(BaseHTTPRequestHandler):
     if failure is not None and (match is None or match(method, path)):
       if failure == "500":
         self._body()
-        self._json(500, {"error": "Internal Error - We're working hard to fix this as soon as possible!"})
+        self._send(500, json.dumps({"error": "Internal Error"}).encode(),
+                   head_only=(method == "HEAD"))
         return
       hub._release.wait(hub.hang_seconds)  # hold the request; answer nothing
       self.close_connection = True
@@ -358,9 +362,11 @@ class _Handler(BaseHTTPRequestHandler):
     with self.hub._lock:
       repo = self.hub._repo(repo_type, repo_id)
       commit = self._commit_of(repo, rev)
-      files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                "oid": git_blob_sha1(commit.files[f["path"]]) if f["path"] in commit.files else None}
-               for f in payload.get("files", [])]
+      files = []
+      for f in payload.get("files", []):
+        old = commit.files.get(f["path"])
+        files.append({"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                      "oid": None if old is None else git_blob_sha1(old)})
     self._json(200, {"files": files, "commitOid": commit.oid})
 
   def _commit(self, repo_type: str, repo_id: str, rev: str, query: dict) -> None:
@@ -436,7 +442,8 @@ class _Handler(BaseHTTPRequestHandler):
       start = int(start_s) if start_s else 0
       end = int(end_s) if end_s else len(data) - 1
       if start >= len(data):
-        raise _HubError(416, "Range Not Satisfiable", headers={"Content-Range": f"bytes */{len(data)}"})
+        raise _HubError(416, "Range Not Satisfiable",
+                        headers={"Content-Range": f"bytes */{len(data)}"})
       body = data[start:end + 1]
       status = 206
       headers["Content-Range"] = f"bytes {start}-{start + len(body) - 1}/{len(data)}"
@@ -455,7 +462,6 @@ def point_client_at(monkeypatch, url: str | None, home) -> None:
   both the environment (for subprocesses) and the constants are patched.
   """
   from huggingface_hub import constants
-  from pathlib import Path
 
   home = Path(home)
   cache = home / "hub"

@@ -123,8 +123,12 @@ class PretrainedVQVAE(
 
   def _save_pretrained(self, save_directory: Path) -> None:
     save_directory = Path(save_directory)
-    weights.save(save_directory / WEIGHTS_NAME, self.params, self.state,
-                 metadata={"format": "vqzoo", "arch": self.config.arch})
+    unchanged = self._loaded_weights_if_unchanged()
+    if unchanged is not None:
+      atomic_write_bytes(save_directory / WEIGHTS_NAME, unchanged)
+    else:
+      weights.save(save_directory / WEIGHTS_NAME, self.params, self.state,
+                   metadata={"format": "vqzoo", "arch": self.config.arch})
     atomic_write_bytes(save_directory / CONFIG_NAME,
                        (json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
     card = self.card if self.card is not None else render_card("vqzoo-model", self.config)
@@ -156,9 +160,32 @@ class PretrainedVQVAE(
       source = {"repo_id": model_id, "revision": revision or "main",
                 "commit": _commit_of(weights_path)}
     source["sha256"] = verify_sha256(weights_path, expected_sha256)
-    params, state = weights.load(weights_path)
+    data = Path(weights_path).read_bytes()
+    params, state, _ = weights.from_bytes(data)
     card = Path(card_path).read_text() if card_path and os.path.exists(card_path) else None
-    return cls(config, params, state, card=card, source=source)
+    model = cls(config, params, state, card=card, source=source)
+    model._loaded_weights = data
+    return model
+
+  def _loaded_weights_if_unchanged(self) -> bytes | None:
+    """The weights file this model was loaded from, if params and state still match it bitwise.
+
+    safetensors writes the metadata keys in a random order, so re-serialising an unchanged
+    model can give bytes whose sha256 differs from its pin; saving (and pushing) the loaded
+    bytes keeps a zoo variant's Hub copy identical to its bundled, pinned file.
+    """
+    data = getattr(self, "_loaded_weights", None)
+    if data is None:
+      return None
+    _, _, stored = weights.from_bytes(data)
+    current = {**weights.flatten(self.params, "params"), **weights.flatten(self.state, "state")}
+    if stored.keys() != current.keys():
+      return None
+    for key, value in current.items():
+      old = stored[key]
+      if value.dtype != old.dtype or value.shape != old.shape or value.tobytes() != old.tobytes():
+        return None
+    return data
 
   def __repr__(self) -> str:
     q = self.config.quantizer

@@ -1,0 +1,244 @@
+#!/usr/bin/env python
+"""vqzoo against PyTorch + vector-quantize-pytorch, measured in one run on one machine.
+
+Prints tables and writes JSON. Rows: training throughput (images/s, steady state after
+compilation), inference throughput of ``reconstruct``, cold start to the first result, and the
+nearest-code search (time and peak memory) against the seed's broadcast formula.
+
+  python benchmarks/run_all.py --json bench_results/latest.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import vqzoo
+from vqzoo import registry
+from vqzoo import train as train_lib
+
+HERE = Path(__file__).resolve().parent
+MODELS = ("mnist-mlp", "mnist-conv-ema")
+BATCHES = (128, 1024)
+
+
+def _time_loop(fn, min_seconds: float, min_iters: int = 5) -> float:
+  """Seconds per call, steady state (callers warm up first)."""
+  iters, start = 0, time.perf_counter()
+  while True:
+    fn()
+    iters += 1
+    elapsed = time.perf_counter() - start
+    if iters >= min_iters and elapsed >= min_seconds:
+      return elapsed / iters
+
+
+def _images(batch: int) -> np.ndarray:
+  rng = np.random.default_rng(0)
+  return (rng.random((batch, 28, 28, 1)) < 0.2).astype(np.float32)  # MNIST-like sparsity
+
+
+def jax_train_ips(config, batch, seconds):
+  recipe = vqzoo.TrainConfig(steps=10**6, batch_size=batch)
+  optimizer = train_lib.make_optimizer(recipe)
+  ts = train_lib.init_train_state(config, optimizer, 0)
+  devices = jax.local_devices()[:1]
+  step = jax.pmap(train_lib.make_train_step(config, optimizer), axis_name=train_lib.AXIS,
+                  devices=devices, donate_argnums=(0,))
+  rts = jax.device_put(train_lib.replicate(jax.device_get(ts), 1), devices[0])
+  x = jax.device_put(_images(batch)[None], devices[0])
+  holder = [rts]
+
+  def run():
+    holder[0], metrics = step(holder[0], x)
+    metrics["loss"].block_until_ready()
+  for _ in range(3):
+    run()
+  return batch / _time_loop(run, seconds)
+
+
+def torch_train_ips(config, batch, seconds):
+  import torch
+  from torch_reference import build_torch, torch_train_step
+  torch.manual_seed(0)
+  model = build_torch(config).train()
+  step = torch_train_step(model, torch.optim.Adam(model.parameters(), 1e-3))
+  x = torch.from_numpy(_images(batch))
+  for _ in range(3):
+    step(x)
+  return batch / _time_loop(lambda: step(x), seconds)
+
+
+def jax_infer_ips(model, batch, seconds):
+  x = _images(batch)
+  for _ in range(3):
+    model.reconstruct(x)
+  return batch / _time_loop(lambda: model.reconstruct(x), seconds)
+
+
+def torch_infer_ips(config, batch, seconds):
+  import torch
+  from torch_reference import build_torch
+  model = build_torch(config).eval()
+  x = _images(batch)
+
+  def run():
+    with torch.inference_mode():
+      return model(torch.from_numpy(x))[0].clamp(0, 1).numpy()
+  for _ in range(3):
+    run()
+  return batch / _time_loop(run, seconds)
+
+
+COLD_JAX = """
+import time; t0 = time.perf_counter()
+import numpy as np, vqzoo
+m = vqzoo.load("mnist-conv-ema")
+r = m.reconstruct(np.load({digits!r})[:16])
+print(time.perf_counter() - t0)
+"""
+
+COLD_TORCH = """
+import time; t0 = time.perf_counter()
+import sys, numpy as np, torch
+torch.set_num_threads({threads})
+sys.path.insert(0, {here!r})
+from vqzoo.configs import ModelConfig
+import json
+from torch_reference import build_torch
+config = ModelConfig.from_dict(json.load(open({config!r})))
+m = build_torch(config).eval()
+m.load_state_dict(torch.load({weights!r}))
+with torch.inference_mode():
+  r = m(torch.from_numpy(np.load({digits!r})[:16].astype(np.float32) / 255))[0].clamp(0, 1)
+print(time.perf_counter() - t0)
+"""
+
+
+def cold_start(repeats: int, threads: int) -> dict:
+  import torch
+  from torch_reference import build_torch
+  entry = registry.get_entry("mnist-conv-ema")
+  digits = str(registry.WEIGHTS_DIR.parent / "assets" / "mnist_test_digits.npy")
+  with tempfile.TemporaryDirectory() as tmp:
+    weights = os.path.join(tmp, "model.pt")
+    torch.save(build_torch(entry.config).state_dict(), weights)
+    scripts = {
+        "vqzoo": COLD_JAX.format(digits=digits),
+        "pytorch": COLD_TORCH.format(threads=threads, here=str(HERE), digits=digits,
+                                     weights=weights,
+                                     config=str(entry.bundled_dir / "config.json")),
+    }
+    out = {}
+    for name, script in scripts.items():
+      walls, inner = [], []
+      for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             check=True)
+        walls.append(time.perf_counter() - t0)
+        inner.append(float(res.stdout.strip().splitlines()[-1]))
+      out[name] = {"process_wall_s": float(np.median(walls)), "in_process_s": float(np.median(inner))}
+  return out
+
+
+QUANT_SCRIPT = """
+import resource, time, sys
+import jax, jax.numpy as jnp, numpy as np
+mode = sys.argv[1]
+n, k, d = 65536, 512, 64
+rng = np.random.default_rng(0)
+z = jnp.asarray(rng.normal(size=(n, d)).astype(np.float32))
+c = jnp.asarray(rng.normal(size=(k, d)).astype(np.float32))
+def seed_quantize(z_e, codebook):  # the seed's formula, as its sample code runs it (op by op)
+  dists = jnp.sum((z_e[:, None, :] - codebook[None, :, :]) ** 2, axis=2)
+  return jnp.argmin(dists, axis=1)
+from vqzoo.quantizers import nearest_codes
+fn = {"vqzoo": jax.jit(nearest_codes), "seed-eager": seed_quantize,
+      "seed-jit": jax.jit(seed_quantize)}[mode]
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+fn(z, c).block_until_ready()
+times = []
+for _ in range(3):
+  t = time.perf_counter(); fn(z, c).block_until_ready(); times.append(time.perf_counter() - t)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+temp = None
+if mode != "seed-eager":
+  temp = fn.lower(z, c).compile().memory_analysis().temp_size_in_bytes
+print(min(times), (peak - base) * 1024, temp)
+"""
+
+
+def quantizer_search() -> dict:
+  out = {}
+  for mode in ("vqzoo", "seed-jit", "seed-eager"):
+    res = subprocess.run([sys.executable, "-c", QUANT_SCRIPT, mode], capture_output=True,
+                         text=True, check=True)
+    seconds, rss, temp = res.stdout.split()
+    out[mode] = {"seconds": float(seconds), "peak_rss_growth_bytes": int(float(rss)),
+                 "xla_temp_bytes": None if temp == "None" else int(temp)}
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--json", default="bench_results/latest.json")
+  parser.add_argument("--seconds", type=float, default=3.0, help="timing window per row")
+  parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--only", choices=("train", "infer", "cold", "quantizer"), action="append")
+  args = parser.parse_args(argv)
+  sys.path.insert(0, str(HERE))
+  import torch
+  torch.set_num_threads(args.threads)
+  parts = set(args.only or ("train", "infer", "cold", "quantizer"))
+  result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "cpus": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
+                        "jax_devices": str(jax.devices()), "torch_threads": args.threads},
+            "rows": []}
+
+  for name in MODELS:
+    config = registry.get_config(name)
+    model = vqzoo.PretrainedVQVAE(config)
+    for batch in BATCHES:
+      if "train" in parts:
+        v, t = jax_train_ips(config, batch, args.seconds), torch_train_ips(config, batch, args.seconds)
+        result["rows"].append({"what": "train", "model": name, "batch": batch, "vqzoo_ips": v,
+                               "pytorch_ips": t, "ratio": v / t})
+        print(f"train  {name:16s} batch {batch:5d}: vqzoo {v:9.0f} img/s  pytorch {t:9.0f} img/s"
+              f"  ratio {v / t:.2f}", flush=True)
+      if "infer" in parts:
+        v, t = jax_infer_ips(model, batch, args.seconds), torch_infer_ips(config, batch, args.seconds)
+        result["rows"].append({"what": "reconstruct", "model": name, "batch": batch,
+                               "vqzoo_ips": v, "pytorch_ips": t, "ratio": v / t})
+        print(f"infer  {name:16s} batch {batch:5d}: vqzoo {v:9.0f} img/s  pytorch {t:9.0f} img/s"
+              f"  ratio {v / t:.2f}", flush=True)
+  if "cold" in parts:
+    result["cold_start"] = cold_start(3, args.threads)
+    c = result["cold_start"]
+    print(f"cold start (mnist-conv-ema, 16 images, median of 3 fresh processes): vqzoo "
+          f"{c['vqzoo']['process_wall_s']:.2f} s  pytorch {c['pytorch']['process_wall_s']:.2f} s",
+          flush=True)
+  if "quantizer" in parts:
+    result["quantizer"] = q = quantizer_search()
+    for mode, r in q.items():
+      temp = "" if r["xla_temp_bytes"] is None else f"  XLA temp {r['xla_temp_bytes'] / 2**20:8.1f} MiB"
+      print(f"search N=65536 K=512 D=64 {mode:10s}: {r['seconds'] * 1e3:8.1f} ms  peak RSS growth "
+            f"{r['peak_rss_growth_bytes'] / 2**20:8.1f} MiB{temp}", flush=True)
+  Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+  Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+  print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,357 @@
+"""vqzoo's Hub code driven through the real ``huggingface_hub`` client against a local Hub.
+
+The server (``tests/hub_server.py``) speaks the endpoints the client uses to create a
+repo, preupload, commit, read model info and resolve files; nothing leaves 127.0.0.1.
+"""
+
+import hashlib
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import httpx2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from huggingface_hub import constants, file_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.utils import _http
+
+import vqzoo
+from vqzoo import registry, weights
+from vqzoo.cli import main as cli_main
+from vqzoo.pretrained import WEIGHTS_NAME, PretrainedVQVAE
+
+from hub_server import hub  # noqa: F401  (the fixture)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DIGITS = Path(vqzoo.__file__).parent / "assets" / "mnist_test_digits.npy"
+COMMIT_LEN = 40
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+  x = np.load(DIGITS, allow_pickle=False)
+  assert x.shape == (32, 28, 28, 1) and x.dtype == np.uint8
+  return x
+
+
+@pytest.fixture(scope="module")
+def model_a() -> PretrainedVQVAE:
+  """A real (randomly initialised, seed 0) MLP VQ-VAE."""
+  return PretrainedVQVAE(vqzoo.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def model_b() -> PretrainedVQVAE:
+  """The same architecture from another init seed: every tensor differs from ``model_a``."""
+  config = vqzoo.ModelConfig()
+  params, state = vqzoo.build(config).init(jax.random.PRNGKey(1),
+                                           jnp.zeros((1, *config.image_shape)), True)
+  return PretrainedVQVAE(config, params, state)
+
+
+def flat(model) -> dict[str, np.ndarray]:
+  return {**weights.flatten(model.params, "params"), **weights.flatten(model.state, "state")}
+
+
+def assert_same_weights(a, b) -> None:
+  fa, fb = flat(a), flat(b)
+  assert sorted(fa) == sorted(fb)
+  for key in fa:
+    assert fa[key].dtype == fb[key].dtype and fa[key].shape == fb[key].shape, key
+    assert fa[key].tobytes() == fb[key].tobytes(), f"{key} differs"
+
+
+def assert_different_weights(a, b) -> None:
+  fa, fb = flat(a), flat(b)
+  assert any(fa[k].tobytes() != fb[k].tobytes() for k in fa)
+
+
+def sha256(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+def cache_files(cache_dir) -> list[Path]:
+  return [p for p in Path(cache_dir).rglob("*") if p.is_file() or p.is_symlink()]
+
+
+def assert_no_partial_weights(cache_dir, weights_sha256: str) -> None:
+  """No ``*.incomplete`` file, no weights blob and no weights snapshot entry in the cache."""
+  files = cache_files(cache_dir)
+  assert not [p for p in files if p.name.endswith(".incomplete")], files
+  assert not [p for p in files if p.name == weights_sha256], files  # blobs are named by ETag
+  assert not [p for p in files if p.name == WEIGHTS_NAME], files
+
+
+@pytest.fixture
+def fast_failures(monkeypatch):
+  """Shrinks the client's timeouts and backoff so failure tests finish in seconds.
+
+  With the defaults of huggingface_hub 2.4.0 a Hub answering 500 makes ``hf_hub_download``
+  retry the HEAD 5 times with 1+2+4+8+8 s of backoff (~23 s), and a hanging Hub costs a
+  10 s HEAD then 6 HEADs of 60 s (``file_download._ETAG_RETRY_TIMEOUT``) plus the same
+  backoff. The attributes are checked first so that a client upgrade fails loudly here
+  rather than making these tests slow.
+  """
+  assert constants.HF_HUB_ETAG_TIMEOUT == constants.DEFAULT_ETAG_TIMEOUT == 10
+  assert file_download._ETAG_RETRY_TIMEOUT == 60
+  backoff = _http.http_backoff.__kwdefaults__
+  http_get_defaults = file_download.http_get.__wrapped__.__kwdefaults__
+  assert backoff["max_retries"] == 5 and http_get_defaults["_nb_retries"] == 5
+  monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)  # first HEAD of each file
+  monkeypatch.setattr(file_download, "_ETAG_RETRY_TIMEOUT", 1)  # the HEAD retried with backoff
+  monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)  # the GET
+  monkeypatch.setitem(backoff, "max_retries", 1)
+  monkeypatch.setitem(backoff, "base_wait_time", 0.05)
+  monkeypatch.setitem(backoff, "max_wait_time", 0.1)
+  monkeypatch.setitem(http_get_defaults, "_nb_retries", 1)  # resumes of a stalled GET (1 s apart)
+
+
+def load_script(name: str):
+  path = REPO_ROOT / "scripts" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+# ---------------------------------------------------------------------- push and pull
+
+
+def test_push_then_pull_into_empty_cache_is_bitwise_identical(hub, tmp_path, model_a, digits):
+  info = model_a.push_to_hub("someone/tiny")
+  assert len(info.oid) == COMMIT_LEN and info.oid == hub.head("someone/tiny")
+  assert info.commit_url == f"{hub.url}/someone/tiny/commit/{info.oid}"
+  stored = hub.files("someone/tiny")
+  assert {"config.json", WEIGHTS_NAME, "README.md"} <= set(stored)
+  assert json.loads(stored["config.json"]) == model_a.config.to_dict()
+  commits = [r for r in hub.requests if r[0] == "POST" and "/commit/" in r[1]]
+  assert commits and all(h.get("authorization") == "Bearer dummy" for _, _, h in commits)
+
+  cache = tmp_path / "empty-cache"
+  cache.mkdir()
+  loaded = vqzoo.load("hf-hub:someone/tiny", cache_dir=str(cache))
+  assert loaded is not model_a
+  assert loaded.source == {"repo_id": "someone/tiny", "revision": "main", "commit": info.oid,
+                           "sha256": sha256(stored[WEIGHTS_NAME])}
+  assert loaded.config == model_a.config
+  assert loaded.card == stored["README.md"].decode()
+  assert_same_weights(loaded, model_a)
+  recon = loaded.reconstruct(digits)
+  assert recon.shape == (32, 28, 28, 1) and np.isfinite(recon).all()
+  np.testing.assert_array_equal(recon, model_a.reconstruct(digits))
+  np.testing.assert_array_equal(loaded.encode(digits), model_a.encode(digits))
+  # Everything came over HTTP into the empty cache, under the pushed commit.
+  snapshot = cache / "models--someone--tiny" / "snapshots" / info.oid
+  assert (snapshot / WEIGHTS_NAME).read_bytes() == stored[WEIGHTS_NAME]
+
+
+def test_each_pushed_revision_loads_by_commit_id(hub, tmp_path, model_a, model_b):
+  assert_different_weights(model_a, model_b)
+  first = model_a.push_to_hub("someone/tiny").oid
+  second = model_b.push_to_hub("someone/tiny", commit_message="retrain").oid
+  assert first != second and len(first) == len(second) == COMMIT_LEN
+  assert hub.commits("someone/tiny")[-2:] == [first, second]
+  # Unchanged config/card were skipped by the client, yet each commit keeps the full file set.
+  assert hub.files("someone/tiny", first).keys() == hub.files("someone/tiny", second).keys()
+  assert (hub.files("someone/tiny", first)[WEIGHTS_NAME]
+          != hub.files("someone/tiny", second)[WEIGHTS_NAME])
+
+  cache = str(tmp_path / "cache")  # one cache holding both snapshots
+  old = vqzoo.load(f"hf-hub:someone/tiny@{first}", cache_dir=cache)
+  new = vqzoo.load(f"hf-hub:someone/tiny@{second}", cache_dir=cache)
+  latest = vqzoo.load("hf-hub:someone/tiny", cache_dir=cache)
+  assert (old.source["revision"], old.source["commit"]) == (first, first)
+  assert (new.source["revision"], new.source["commit"]) == (second, second)
+  assert latest.source["commit"] == second
+  assert_same_weights(old, model_a)
+  assert_same_weights(new, model_b)
+  assert_same_weights(latest, model_b)
+  # `revision=` overrides `@rev`.
+  assert_same_weights(vqzoo.load(f"hf-hub:someone/tiny@{second}", revision=first, cache_dir=cache),
+                      model_a)
+
+
+def test_cached_model_loads_offline_after_the_server_stops(hub, tmp_path, monkeypatch, model_a):
+  commit = model_a.push_to_hub("someone/tiny").oid
+  cache = str(tmp_path / "cache")
+  vqzoo.load("hf-hub:someone/tiny", cache_dir=cache)
+  hub.stop()
+
+  # Server gone, not offline: the client falls back to the cached main ref.
+  assert_same_weights(vqzoo.load("hf-hub:someone/tiny", cache_dir=cache), model_a)
+  by_flag = vqzoo.load("hf-hub:someone/tiny", cache_dir=cache, local_files_only=True)
+  assert by_flag.source["commit"] == commit
+  assert_same_weights(by_flag, model_a)
+
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read once at import time
+  for spec in ("hf-hub:someone/tiny", f"hf-hub:someone/tiny@{commit}"):
+    offline = vqzoo.load(spec, cache_dir=cache)
+    assert offline.source["commit"] == commit
+    assert_same_weights(offline, model_a)
+  t0 = time.monotonic()
+  with pytest.raises(LocalEntryNotFoundError):  # never cached: a clear error, at once
+    vqzoo.load("hf-hub:someone/never-pulled", cache_dir=cache)
+  assert time.monotonic() - t0 < 5
+
+
+# ---------------------------------------------------------------------- integrity
+
+
+def test_file_altered_on_the_server_is_refused_by_the_sha256_pin(hub, tmp_path, model_a):
+  model_a.push_to_hub("someone/tiny")
+  original = hub.files("someone/tiny")[WEIGHTS_NAME]
+  pin = sha256(original)
+  ok = PretrainedVQVAE.from_pretrained("someone/tiny", expected_sha256=pin,
+                                       cache_dir=str(tmp_path / "c1"))
+  assert ok.source["sha256"] == pin
+
+  # Flip one bit of the last float: still a valid safetensors file, different weights.
+  hub.alter_file("someone/tiny", WEIGHTS_NAME, lambda b: b[:-1] + bytes([b[-1] ^ 1]))
+  altered = sha256(hub.files("someone/tiny")[WEIGHTS_NAME])
+  assert altered != pin
+  with pytest.raises(vqzoo.IntegrityError) as e:
+    PretrainedVQVAE.from_pretrained("someone/tiny", expected_sha256=pin,
+                                    cache_dir=str(tmp_path / "c2"))
+  assert pin in str(e.value) and altered in str(e.value)
+  # Without the pin the altered file loads silently: only the pin catches it.
+  unpinned = PretrainedVQVAE.from_pretrained("someone/tiny", cache_dir=str(tmp_path / "c3"))
+  assert unpinned.source["sha256"] == altered
+  assert_different_weights(unpinned, model_a)
+
+
+# ---------------------------------------------------------------------- a failing Hub
+
+ALL = None
+
+
+def weights_get(method, path):
+  return method == "GET" and path.endswith("/" + WEIGHTS_NAME)
+
+
+@pytest.mark.parametrize("mode,match,error", [
+    ("500", ALL, LocalEntryNotFoundError),  # every request: 500
+    ("500", weights_get, HfHubHTTPError),  # metadata fine, the weights download answers 500
+    ("hang", ALL, LocalEntryNotFoundError),  # every request hangs
+    ("hang", weights_get, httpx2.TimeoutException),  # the weights download hangs
+], ids=["500-all", "500-weights-get", "hang-all", "hang-weights-get"])
+def test_failing_hub_raises_quickly_and_leaves_no_partial_file(hub, tmp_path, fast_failures,
+                                                               model_a, mode, match, error):
+  model_a.push_to_hub("someone/tiny")
+  weights_sha = sha256(hub.files("someone/tiny")[WEIGHTS_NAME])
+  cache = tmp_path / "cache"
+  hub.set_failure(mode, match)
+  t0 = time.monotonic()
+  with pytest.raises(error) as e:
+    vqzoo.load("hf-hub:someone/tiny", cache_dir=str(cache))
+  elapsed = time.monotonic() - t0
+  assert elapsed < 30, f"took {elapsed:.1f} s"
+  chain, exc = [], e.value
+  while exc is not None:
+    chain.append(f"{type(exc).__name__}: {exc}")
+    exc = exc.__cause__ or exc.__context__
+  text = "\n".join(chain)
+  if mode == "500":
+    assert "500" in text, text
+  else:
+    assert "timed out" in text.lower() or "timeout" in text.lower(), text
+  if match is weights_get:
+    assert any(m == "GET" and p.endswith(WEIGHTS_NAME) for m, p, _ in hub.requests)
+  assert_no_partial_weights(cache, weights_sha)
+
+  # Once the Hub recovers, the same cache loads cleanly: nothing half-written is reused.
+  hub.set_failure(None)
+  assert_same_weights(vqzoo.load("hf-hub:someone/tiny", cache_dir=str(cache)), model_a)
+
+
+# ---------------------------------------------------------------------- CLI and publishing
+
+
+def test_cli_push_then_pull_round_trip(hub, tmp_path, capsys, model_a):
+  src, out = tmp_path / "saved", tmp_path / "pulled"
+  model_a.save_pretrained(src)
+  assert cli_main(["push", str(src), "someone/cli-model", "--message", "from the CLI"]) == 0
+  pushed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert pushed["repo_id"] == "someone/cli-model"
+  assert pushed["commit"] == hub.head("someone/cli-model")
+
+  assert cli_main(["pull", "someone/cli-model", "--out", str(out)]) == 0
+  pulled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert pulled["commit"] == pushed["commit"] and pulled["saved_to"] == str(out)
+  assert_same_weights(vqzoo.load(str(out)), model_a)
+  assert vqzoo.load(str(out)).config == model_a.config
+  # An unmodified model is written back byte for byte: its sha256 still matches.
+  assert (out / WEIGHTS_NAME).read_bytes() == (src / WEIGHTS_NAME).read_bytes()
+  assert pulled["sha256"] == sha256((src / WEIGHTS_NAME).read_bytes())
+
+  assert cli_main(["pull", "someone/no-such-model"]) == 2
+  assert "someone/no-such-model" in capsys.readouterr().err
+
+
+def test_unmodified_model_saves_its_pinned_bytes(tmp_path, model_b):
+  # safetensors writes metadata keys in a random order, so re-serialising would change the
+  # sha256 about every other time; a loaded, unmodified model writes back its exact file.
+  bundled = vqzoo.load("mnist-mlp")
+  pin = registry.get_entry("mnist-mlp").weights.sha256
+  for i in range(8):
+    bundled.save_pretrained(tmp_path / str(i))
+    assert sha256((tmp_path / str(i) / WEIGHTS_NAME).read_bytes()) == pin
+  bundled.params, bundled.state = model_b.params, model_b.state  # modified: new bytes
+  bundled.save_pretrained(tmp_path / "modified")
+  assert sha256((tmp_path / "modified" / WEIGHTS_NAME).read_bytes()) != pin
+  assert_same_weights(vqzoo.load(str(tmp_path / "modified")), model_b)
+
+
+def test_push_script_publishes_a_zoo_variant_that_loads_identically(hub, tmp_path, capsys,
+                                                                     monkeypatch):
+  script = load_script("push_to_hub")
+  assert script.main(["--variant", "mnist-mlp", "--cache-dir", str(tmp_path / "check")]) == 0
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+  assert len(lines) == 1
+  line = lines[0]
+  pin = registry.get_entry("mnist-mlp").weights.sha256
+  assert line["variant"] == "mnist-mlp" and line["repo_id"] == "vqzoo/mnist-mlp"
+  assert line["commit"] == hub.head("vqzoo/mnist-mlp")
+  # The Hub copy is byte-identical to the bundled, pinned file.
+  assert line["sha256"] == pin == sha256(hub.files("vqzoo/mnist-mlp")[WEIGHTS_NAME])
+
+  bundled = vqzoo.load("mnist-mlp")
+  from_hub = vqzoo.load(f"hf-hub:vqzoo/mnist-mlp@{line['commit']}", cache_dir=str(tmp_path / "c"))
+  assert_same_weights(from_hub, bundled)
+  assert from_hub.config == bundled.config and from_hub.card == bundled.card
+  assert from_hub.source["commit"] == line["commit"]
+
+  # Zoo-style load without the bundled copy: fetched from the Hub and checked against the pin.
+  monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "no-bundled-weights")
+  zoo = vqzoo.load("mnist-mlp", cache_dir=str(tmp_path / "zoo"))
+  assert zoo.source["repo_id"] == "vqzoo/mnist-mlp" and zoo.source["sha256"] == pin
+  assert_same_weights(zoo, bundled)
+  hub.alter_file("vqzoo/mnist-mlp", WEIGHTS_NAME, lambda b: b[:-1] + bytes([b[-1] ^ 1]))
+  with pytest.raises(vqzoo.IntegrityError, match=pin):
+    vqzoo.load("mnist-mlp", cache_dir=str(tmp_path / "zoo2"))
+
+
+def test_push_script_all_skips_unbundled_variants(hub, capsys):
+  script = load_script("push_to_hub")
+  assert script.main(["--all", "--org", "someone"]) == 0
+  captured = capsys.readouterr()
+  lines = [json.loads(line) for line in captured.out.splitlines() if line.strip()]
+  bundled = [n for n in registry.list_models() if registry.get_entry(n).weights.sha256
+             and (registry.get_entry(n).bundled_dir / WEIGHTS_NAME).exists()]
+  unbundled = sorted(set(registry.list_models()) - set(bundled))
+  assert [x["variant"] for x in lines] == bundled and bundled
+  for x in lines:
+    assert x["repo_id"] == f"someone/{x['variant']}"
+    assert x["commit"] == hub.head(x["repo_id"])
+    assert x["sha256"] == registry.get_entry(x["variant"]).weights.sha256
+  for name in unbundled:
+    assert f"skipping {name}" in captured.err
+  with pytest.raises(KeyError, match="mnist-mlpp"):
+    script.main(["--variant", "mnist-mlpp"])
