@@ -221,6 +221,7 @@ def test_file_altered_on_the_server_is_refused_by_the_sha256_pin(hub, tmp_path, 
     PretrainedVQVAE.from_pretrained("someone/tiny", expected_sha256=pin,
                                     cache_dir=str(tmp_path / "c2"))
   assert pin in str(e.value) and altered in str(e.value)
+  assert_no_partial_weights(tmp_path / "c2", altered)  # the refused file is not kept in the cache
   # Without the pin the altered file loads silently: only the pin catches it.
   unpinned = PretrainedVQVAE.from_pretrained("someone/tiny", cache_dir=str(tmp_path / "c3"))
   assert unpinned.source["sha256"] == altered

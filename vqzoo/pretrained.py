@@ -8,6 +8,7 @@ A model directory (and a Hub repo) holds ``config.json`` (the :class:`ModelConfi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from vqzoo import weights
 from vqzoo.cards import render_card
 from vqzoo.configs import ModelConfig
 from vqzoo.images import to_float_images
-from vqzoo.io import atomic_write_bytes, sha256_file
+from vqzoo.io import atomic_write_bytes
 from vqzoo.model import build, build_codec
 
 WEIGHTS_NAME = "model.safetensors"
@@ -35,13 +36,23 @@ class IntegrityError(ValueError):
   """A weights file whose sha256 differs from its pin."""
 
 
-def verify_sha256(path: str | os.PathLike, expected: str | None) -> str:
-  """Returns the file's sha256; raises :class:`IntegrityError` if it is not ``expected``."""
-  actual = sha256_file(path)
+def verify_sha256_bytes(data: bytes, expected: str | None, name: str | os.PathLike) -> str:
+  """Returns ``data``'s sha256; raises :class:`IntegrityError` if it is not ``expected``."""
+  actual = hashlib.sha256(data).hexdigest()
   if expected is not None and actual != expected:
-    raise IntegrityError(f"refusing {path}: sha256 is {actual}, expected {expected} "
+    raise IntegrityError(f"refusing {name}: sha256 is {actual}, expected {expected} "
                          "(the file is corrupt or was altered)")
   return actual
+
+
+def _evict_cached(path: str) -> None:
+  """Removes a Hub-cache snapshot entry and the blob it points to."""
+  target = os.path.realpath(path)
+  for p in {path, target}:
+    try:
+      os.unlink(p)
+    except OSError:
+      pass
 
 
 def _commit_of(path: str) -> str | None:
@@ -128,7 +139,7 @@ class PretrainedVQVAE(
       atomic_write_bytes(save_directory / WEIGHTS_NAME, unchanged)
     else:
       weights.save(save_directory / WEIGHTS_NAME, self.params, self.state,
-                   metadata={"format": "vqzoo", "arch": self.config.arch})
+                   metadata={"format": "vqzoo"})  # one key: safetensors orders several randomly
     atomic_write_bytes(save_directory / CONFIG_NAME,
                        (json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
     card = self.card if self.card is not None else render_card("vqzoo-model", self.config)
@@ -139,7 +150,8 @@ class PretrainedVQVAE(
                        local_files_only: bool, token, config: ModelConfig | None = None,
                        expected_sha256: str | None = None, **kwargs) -> "PretrainedVQVAE":
     if config is None:
-      raise FileNotFoundError(f"{model_id}: no {CONFIG_NAME} found; is this a vqzoo model?")
+      raise FileNotFoundError(f"{model_id}: no {CONFIG_NAME} found (the repo or revision does not "
+                              "exist, is unreachable, or is not a vqzoo model)")
     if not isinstance(config, ModelConfig):
       config = ModelConfig.from_dict(config)
     if os.path.isdir(model_id):
@@ -159,8 +171,13 @@ class PretrainedVQVAE(
         card_path = None
       source = {"repo_id": model_id, "revision": revision or "main",
                 "commit": _commit_of(weights_path)}
-    source["sha256"] = verify_sha256(weights_path, expected_sha256)
     data = Path(weights_path).read_bytes()
+    try:
+      source["sha256"] = verify_sha256_bytes(data, expected_sha256, weights_path)
+    except IntegrityError:
+      if "path" not in source:  # never leave a refused file in the Hub cache
+        _evict_cached(weights_path)
+      raise
     params, state, _ = weights.from_bytes(data)
     card = Path(card_path).read_text() if card_path and os.path.exists(card_path) else None
     model = cls(config, params, state, card=card, source=source)
