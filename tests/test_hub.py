@@ -20,7 +20,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.utils import _http
 
 import vqzoo
-from vqzoo import registry, weights
+from vqzoo import registry, serialization
 from vqzoo.cli import main as cli_main
 from vqzoo.pretrained import WEIGHTS_NAME, PretrainedVQVAE
 
@@ -57,7 +57,7 @@ def model_b() -> PretrainedVQVAE:
 
 
 def flat(model) -> dict[str, np.ndarray]:
-  return {**weights.flatten(model.params, "params"), **weights.flatten(model.state, "state")}
+  return {**serialization.flatten(model.params, "params"), **serialization.flatten(model.state, "state")}
 
 
 def assert_same_weights(a, b) -> None:

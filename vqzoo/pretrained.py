@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from huggingface_hub import ModelHubMixin, hf_hub_download
 
-from vqzoo import weights
+from vqzoo import serialization
 from vqzoo.cards import render_card
 from vqzoo.configs import ModelConfig
 from vqzoo.images import to_float_images
@@ -83,8 +83,8 @@ class PretrainedVQVAE(
     if params is None or state is None:
       params, state = init(jax.random.PRNGKey(0))
     template_params, template_state = jax.eval_shape(init, jax.random.PRNGKey(0))
-    weights.check_structure(template_params, params, "params")
-    weights.check_structure(template_state, state, "state")
+    serialization.check_structure(template_params, params, "params")
+    serialization.check_structure(template_state, state, "state")
     self.config = config
     self.params = jax.tree_util.tree_map(jnp.asarray, params)
     self.state = jax.tree_util.tree_map(jnp.asarray, state)
@@ -138,7 +138,7 @@ class PretrainedVQVAE(
     if unchanged is not None:
       atomic_write_bytes(save_directory / WEIGHTS_NAME, unchanged)
     else:
-      weights.save(save_directory / WEIGHTS_NAME, self.params, self.state,
+      serialization.save(save_directory / WEIGHTS_NAME, self.params, self.state,
                    metadata={"format": "vqzoo"})  # one key: safetensors orders several randomly
     atomic_write_bytes(save_directory / CONFIG_NAME,
                        (json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
@@ -178,7 +178,7 @@ class PretrainedVQVAE(
       if "path" not in source:  # never leave a refused file in the Hub cache
         _evict_cached(weights_path)
       raise
-    params, state, _ = weights.from_bytes(data)
+    params, state, _ = serialization.from_bytes(data)
     card = Path(card_path).read_text() if card_path and os.path.exists(card_path) else None
     model = cls(config, params, state, card=card, source=source)
     model._loaded_weights = data
@@ -194,8 +194,9 @@ class PretrainedVQVAE(
     data = getattr(self, "_loaded_weights", None)
     if data is None:
       return None
-    _, _, stored = weights.from_bytes(data)
-    current = {**weights.flatten(self.params, "params"), **weights.flatten(self.state, "state")}
+    _, _, stored = serialization.from_bytes(data)
+    current = {**serialization.flatten(self.params, "params"),
+               **serialization.flatten(self.state, "state")}
     if stored.keys() != current.keys():
       return None
     for key, value in current.items():

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from vqzoo import data as data_lib
-from vqzoo import weights
+from vqzoo import serialization
 from vqzoo.configs import ModelConfig, TrainConfig
 from vqzoo.io import atomic_write_bytes
 from vqzoo.model import build
@@ -145,7 +145,7 @@ def checkpoint_bytes(ts: TrainState) -> bytes:
   extra["step"] = np.asarray(ts.step)
   extra["rng"] = np.asarray(jax.random.key_data(ts.rng) if jnp.issubdtype(
       ts.rng.dtype, jax.dtypes.prng_key) else ts.rng)
-  return weights.to_bytes(ts.params, ts.state, extra=extra)
+  return serialization.to_bytes(ts.params, ts.state, extra=extra)
 
 
 def save_checkpoint(path: str | os.PathLike, ts: TrainState) -> None:
@@ -156,9 +156,9 @@ def save_checkpoint(path: str | os.PathLike, ts: TrainState) -> None:
 def load_checkpoint(path: str | os.PathLike, template: TrainState) -> TrainState:
   """Restores a checkpoint into the structure of ``template``."""
   with open(path, "rb") as f:
-    params, state, flat = weights.from_bytes(f.read())
-  weights.check_structure(template.params, params, f"params in {path}")
-  weights.check_structure(template.state, state, f"state in {path}")
+    params, state, flat = serialization.from_bytes(f.read())
+  serialization.check_structure(template.params, params, f"params in {path}")
+  serialization.check_structure(template.state, state, f"state in {path}")
   leaves, treedef = jax.tree_util.tree_flatten(template.opt_state)
   opt_leaves = [flat[f"opt/{i}"] for i in range(len(leaves))]
   opt_state = jax.tree_util.tree_unflatten(treedef, opt_leaves)

@@ -1,4 +1,4 @@
-"""Params and state <-> one flat safetensors file (``/``-joined keys, float32).
+"""Serialization: params and state <-> one flat safetensors file (``/``-joined keys, float32).
 
 Keys are ``params/<module>/<name>`` and ``state/<module>/<name>``; haiku module
 paths already use ``/`` and ``~``, which safetensors keys allow.

@@ -1,0 +1,1 @@
+"""Bundled zoo weights (data): one folder per variant, and pins.json."""
