@@ -29,11 +29,13 @@ def _front_matter(name: str, dataset: str | None, metrics: Mapping[str, Any] | N
     lines += ["model-index:", f"- name: {name}", "  results:", "  - task:",
               "      type: image-to-image", "      name: Image reconstruction", "    dataset:",
               f"      type: {HUB_DATASET_IDS.get(dataset, dataset)}",
-              f"      name: {DATASET_CREDITS.get(dataset, (dataset,))[0]}", "      split: test",
+              f"      name: {json.dumps(DATASET_CREDITS.get(dataset, (dataset,))[0])}",
+              "      split: test",
               "    metrics:"]
     for key, label, _ in METRIC_ROWS:
       if key in metrics:
-        lines += [f"    - type: {key}", f"      name: {label}", f"      value: {metrics[key]}"]
+        lines += [f"    - type: {key}", f"      name: {json.dumps(label)}",
+                  f"      value: {metrics[key]}"]
   return "\n".join(lines + ["---", ""])
 
 
