@@ -356,3 +356,19 @@ def test_push_script_all_skips_unbundled_variants(hub, capsys):
     assert f"skipping {name}" in captured.err
   with pytest.raises(KeyError, match="mnist-mlpp"):
     script.main(["--variant", "mnist-mlpp"])
+
+
+def test_finetune_pushes_its_result_with_lineage(hub, tmp_path, digits):
+  """`vqzoo finetune --push-to-hub`: the Hub copy loads and carries the lineage card."""
+  from PIL import Image
+  folder = tmp_path / "digits"
+  folder.mkdir()
+  for i, image in enumerate(np.load(DIGITS)):
+    Image.fromarray(image[..., 0]).save(folder / f"{i}.png")
+  rc = cli_main(["finetune", "--from", "mnist-mlp", "--images", str(folder), "--out",
+                 str(tmp_path / "ft"), "--steps", "5", "--batch-size", "16", "--no-progress",
+                 "--push-to-hub", "someone/finetuned"])
+  assert rc == 0
+  pulled = vqzoo.load("hf-hub:someone/finetuned")
+  assert_same_weights(pulled, vqzoo.load(str(tmp_path / "ft")))
+  assert '"base": "mnist-mlp"' in pulled.card and "images_dir" in pulled.card
