@@ -76,3 +76,20 @@ def bundle_variant(name: str, model: PretrainedVQVAE, metrics: dict,
   if (root / "model_cards").is_dir():
     atomic_write_bytes(root / "model_cards" / f"{name}.md", model.card.encode())
   return digest
+
+
+def zoo_table() -> str:
+  """The README's zoo table, rendered from the registry and each variant's measured metrics."""
+  rows = ["| variant | architecture | test MSE | PSNR (dB) | codes used | perplexity | bar |",
+          "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+  for name in registry.list_models():
+    entry = registry.get_entry(name)
+    m = entry.metrics
+    bar = ", ".join(f"MSE ≤ {v}" if k == "mse_max" else f"≥ {v:g} codes"
+                    for k, v in entry.bar.items())
+    if not m:
+      rows.append(f"| `{name}` | {entry.description} | not trained | | | | {bar} |")
+      continue
+    rows.append(f"| `{name}` | {entry.description} | {m['mse']:.5f} | {m['psnr']:.2f} | "
+                f"{m['codes_used']} | {m['perplexity']:.1f} | {bar} |")
+  return "\n".join(rows)
