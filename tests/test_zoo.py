@@ -129,3 +129,8 @@ def test_demo_runs_offline_without_dataset(tmp_path, capsys, monkeypatch):
   for name in ("mnist-mlp", "mnist-conv-ema"):
     assert re.search(rf"{name}\s+MSE 0\.0\d+\s+PSNR \d+\.\d+ dB\s+codes used \d+", out), out
   assert (tmp_path / "demo.png").stat().st_size > 0
+
+
+def test_readme_zoo_table_is_the_measured_one():
+  readme = (registry.WEIGHTS_DIR.parent.parent / "README.md").read_text()
+  assert zoo.zoo_table() in readme, "README's zoo table is stale: paste vqzoo.zoo.zoo_table()"
