@@ -101,3 +101,16 @@ def test_good_images_are_accepted_in_every_layout():
     x = to_float_images(images, (28, 28, 1))
     assert x.dtype == np.float32 and x.ndim == 4 and x.shape[1:] == (28, 28, 1)
     assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_depth_to_space_matches_a_numpy_pixel_shuffle():
+  from vqzoo.nets import depth_to_space
+  x = np.arange(2 * 3 * 4 * 8, dtype=np.float32).reshape(2, 3, 4, 8)  # C = 2 * 2^2
+  out = np.asarray(depth_to_space(jnp.asarray(x), 2))
+  assert out.shape == (2, 6, 8, 2)
+  for i in range(3):
+    for j in range(4):
+      for di in range(2):
+        for dj in range(2):
+          np.testing.assert_array_equal(out[:, 2 * i + di, 2 * j + dj],
+                                        x[:, i, j, (di * 2 + dj) * 2:(di * 2 + dj + 1) * 2])
