@@ -53,15 +53,12 @@ def jax_train_ips(config, batch, seconds):
   recipe = vqzoo.TrainConfig(steps=10**6, batch_size=batch)
   optimizer = train_lib.make_optimizer(recipe)
   ts = train_lib.init_train_state(config, optimizer, 0)
-  devices = jax.local_devices()[:1]
-  step = jax.pmap(train_lib.make_train_step(config, optimizer), axis_name=train_lib.AXIS,
-                  devices=devices, donate_argnums=(0,))
-  rts = jax.device_put(train_lib.replicate(jax.device_get(ts), 1), devices[0])
-  x = jax.device_put(_images(batch)[None], devices[0])
-  holder = [rts]
+  compiled = train_lib.compile_step(config, optimizer, jax.local_devices()[:1])  # as train()
+  holder = [compiled.place(ts)]
+  x = jax.device_put(_images(batch))
 
   def run():
-    holder[0], metrics = step(holder[0], x)
+    holder[0], metrics = compiled.step(holder[0], x)
     metrics["loss"].block_until_ready()
   for _ in range(3):
     run()
