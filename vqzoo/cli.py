@@ -125,8 +125,9 @@ def cmd_demo(args):
     s = _summary(model, digits, recon)
     print(f"{name:16s} MSE {s['mse']:.5f}  PSNR {s['psnr']:.2f} dB  codes used {s['codes_used']}"
           f"  ({s['images']} bundled MNIST test digits)")
-  save_png(args.out, make_grid(rows))
-  print(f"grid: {args.out} (rows: originals, {', '.join(DEMO_MODELS)})")
+  per_row = 16
+  save_png(args.out, make_grid([r[i:i + per_row] for i in range(0, len(x), per_row) for r in rows]))
+  print(f"grid: {args.out} (rows: originals, {', '.join(DEMO_MODELS)}; {per_row} digits a row)")
 
 
 def cmd_finetune(args, rest):
