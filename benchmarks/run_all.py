@@ -55,10 +55,26 @@ def jax_train_ips(config, batch, seconds):
   ts = train_lib.init_train_state(config, optimizer, 0)
   compiled = train_lib.compile_step(config, optimizer, jax.local_devices()[:1])  # as train()
   holder = [compiled.place(ts)]
-  x = jax.device_put(_images(batch))
+  x = _images(batch)[None]  # [devices, batch, ...]
 
   def run():
     holder[0], metrics = compiled.step(holder[0], x)
+    metrics["loss"].block_until_ready()
+  for _ in range(3):
+    run()
+  return batch / _time_loop(run, seconds)
+
+
+def jax_jit_train_ips(config, batch, seconds):
+  """The same step under plain jit with no replica axis: what pmap over one device costs."""
+  recipe = vqzoo.TrainConfig(steps=10**6, batch_size=batch)
+  optimizer = train_lib.make_optimizer(recipe)
+  step = jax.jit(train_lib.make_train_step(config, optimizer, axis_name=None), donate_argnums=(0,))
+  holder = [jax.device_put(jax.device_get(train_lib.init_train_state(config, optimizer, 0)))]
+  x = _images(batch)
+
+  def run():
+    holder[0], metrics = step(holder[0], x)
     metrics["loss"].block_until_ready()
   for _ in range(3):
     run()
@@ -210,10 +226,11 @@ def main(argv=None):
     for batch in BATCHES:
       if "train" in parts:
         v, t = jax_train_ips(config, batch, args.seconds), torch_train_ips(config, batch, args.seconds)
+        j = jax_jit_train_ips(config, batch, args.seconds)
         result["rows"].append({"what": "train", "model": name, "batch": batch, "vqzoo_ips": v,
-                               "pytorch_ips": t, "ratio": v / t})
+                               "pytorch_ips": t, "ratio": v / t, "vqzoo_plain_jit_ips": j})
         print(f"train  {name:16s} batch {batch:5d}: vqzoo {v:9.0f} img/s  pytorch {t:9.0f} img/s"
-              f"  ratio {v / t:.2f}", flush=True)
+              f"  ratio {v / t:.2f}   (same step, plain jit: {j:9.0f} img/s)", flush=True)
       if "infer" in parts:
         v, t = jax_infer_ips(model, batch, args.seconds), torch_infer_ips(config, batch, args.seconds)
         result["rows"].append({"what": "reconstruct", "model": name, "batch": batch,

@@ -1,8 +1,8 @@
 """Training: optax Adam with warmup + cosine decay, pmapped over local devices.
 
-One step function for one device or many: with several devices it is ``jax.pmap``-ed with
-``pmean``-ed gradients and cross-replica EMA statistics; with one it is ``jax.jit``-ed with no
-replica axis (pmap over a single device is only overhead), so the maths is the same.
+One code path for one device or many: the step is always ``jax.pmap``-ed over the local
+devices with ``pmean``-ed gradients and cross-replica EMA statistics, so a single CPU runs
+exactly what an 8-GPU host runs, on one shard.
 """
 
 from __future__ import annotations
@@ -188,29 +188,25 @@ def unreplicate(tree):
 
 
 class CompiledStep(NamedTuple):
-  """A train step placed on devices: ``step(placed_state, batch) -> (placed_state, metrics)``."""
+  """A train step placed on devices: ``step(placed_state, batch[n_dev, B / n_dev, ...])``
+  -> ``(placed_state, metrics)``."""
   step: Callable
   place: Callable[[TrainState], Any]   # host/device TrainState -> placed (a copy: steps donate)
   host: Callable[[Any], TrainState]    # placed -> one replica's TrainState
-  single: bool                         # batches are [B, ...] (else [devices, B / devices, ...])
 
 
 def compile_step(config: ModelConfig, optimizer, devices, frozen: Iterable[str] = ()
                  ) -> CompiledStep:
-  """``jax.jit`` on one device; ``jax.pmap`` with the replica axis on several.
+  """The step ``jax.pmap``-ed over ``devices`` with the replica axis (one device included).
 
-  The same step function either way. pmap over a single device measured 2-3x slower on the
-  CPU (JAX 0.10's shard_map-based pmap; see BENCHMARKS.md), so one device skips it.
+  On one CPU device pmap measured as fast as plain jit (a little faster; see BENCHMARKS.md),
+  so a laptop runs exactly the code path of a multi-device host.
   """
   devices = list(devices)
-  if len(devices) == 1 and jax.process_count() == 1:
-    step = jax.jit(make_train_step(config, optimizer, None, frozen), donate_argnums=(0,))
-    return CompiledStep(step, lambda ts: jax.device_put(jax.device_get(ts), devices[0]),
-                        lambda placed: placed, True)
   step = jax.pmap(make_train_step(config, optimizer, AXIS, frozen), axis_name=AXIS,
                   devices=devices, donate_argnums=(0,))
   return CompiledStep(step, lambda ts: replicate(jax.device_get(ts), len(devices)),
-                      unreplicate, False)
+                      unreplicate)
 
 
 def _finite_metrics(metrics, step: int, ckpt_path: Path, bar) -> dict[str, float]:
@@ -224,9 +220,8 @@ def _finite_metrics(metrics, step: int, ckpt_path: Path, bar) -> dict[str, float
   return values
 
 
-def _local_batches(images, recipe: TrainConfig, start: int, n_dev: int, squeeze: bool = False):
-  """This process's share of each global batch, as ``[n_dev, B / (hosts * n_dev), ...]``
-  (``[B, ...]`` with ``squeeze``, for a single un-mapped device)."""
+def _local_batches(images, recipe: TrainConfig, start: int, n_dev: int):
+  """This process's share of each global batch, as ``[n_dev, B / (hosts * n_dev), ...]``."""
   hosts, index = jax.process_count(), jax.process_index()
   if recipe.batch_size % (hosts * n_dev):
     raise ValueError(f"batch_size: expected a multiple of {hosts * n_dev} (hosts x local "
@@ -234,7 +229,7 @@ def _local_batches(images, recipe: TrainConfig, start: int, n_dev: int, squeeze:
   share = recipe.batch_size // hosts
   for batch in data_lib.batches(images, recipe.batch_size, recipe.seed, start):
     local = batch[index * share:(index + 1) * share]
-    yield local if squeeze else local.reshape(n_dev, share // n_dev, *local.shape[1:])
+    yield local.reshape(n_dev, share // n_dev, *local.shape[1:])
 
 
 def train(config: ModelConfig, recipe: TrainConfig, workdir: str | os.PathLike,
@@ -285,7 +280,7 @@ def train(config: ModelConfig, recipe: TrainConfig, workdir: str | os.PathLike,
   compiled = compile_step(config, optimizer, devices, frozen)
   rts = compiled.place(ts)
   host_state = compiled.host
-  batch_iter = _local_batches(images, recipe, start, n_dev, squeeze=compiled.single)
+  batch_iter = _local_batches(images, recipe, start, n_dev)
   step_fn = compiled.step
   last: dict[str, float] = {}
   bar = tqdm(total=recipe.steps, initial=start, disable=not progress, desc="train",
