@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Per-layer profile of the zoo's conv VQ-VAE train step on this machine (XLA).
 
-For each convolution of the mnist-conv-ema architecture: forward, input-gradient (dx) and
-weight-gradient (dw) time at the given batch sizes, each jitted alone; then the whole model's
-forward and forward+backward. Shows where the conv training step spends its time.
+For each convolution of the mnist-conv-ema architecture: XLA's convolution forward,
+input-gradient (dx) and weight-gradient (dw) times, and vqzoo's ``conv2d`` (which picks the
+fastest formulation per shape) forward and forward+backward, each jitted alone, at the given
+batch sizes; then the whole model's forward and forward+backward.
 
   python benchmarks/conv_profile.py --batch 128 --batch 1024
 """
@@ -20,6 +21,7 @@ from jax import lax
 
 import vqzoo
 from vqzoo.model import build
+from vqzoo.nets import conv2d
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -53,18 +55,22 @@ def main(argv=None):
   config = vqzoo.get_config("mnist-conv-ema")
   for batch in args.batch or [128, 1024]:
     print(f"\nbatch {batch}: ms per call (x count in the model)")
-    print(f"| layer | count | fwd | dx | dw |\n| --- | ---: | ---: | ---: | ---: |")
-    total = np.zeros(3)
+    print("| layer | count | XLA conv fwd | XLA dx | XLA dw | vqzoo conv2d fwd | fwd+dx+dw |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    total = np.zeros(5)
     for name, hw, cin, cout, k, s, count in layers(config):
       x = jnp.ones((batch, hw, hw, cin))
       w = jnp.ones((k, k, cin, cout)) * 0.01
-      conv = lambda x, w, s=s: lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=DN)
-      loss = lambda x, w: jnp.sum(conv(x, w))
-      t = np.array([timed(jax.jit(conv), x, w), timed(jax.jit(jax.grad(loss, 0)), x, w),
-                    timed(jax.jit(jax.grad(loss, 1)), x, w)])
+      xla = lambda x, w, s=s: lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=DN)
+      ours = lambda x, w, s=s: conv2d(x, w, s)
+      # sin() keeps the output gradient data-dependent (a plain sum lets XLA fold it away).
+      loss = lambda x, w: jnp.sum(jnp.sin(xla(x, w)))
+      t = np.array([timed(jax.jit(xla), x, w), timed(jax.jit(jax.grad(loss, 0)), x, w),
+                    timed(jax.jit(jax.grad(loss, 1)), x, w), timed(jax.jit(ours), x, w),
+                    timed(jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(ours(x, w))), (0, 1))), x, w)])
       total += count * t
-      print(f"| {name} | {count} | {t[0]:.1f} | {t[1]:.1f} | {t[2]:.1f} |")
-    print(f"| all convs | | {total[0]:.1f} | {total[1]:.1f} | {total[2]:.1f} |")
+      print(f"| {name} | {count} | " + " | ".join(f"{v:.1f}" for v in t) + " |")
+    print("| all convs x count | | " + " | ".join(f"{v:.1f}" for v in total) + " |")
     model = build(config)
     x = jnp.asarray((np.random.default_rng(0).random((batch, 28, 28, 1)) < 0.2), jnp.float32)
     params, state = model.init(jax.random.PRNGKey(0), x[:1], True)

@@ -114,3 +114,23 @@ def test_depth_to_space_matches_a_numpy_pixel_shuffle():
         for dj in range(2):
           np.testing.assert_array_equal(out[:, 2 * i + di, 2 * j + dj],
                                         x[:, i, j, (di * 2 + dj) * 2:(di * 2 + dj + 1) * 2])
+
+
+@pytest.mark.parametrize("shape, kernel, cout, stride", [
+    ((3, 28, 28, 1), 4, 8, 2), ((3, 14, 14, 8), 4, 16, 2), ((3, 7, 7, 16), 3, 16, 1),
+    ((3, 7, 7, 8), 1, 16, 1), ((3, 7, 7, 32), 3, 128, 1), ((3, 9, 9, 4), 3, 5, 1)])
+def test_every_conv_formulation_equals_xla_convolution(shape, kernel, cout, stride):
+  """Forward and both gradients of vqzoo's conv equal lax.conv_general_dilated's."""
+  from jax import lax
+  from vqzoo.nets import conv2d, conv_as_matmul
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, shape[-1], cout)), jnp.float32)
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  for fn in (conv2d, conv_as_matmul):
+    mine = lambda x, w: fn(x, w, stride)
+    np.testing.assert_allclose(mine(x, w), ref(x, w), rtol=1e-4, atol=1e-4)
+    loss = lambda f: (lambda x, w: jnp.sum(jnp.sin(f(x, w))))
+    for a, b in zip(jax.grad(loss(mine), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)

@@ -40,14 +40,15 @@ def to_float_images(images, image_shape: Sequence[int]) -> np.ndarray:
   if x.shape[0] == 0:
     raise ValueError(f"images: expected at least one image ({expected}), got an empty batch")
   if np.issubdtype(x.dtype, np.integer):
-    lo, hi = int(x.min()), int(x.max())
-    if lo < 0 or hi > 255:
-      raise ValueError(f"images: integer pixels must be in 0-255, got values in [{lo}, {hi}]")
-    return x.astype(np.float32) / 255.0
-  if not np.all(np.isfinite(x)):
-    raise ValueError("images: expected finite floats in [0, 1], found NaN or Inf")
-  lo, hi = float(x.min()), float(x.max())
-  if lo < 0.0 or hi > 1.0:
+    if x.dtype != np.uint8:
+      lo, hi = int(x.min()), int(x.max())
+      if lo < 0 or hi > 255:
+        raise ValueError(f"images: integer pixels must be in 0-255, got values in [{lo}, {hi}]")
+    return x.astype(np.float32) / np.float32(255)
+  lo, hi = float(x.min()), float(x.max())  # NaN propagates; Inf is out of range
+  if not (lo >= 0.0 and hi <= 1.0):
+    if np.isnan(lo) or np.isnan(hi):
+      raise ValueError("images: expected finite floats in [0, 1], found NaN")
     raise ValueError(f"images: float pixels must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}]"
                      "; divide uint8 data by 255")
-  return x.astype(np.float32)
+  return np.asarray(x, dtype=np.float32)  # no copy for float32 input

@@ -10,6 +10,7 @@ transposed conv is a special case of.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -49,6 +50,92 @@ class MLPDecoder(hk.Module):
     return jnp.reshape(h, (z.shape[0], *self.image_shape))
 
 
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, tuple[int, int]]:
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return out, (total // 2, total - total // 2)
+
+
+def conv_as_matmul(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+  """SAME convolution as one matrix product over im2col patches.
+
+  ``x`` ``[B, H, W, C]``, ``w`` ``[kh, kw, C, O]`` -> ``[B, H/stride, W/stride, O]``; equal to
+  ``lax.conv_general_dilated(x, w, (stride, stride), "SAME")`` up to summation order.
+  """
+  kh, kw, cin, cout = w.shape
+  b, h, wd, _ = x.shape
+  oh, pad_h = _same_padding(h, kh, stride)
+  ow, pad_w = _same_padding(wd, kw, stride)
+  if kh == kw == 1 and stride == 1:
+    return (x.reshape(-1, cin) @ w.reshape(cin, cout)).reshape(b, h, wd, cout)
+  x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+  patches = jnp.concatenate(
+      [x[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride, :]
+       for i in range(kh) for j in range(kw)], axis=-1)
+  return (patches.reshape(-1, kh * kw * cin) @ w.reshape(-1, cout)).reshape(b, oh, ow, cout)
+
+
+def _xla_conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                      dimension_numbers=_DIMENSIONS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_matmul_backward(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+  """XLA's convolution forward, the gradient of :func:`conv_as_matmul` backward (same maths)."""
+  return _xla_conv(x, w, stride)
+
+
+def _cmb_forward(x, w, stride):
+  return _xla_conv(x, w, stride), (x, w)
+
+
+def _cmb_backward(stride, residuals, dy):
+  x, w = residuals
+  return jax.vjp(lambda x, w: conv_as_matmul(x, w, stride), x, w)[1](dy)
+
+
+conv_matmul_backward.defvjp(_cmb_forward, _cmb_backward)
+
+
+def conv2d(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+  """SAME NHWC convolution, by the formulation XLA's CPU backend runs fastest for its shape.
+
+  Measured per layer by ``benchmarks/conv_profile.py`` (BENCHMARKS.md): 1x1 kernels are one
+  matmul both ways; layers with a tiny fan-in (``kh*kw*C <= 16``, the first layer on grayscale
+  images) or a wide output (``O >= 2C``, ``C >= 32``: the sub-pixel upsampling) keep XLA's
+  convolution forward and take im2col matmuls for both gradients; the rest are XLA convolutions.
+  All are the same function of the same parameters.
+  """
+  kh, kw, cin, cout = w.shape
+  if kh == kw == 1:
+    return conv_as_matmul(x, w, stride)
+  if kh * kw * cin <= 16 or (cout >= 2 * cin and cin >= 32):
+    return conv_matmul_backward(x, w, stride)
+  return _xla_conv(x, w, stride)
+
+
+class Conv2D(hk.Module):
+  """``hk.Conv2D``'s parameters (``w`` ``[kh, kw, C, O]``, ``b`` ``[O]``) and initialiser, SAME
+  padding, NHWC, computed by :func:`conv2d`."""
+
+  def __init__(self, output_channels: int, kernel_shape: int, stride: int = 1, name=None):
+    super().__init__(name=name)
+    self.output_channels = output_channels
+    self.kernel_shape = kernel_shape
+    self.stride = stride
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, cin, cout = self.kernel_shape, x.shape[-1], self.output_channels
+    w = hk.get_parameter("w", (k, k, cin, cout), x.dtype,
+                         init=hk.initializers.TruncatedNormal(1.0 / math.sqrt(k * k * cin)))
+    b = hk.get_parameter("b", (cout,), x.dtype, init=jnp.zeros)
+    return conv2d(x, w, self.stride) + b
+
+
 class ResidualStack(hk.Module):
   """``num_layers`` x (ReLU, 3x3 conv, ReLU, 1x1 conv) with skips, then ReLU."""
 
@@ -60,8 +147,8 @@ class ResidualStack(hk.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for i in range(self.num_layers):
-      h = hk.Conv2D(self.num_residual_hiddens, 3, name=f"res3x3_{i}")(jax.nn.relu(x))
-      x = x + hk.Conv2D(self.num_hiddens, 1, name=f"res1x1_{i}")(jax.nn.relu(h))
+      h = Conv2D(self.num_residual_hiddens, 3, name=f"res3x3_{i}")(jax.nn.relu(x))
+      x = x + Conv2D(self.num_hiddens, 1, name=f"res1x1_{i}")(jax.nn.relu(h))
     return jax.nn.relu(x)
 
 
@@ -82,7 +169,7 @@ class SubPixelUpsample(hk.Module):
     self.channels = channels
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return depth_to_space(hk.Conv2D(4 * self.channels, 3, name="conv")(x), 2)
+    return depth_to_space(Conv2D(4 * self.channels, 3, name="conv")(x), 2)
 
 
 class ConvEncoder(hk.Module):
@@ -102,11 +189,11 @@ class ConvEncoder(hk.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     chex.assert_rank(x, 4)
-    h = jax.nn.relu(hk.Conv2D(self.num_hiddens // 2, 4, stride=2, name="down_1")(x))
-    h = jax.nn.relu(hk.Conv2D(self.num_hiddens, 4, stride=2, name="down_2")(h))
-    h = hk.Conv2D(self.num_hiddens, 3, name="conv3x3")(h)
+    h = jax.nn.relu(Conv2D(self.num_hiddens // 2, 4, stride=2, name="down_1")(x))
+    h = jax.nn.relu(Conv2D(self.num_hiddens, 4, stride=2, name="down_2")(h))
+    h = Conv2D(self.num_hiddens, 3, name="conv3x3")(h)
     h = ResidualStack(self.num_hiddens, self.num_residual_layers, self.num_residual_hiddens)(h)
-    return hk.Conv2D(self.embedding_dim, 1, name="to_embedding")(h)
+    return Conv2D(self.embedding_dim, 1, name="to_embedding")(h)
 
 
 class ConvDecoder(hk.Module):
@@ -126,7 +213,7 @@ class ConvDecoder(hk.Module):
 
   def __call__(self, z: jax.Array) -> jax.Array:
     chex.assert_rank(z, 4)
-    h = hk.Conv2D(self.num_hiddens, 3, name="conv3x3")(z)
+    h = Conv2D(self.num_hiddens, 3, name="conv3x3")(z)
     h = ResidualStack(self.num_hiddens, self.num_residual_layers, self.num_residual_hiddens)(h)
     h = jax.nn.relu(SubPixelUpsample(self.num_hiddens // 2, name="up_1")(h))
     return SubPixelUpsample(self.out_channels, name="up_2")(h)
