@@ -89,6 +89,15 @@ def test_loaded_model_round_trips_and_accepts_any_layout(tmp_path):
     model.decode(np.array([600]))
   with pytest.raises(ValueError, match="expected 28x28"):
     model.reconstruct(np.zeros((2, 32, 32), np.uint8))
+  bad = (digits / 255.0).astype(np.float32)
+  bad[3, 5, 5] = np.nan
+  for method in (model.reconstruct, model.encode):
+    with pytest.raises(ValueError, match="NaN"):
+      method(bad)
+  with pytest.raises(ValueError, match=r"\[0, 1\].*divide uint8 data by 255"):
+    model.reconstruct(digits.astype(np.float32))  # 0-255 floats
+  with pytest.raises(ValueError, match="0-255"):
+    model.encode(digits.astype(np.int32) + 300)
 
 
 def jax_leaves(model):

@@ -7,17 +7,11 @@ from typing import Sequence
 import numpy as np
 
 
-def to_float_images(images, image_shape: Sequence[int]) -> np.ndarray:
-  """Validates ``images`` and returns ``[B, H, W, C]`` float32 in [0, 1].
-
-  Args:
-    images: ``[B, H, W, C]``, ``[B, H, W]`` (single channel), ``[H, W, C]`` or
-      ``[H, W]`` (a single image); uint8 in [0, 255] or float in [0, 1].
-    image_shape: the model's ``(H, W, C)``.
+def as_image_batch(images, image_shape: Sequence[int]) -> np.ndarray:
+  """Checks layout and dtype; returns ``[B, H, W, C]`` in the input's dtype (no value checks).
 
   Raises:
-    ValueError: wrong rank, size or channel count; integers outside 0-255;
-      floats outside [0, 1]; NaN or Inf; an empty batch.
+    ValueError: not an integer or float array; wrong rank, size or channel count; empty.
   """
   h, w, c = image_shape
   expected = f"[B, {h}, {w}, {c}]" + (f" or [B, {h}, {w}]" if c == 1 else "")
@@ -39,16 +33,38 @@ def to_float_images(images, image_shape: Sequence[int]) -> np.ndarray:
                      f"(shape {x.shape})")
   if x.shape[0] == 0:
     raise ValueError(f"images: expected at least one image ({expected}), got an empty batch")
-  if np.issubdtype(x.dtype, np.integer):
-    if x.dtype != np.uint8:
-      lo, hi = int(x.min()), int(x.max())
-      if lo < 0 or hi > 255:
-        raise ValueError(f"images: integer pixels must be in 0-255, got values in [{lo}, {hi}]")
-    return x.astype(np.float32) / np.float32(255)
-  lo, hi = float(x.min()), float(x.max())  # NaN propagates; Inf is out of range
-  if not (lo >= 0.0 and hi <= 1.0):
+  return x
+
+
+def check_pixel_range(lo: float, hi: float, integer: bool) -> None:
+  """Raises ``ValueError`` unless ``[lo, hi]`` lies in 0-255 (integers) or [0, 1] (floats)."""
+  if integer:
+    if lo < 0 or hi > 255:
+      raise ValueError(f"images: integer pixels must be in 0-255, got values in "
+                       f"[{int(lo)}, {int(hi)}]")
+  elif not (lo >= 0.0 and hi <= 1.0):  # NaN fails both comparisons; Inf is out of range
     if np.isnan(lo) or np.isnan(hi):
       raise ValueError("images: expected finite floats in [0, 1], found NaN")
     raise ValueError(f"images: float pixels must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}]"
                      "; divide uint8 data by 255")
+
+
+def to_float_images(images, image_shape: Sequence[int]) -> np.ndarray:
+  """Validates ``images`` and returns ``[B, H, W, C]`` float32 in [0, 1].
+
+  Args:
+    images: ``[B, H, W, C]``, ``[B, H, W]`` (single channel), ``[H, W, C]`` or
+      ``[H, W]`` (a single image); uint8 in [0, 255] or float in [0, 1].
+    image_shape: the model's ``(H, W, C)``.
+
+  Raises:
+    ValueError: wrong rank, size or channel count; integers outside 0-255;
+      floats outside [0, 1]; NaN or Inf; an empty batch.
+  """
+  x = as_image_batch(images, image_shape)
+  integer = bool(np.issubdtype(x.dtype, np.integer))
+  if x.dtype != np.uint8:
+    check_pixel_range(float(x.min()), float(x.max()), integer)
+  if integer:
+    return x.astype(np.float32) / np.float32(255)
   return np.asarray(x, dtype=np.float32)  # no copy for float32 input

@@ -23,7 +23,7 @@ from huggingface_hub import ModelHubMixin, hf_hub_download
 from vqzoo import serialization
 from vqzoo.cards import render_card
 from vqzoo.configs import ModelConfig
-from vqzoo.images import to_float_images
+from vqzoo.images import as_image_batch, to_float_images
 from vqzoo.io import atomic_write_bytes
 from vqzoo.model import build, build_codec
 
@@ -91,11 +91,24 @@ class PretrainedVQVAE(
     self.card = card
     self.source = source or {}
     codec = build_codec(config)
-    self._encode = jax.jit(lambda p, s, x: codec.apply(p, s, None, "encode", x)[0])
+
+    def on_images(method):
+      # uint8 or float32 images go to the device as they are: conversion and the range check
+      # run inside the jitted function, and the caller raises if the check failed.
+      def fn(p, s, x):
+        if x.dtype == jnp.uint8:
+          in_range = jnp.array(True)
+          x = x.astype(jnp.float32) / 255.0
+        else:  # comparisons with NaN are false, so NaN counts as out of range
+          in_range = jnp.all((x >= 0.0) & (x <= 1.0))
+        out = codec.apply(p, s, None, method, x.astype(jnp.float32))[0]
+        return (jnp.clip(out, 0.0, 1.0) if method == "reconstruct" else out), in_range
+      return jax.jit(fn)
+
+    self._encode = on_images("encode")
+    self._reconstruct = on_images("reconstruct")
     self._decode = jax.jit(lambda p, s, c: jnp.clip(codec.apply(p, s, None, "decode", c)[0],
                                                     0.0, 1.0))
-    self._reconstruct = jax.jit(
-        lambda p, s, x: jnp.clip(codec.apply(p, s, None, "reconstruct", x)[0], 0.0, 1.0))
 
   # ------------------------------------------------------------------ inference
 
@@ -103,9 +116,19 @@ class PretrainedVQVAE(
     """uint8 or float images, with or without channel axis -> ``[B, H, W, C]`` float32."""
     return to_float_images(images, self.config.image_shape)
 
+  def _run(self, fn, images) -> np.ndarray:
+    x = as_image_batch(images, self.config.image_shape)
+    if x.dtype != np.uint8 and x.dtype != np.float32:
+      x = self.preprocess(x)  # other dtypes: checked and converted on the host
+    out, in_range = fn(self.params, self.state, x)
+    if not bool(in_range):
+      self.preprocess(x)  # the host check raises the error that says what was wrong
+      raise ValueError("images: expected floats in [0, 1]")  # unreachable in practice
+    return np.asarray(out)
+
   def encode(self, images) -> np.ndarray:
     """Images -> int32 codes ``[B]`` (MLP) or ``[B, H/4, W/4]`` (conv)."""
-    return np.asarray(self._encode(self.params, self.state, self.preprocess(images)))
+    return self._run(self._encode, images)
 
   def decode(self, codes) -> np.ndarray:
     """int codes ``[B, ...latent]`` -> ``[B, H, W, C]`` float32 images in [0, 1]."""
@@ -124,7 +147,7 @@ class PretrainedVQVAE(
 
   def reconstruct(self, images) -> np.ndarray:
     """Images -> ``[B, H, W, C]`` float32 reconstructions in [0, 1]."""
-    return np.asarray(self._reconstruct(self.params, self.state, self.preprocess(images)))
+    return self._run(self._reconstruct, images)
 
   @property
   def num_parameters(self) -> int:
