@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from vqzoo import registry
-from vqzoo.io import sha256_file
 from vqzoo.pretrained import WEIGHTS_NAME, IntegrityError, PretrainedVQVAE
 
 HUB_PREFIX = "hf-hub:"
@@ -49,13 +48,13 @@ def load(name_or_path: str | os.PathLike, *, revision: str | None = None,
   if pin is None:
     raise FileNotFoundError(f"zoo model {spec!r} has no trained weights yet; train it with "
                             f"`python scripts/train.py --variant {spec} --bundle`")
-  bundled = entry.bundled_dir / WEIGHTS_NAME
-  if bundled.exists():
-    if sha256_file(bundled) == pin:
+  if (entry.bundled_dir / WEIGHTS_NAME).exists():
+    try:
       return PretrainedVQVAE.from_pretrained(entry.bundled_dir, expected_sha256=pin)
-  model = PretrainedVQVAE.from_pretrained(entry.weights.repo_id, revision=revision or
-                                          entry.weights.revision, expected_sha256=pin, **hub)
-  return model
+    except IntegrityError:
+      pass  # an altered bundled file: fetch the pinned one from the Hub instead
+  return PretrainedVQVAE.from_pretrained(entry.weights.repo_id, revision=revision or
+                                         entry.weights.revision, expected_sha256=pin, **hub)
 
 
 __all__ = ["load", "parse_hub_id", "IntegrityError"]

@@ -123,7 +123,7 @@ class PretrainedVQVAE(
     out, in_range = fn(self.params, self.state, x)
     if not bool(in_range):
       self.preprocess(x)  # the host check raises the error that says what was wrong
-      raise ValueError("images: expected floats in [0, 1]")  # unreachable in practice
+      raise ValueError("images: expected floats in [0, 1]")  # defensive; the line above raises
     return np.asarray(out)
 
   def encode(self, images) -> np.ndarray:
