@@ -124,3 +124,14 @@ def test_cached_split_equals_decoded_split(tfds_dir, tmp_path, monkeypatch):
   second = data_lib.load_images("mnist", "test[:500]", tfds_dir)
   np.testing.assert_array_equal(first, second)
   assert first.shape == (500, 28, 28, 1) and first.dtype == np.uint8
+
+
+def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
+  import os
+  import stat
+  from vqzoo.io import atomic_write_bytes
+  path = atomic_write_bytes(tmp_path / "f.bin", b"data")
+  mask = os.umask(0)
+  os.umask(mask)
+  assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+  assert path.read_bytes() == b"data"
