@@ -53,12 +53,12 @@ def jax_train_ips(config, batch, seconds):
   recipe = vqzoo.TrainConfig(steps=10**6, batch_size=batch)
   optimizer = train_lib.make_optimizer(recipe)
   ts = train_lib.init_train_state(config, optimizer, 0)
-  compiled = train_lib.compile_step(config, optimizer, jax.local_devices()[:1])  # as train()
-  holder = [compiled.place(ts)]
+  step = train_lib.compile_step(config, optimizer, jax.local_devices()[:1])  # as train()
+  holder = [train_lib.replicate(jax.device_get(ts), 1)]
   x = _images(batch)[None]  # [devices, batch, ...]
 
   def run():
-    holder[0], metrics = compiled.step(holder[0], x)
+    holder[0], metrics = step(holder[0], x)
     metrics["loss"].block_until_ready()
   for _ in range(3):
     run()

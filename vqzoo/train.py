@@ -187,26 +187,15 @@ def unreplicate(tree):
   return jax.tree_util.tree_map(lambda x: x[0], tree)
 
 
-class CompiledStep(NamedTuple):
-  """A train step placed on devices: ``step(placed_state, batch[n_dev, B / n_dev, ...])``
-  -> ``(placed_state, metrics)``."""
-  step: Callable
-  place: Callable[[TrainState], Any]   # host/device TrainState -> placed (a copy: steps donate)
-  host: Callable[[Any], TrainState]    # placed -> one replica's TrainState
+def compile_step(config: ModelConfig, optimizer, devices, frozen: Iterable[str] = ()):
+  """The train step ``jax.pmap``-ed over ``devices`` with the replica axis (one device included).
 
-
-def compile_step(config: ModelConfig, optimizer, devices, frozen: Iterable[str] = ()
-                 ) -> CompiledStep:
-  """The step ``jax.pmap``-ed over ``devices`` with the replica axis (one device included).
-
+  Takes a :func:`replicate`-d state and batches ``[n_dev, B / n_dev, ...]``; donates the state.
   On one CPU device pmap measured as fast as plain jit (a little faster; see BENCHMARKS.md),
   so a laptop runs exactly the code path of a multi-device host.
   """
-  devices = list(devices)
-  step = jax.pmap(make_train_step(config, optimizer, AXIS, frozen), axis_name=AXIS,
-                  devices=devices, donate_argnums=(0,))
-  return CompiledStep(step, lambda ts: replicate(jax.device_get(ts), len(devices)),
-                      unreplicate)
+  return jax.pmap(make_train_step(config, optimizer, AXIS, frozen), axis_name=AXIS,
+                  devices=list(devices), donate_argnums=(0,))
 
 
 def _finite_metrics(metrics, step: int, ckpt_path: Path, bar) -> dict[str, float]:
@@ -277,11 +266,9 @@ def train(config: ModelConfig, recipe: TrainConfig, workdir: str | os.PathLike,
   if resume and ckpt_path.exists():
     ts = load_checkpoint(ckpt_path, ts)
   start = int(ts.step)
-  compiled = compile_step(config, optimizer, devices, frozen)
-  rts = compiled.place(ts)
-  host_state = compiled.host
+  step_fn = compile_step(config, optimizer, devices, frozen)
+  rts = replicate(jax.device_get(ts), n_dev)
   batch_iter = _local_batches(images, recipe, start, n_dev)
-  step_fn = compiled.step
   last: dict[str, float] = {}
   bar = tqdm(total=recipe.steps, initial=start, disable=not progress, desc="train",
              dynamic_ncols=True)
@@ -303,9 +290,9 @@ def train(config: ModelConfig, recipe: TrainConfig, workdir: str | os.PathLike,
       bar.update(1)
       if done % checkpoint_every == 0 or done == stop:
         _finite_metrics(metrics, done, ckpt_path, bar)
-        save_checkpoint(ckpt_path, host_state(rts))
+        save_checkpoint(ckpt_path, unreplicate(rts))
   bar.close()
   elapsed = time.perf_counter() - t0
-  final = jax.device_get(host_state(rts))
+  final = jax.device_get(unreplicate(rts))
   return TrainResult(final.params, final.state, int(final.step), last,
                      images_seen / elapsed if elapsed > 0 else float("nan"))
