@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 import vqzoo
-from vqzoo import registry
+from vqzoo import compilation, registry
 from vqzoo import train as train_lib
 
 HERE = Path(__file__).resolve().parent
@@ -69,7 +69,8 @@ def jax_jit_train_ips(config, batch, seconds):
   """The same step under plain jit with no replica axis: what pmap over one device costs."""
   recipe = vqzoo.TrainConfig(steps=10**6, batch_size=batch)
   optimizer = train_lib.make_optimizer(recipe)
-  step = jax.jit(train_lib.make_train_step(config, optimizer, axis_name=None), donate_argnums=(0,))
+  step = compilation.jit(train_lib.make_train_step(config, optimizer, axis_name=None),
+                         donate_argnums=(0,))
   holder = [jax.device_put(jax.device_get(train_lib.init_train_state(config, optimizer, 0)))]
   x = _images(batch)
 
@@ -177,8 +178,9 @@ c = jnp.asarray(rng.normal(size=(k, d)).astype(np.float32))
 def seed_quantize(z_e, codebook):  # the seed's formula, as its sample code runs it (op by op)
   dists = jnp.sum((z_e[:, None, :] - codebook[None, :, :]) ** 2, axis=2)
   return jnp.argmin(dists, axis=1)
+from vqzoo.compilation import jit
 from vqzoo.quantizers import nearest_codes
-fn = {"vqzoo": jax.jit(nearest_codes), "seed-eager": seed_quantize,
+fn = {"vqzoo": jit(nearest_codes), "seed-eager": seed_quantize,
       "seed-jit": jax.jit(seed_quantize)}[mode]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 fn(z, c).block_until_ready()

@@ -26,6 +26,20 @@ def test_matmul_search_matches_seed_bruteforce():
   np.testing.assert_array_equal(ours, seed_bruteforce_codes(z, codebook))
 
 
+@pytest.mark.parametrize("n", [300, 2100])  # [n, 512] distances: two-pass search, then argmin
+def test_both_search_paths_pick_the_first_of_tied_codes(n):
+  from vqzoo import quantizers
+  assert (n * 512 > quantizers._TWO_PASS_MAX_DISTANCES) == (n > 2048)
+  rng = np.random.default_rng(2)
+  codebook = rng.normal(size=(512, 8)).astype(np.float32)
+  codebook[300:] = codebook[:212]  # codes 300.. duplicate 0..211: ties must go to the lower index
+  z = np.concatenate([codebook[rng.integers(0, 512, n // 2)],
+                      rng.normal(size=(n - n // 2, 8)).astype(np.float32)])
+  ours = np.asarray(jax.jit(nearest_codes)(z, codebook))
+  np.testing.assert_array_equal(ours, seed_bruteforce_codes(z, codebook))
+  assert ours.max() < 300
+
+
 def _quantizer_fn(ema=False, **kwargs):
   def f(z, is_training=True):
     cls = VectorQuantizerEMA if ema else VectorQuantizer

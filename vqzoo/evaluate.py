@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqzoo import compilation
 from vqzoo.configs import ModelConfig
 from vqzoo.model import build
 
@@ -20,7 +21,7 @@ from vqzoo.model import build
 def _eval_fn(config: ModelConfig):
   model = build(config)
 
-  @jax.jit
+  @compilation.jit
   def fn(params, state, images):
     out, _ = model.apply(params, state, None, images, False)
     rec = jnp.clip(out.reconstruction, 0.0, 1.0)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqzoo import compilation
 from vqzoo import data as data_lib
 from vqzoo.cards import metrics_table, render_card
 from vqzoo.configs import TrainConfig
@@ -44,7 +45,7 @@ def reseed_unused_codes(model: PretrainedVQVAE, images: np.ndarray, seed: int,
     ``(params, state, number of codes re-seeded)``; the model is not modified.
   """
   config = model.config
-  apply = jax.jit(lambda p, s, x: build(config).apply(p, s, None, x, False)[0])
+  apply = compilation.jit(lambda p, s, x: build(config).apply(p, s, None, x, False)[0])
   z_all, counts = [], np.zeros(config.quantizer.num_embeddings, np.int64)
   for start in range(0, len(images), batch_size):
     out = apply(model.params, model.state, data_lib.to_float(images[start:start + batch_size]))

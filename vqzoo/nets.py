@@ -10,7 +10,6 @@ transposed conv is a special case of.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
@@ -78,44 +77,19 @@ def conv_as_matmul(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
   return (patches.reshape(-1, kh * kw * cin) @ w.reshape(-1, cout)).reshape(b, oh, ow, cout)
 
 
-def _xla_conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-  return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
-                                      dimension_numbers=_DIMENSIONS)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_matmul_backward(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-  """XLA's convolution forward, the gradient of :func:`conv_as_matmul` backward (same maths)."""
-  return _xla_conv(x, w, stride)
-
-
-def _cmb_forward(x, w, stride):
-  return _xla_conv(x, w, stride), (x, w)
-
-
-def _cmb_backward(stride, residuals, dy):
-  x, w = residuals
-  return jax.vjp(lambda x, w: conv_as_matmul(x, w, stride), x, w)[1](dy)
-
-
-conv_matmul_backward.defvjp(_cmb_forward, _cmb_backward)
-
-
 def conv2d(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
   """SAME NHWC convolution, by the formulation XLA's CPU backend runs fastest for its shape.
 
-  Measured per layer by ``benchmarks/conv_profile.py`` (BENCHMARKS.md): 1x1 kernels are one
-  matmul both ways; layers with a tiny fan-in (``kh*kw*C <= 16``, the first layer on grayscale
-  images) or a wide output (``O >= 2C``, ``C >= 32``: the sub-pixel upsampling) keep XLA's
-  convolution forward and take im2col matmuls for both gradients; the rest are XLA convolutions.
-  All are the same function of the same parameters.
+  Measured per layer by ``benchmarks/conv_profile.py`` with :mod:`vqzoo.compilation`'s
+  options (BENCHMARKS.md): 1x1 kernels and layers with a tiny fan-in (``kh*kw*C <= 16``, the
+  first layer on grayscale images) are matrix products, forward and backward; the rest are
+  XLA convolutions. Both are the same function of the same parameters.
   """
-  kh, kw, cin, cout = w.shape
-  if kh == kw == 1:
+  kh, kw, cin, _ = w.shape
+  if kh == kw == 1 or kh * kw * cin <= 16:
     return conv_as_matmul(x, w, stride)
-  if kh * kw * cin <= 16 or (cout >= 2 * cin and cin >= 32):
-    return conv_matmul_backward(x, w, stride)
-  return _xla_conv(x, w, stride)
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                      dimension_numbers=_DIMENSIONS)
 
 
 class Conv2D(hk.Module):

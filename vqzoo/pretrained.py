@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from huggingface_hub import ModelHubMixin, hf_hub_download
 
-from vqzoo import serialization
+from vqzoo import compilation, serialization
 from vqzoo.cards import render_card
 from vqzoo.configs import ModelConfig
 from vqzoo.images import as_image_batch, to_float_images
@@ -103,12 +103,12 @@ class PretrainedVQVAE(
           in_range = jnp.all((x >= 0.0) & (x <= 1.0))
         out = codec.apply(p, s, None, method, x.astype(jnp.float32))[0]
         return (jnp.clip(out, 0.0, 1.0) if method == "reconstruct" else out), in_range
-      return jax.jit(fn)
+      return compilation.jit(fn)
 
     self._encode = on_images("encode")
     self._reconstruct = on_images("reconstruct")
-    self._decode = jax.jit(lambda p, s, c: jnp.clip(codec.apply(p, s, None, "decode", c)[0],
-                                                    0.0, 1.0))
+    self._decode = compilation.jit(
+        lambda p, s, c: jnp.clip(codec.apply(p, s, None, "decode", c)[0], 0.0, 1.0))
 
   # ------------------------------------------------------------------ inference
 

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from vqzoo import data as data_lib
-from vqzoo import serialization
+from vqzoo import compilation, serialization
 from vqzoo.configs import ModelConfig, TrainConfig
 from vqzoo.io import atomic_write_bytes
 from vqzoo.model import build
@@ -194,7 +194,7 @@ def compile_step(config: ModelConfig, optimizer, devices, frozen: Iterable[str] 
   On one CPU device pmap measured as fast as plain jit (a little faster; see BENCHMARKS.md),
   so a laptop runs exactly the code path of a multi-device host.
   """
-  return jax.pmap(make_train_step(config, optimizer, AXIS, frozen), axis_name=AXIS,
+  return compilation.pmap(make_train_step(config, optimizer, AXIS, frozen), axis_name=AXIS,
                   devices=list(devices), donate_argnums=(0,))
 
 
