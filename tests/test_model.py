@@ -134,3 +134,33 @@ def test_every_conv_formulation_equals_xla_convolution(shape, kernel, cout, stri
     loss = lambda f: (lambda x, w: jnp.sum(jnp.sin(f(x, w))))
     for a, b in zip(jax.grad(loss(mine), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("rows,max_rows,expected_slices", [(5, 8, 1), (20, 8, 3), (1000, 8, 16)])
+def test_slices_compute_what_the_whole_batch_computes(rows, max_rows, expected_slices):
+  from vqzoo import model as model_lib
+  calls = []
+
+  def fn(x):
+    calls.append(x.shape[0])
+    return jnp.cumsum(x, axis=1) * 2.0  # mixes features, never rows
+
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(rows, 6)), jnp.float32)
+  out = model_lib.apply_in_slices(fn, x, max_rows)
+  np.testing.assert_array_equal(out, fn(x))
+  assert len(calls) - 1 == expected_slices and sum(calls[:-1]) == rows
+
+
+def test_sliced_conv_model_equals_its_unsliced_self(monkeypatch):
+  from vqzoo import model as model_lib
+  config = CONFIGS["conv-ema-rgb"]
+  x = jnp.asarray(np.random.default_rng(3).random((40, *config.image_shape)), jnp.float32)
+  params, state = build(config).init(jax.random.PRNGKey(0), x, True)
+  outputs = []
+  for pixels in (10**9, 7 * 16 * 12):  # one slice, then 6 slices of 7 (the last of 5)
+    monkeypatch.setattr(model_lib, "CONV_SLICE_PIXELS", pixels)
+    outputs.append(build(config).apply(params, state, jax.random.PRNGKey(1), x, True))
+  (whole, whole_state), (sliced, sliced_state) = outputs
+  np.testing.assert_allclose(sliced.reconstruction, whole.reconstruction, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(sliced.codes, whole.codes)
+  chex.assert_trees_all_close(sliced_state, whole_state, rtol=1e-5, atol=1e-6)

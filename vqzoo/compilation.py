@@ -21,7 +21,6 @@ import os
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
@@ -55,8 +54,9 @@ def jit(fn: Callable, **kwargs) -> Callable:
 
 
 def _signature(args) -> Any:
+  """Tree structure, shapes and dtypes: what a compiled executable is specific to (cheap)."""
   leaves, tree = jax.tree_util.tree_flatten(args)
-  return tree, tuple((np.shape(x), jnp.result_type(x), getattr(x, "weak_type", False))
+  return tree, tuple((x.shape, x.dtype) if hasattr(x, "dtype") else (np.shape(x), type(x))
                      for x in leaves)
 
 
