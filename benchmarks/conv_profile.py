@@ -82,7 +82,7 @@ def torch_layer(torch, batch, hw, cin, cout, k, s):
 def torch_model(torch, config, x):
   from torch_reference import build_torch
   model = build_torch(config).train()
-  xt = torch.from_numpy(np.asarray(x))
+  xt = torch.from_numpy(np.array(x))  # a writable copy
 
   def fwd():
     with torch.no_grad():
