@@ -49,30 +49,19 @@ def _images(batch: int) -> np.ndarray:
   return (rng.random((batch, 28, 28, 1)) < 0.2).astype(np.float32)  # MNIST-like sparsity
 
 
-def jax_train_ips(config, batch, seconds):
+def jax_train_ips(config, batch, seconds, plain_jit=False):
+  """Images/s of the step ``vqzoo.train`` runs (pmapped over one device), or with
+  ``plain_jit`` the same step under ``jit`` with no replica axis (what pmap costs)."""
   recipe = vqzoo.TrainConfig(steps=10**6, batch_size=batch)
   optimizer = train_lib.make_optimizer(recipe)
-  ts = train_lib.init_train_state(config, optimizer, 0)
-  step = train_lib.compile_step(config, optimizer, jax.local_devices()[:1])  # as train()
-  holder = [train_lib.replicate(jax.device_get(ts), 1)]
-  x = _images(batch)[None]  # [devices, batch, ...]
-
-  def run():
-    holder[0], metrics = step(holder[0], x)
-    metrics["loss"].block_until_ready()
-  for _ in range(3):
-    run()
-  return batch / _time_loop(run, seconds)
-
-
-def jax_jit_train_ips(config, batch, seconds):
-  """The same step under plain jit with no replica axis: what pmap over one device costs."""
-  recipe = vqzoo.TrainConfig(steps=10**6, batch_size=batch)
-  optimizer = train_lib.make_optimizer(recipe)
-  step = compilation.jit(train_lib.make_train_step(config, optimizer, axis_name=None),
-                         donate_argnums=(0,))
-  holder = [jax.device_put(jax.device_get(train_lib.init_train_state(config, optimizer, 0)))]
-  x = _images(batch)
+  ts = jax.device_get(train_lib.init_train_state(config, optimizer, 0))
+  if plain_jit:
+    step = compilation.jit(train_lib.make_train_step(config, optimizer, axis_name=None),
+                           donate_argnums=(0,))
+    holder, x = [jax.device_put(ts)], _images(batch)
+  else:
+    step = train_lib.compile_step(config, optimizer, jax.local_devices()[:1])  # as train()
+    holder, x = [train_lib.replicate(ts, 1)], _images(batch)[None]  # [devices, batch, ...]
 
   def run():
     holder[0], metrics = step(holder[0], x)
@@ -228,7 +217,7 @@ def main(argv=None):
     for batch in BATCHES:
       if "train" in parts:
         v, t = jax_train_ips(config, batch, args.seconds), torch_train_ips(config, batch, args.seconds)
-        j = jax_jit_train_ips(config, batch, args.seconds)
+        j = jax_train_ips(config, batch, args.seconds, plain_jit=True)
         result["rows"].append({"what": "train", "model": name, "batch": batch, "vqzoo_ips": v,
                                "pytorch_ips": t, "ratio": v / t, "vqzoo_plain_jit_ips": j})
         print(f"train  {name:16s} batch {batch:5d}: vqzoo {v:9.0f} img/s  pytorch {t:9.0f} img/s"
