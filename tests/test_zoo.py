@@ -143,3 +143,20 @@ def test_demo_runs_offline_without_dataset(tmp_path, capsys, monkeypatch):
 def test_readme_zoo_table_is_the_measured_one():
   readme = (registry.WEIGHTS_DIR.parent.parent / "README.md").read_text()
   assert zoo.zoo_table() in readme, "README's zoo table is stale: paste vqzoo.zoo.zoo_table()"
+
+
+def test_conv_model_in_chunks_equals_one_call_and_checks_every_chunk(monkeypatch):
+  from vqzoo import pretrained
+  model = load("mnist-conv-ema")
+  digits = np.load(registry.WEIGHTS_DIR.parent / "assets" / "mnist_test_digits.npy")
+  images = np.concatenate([digits, digits[::-1]])  # 64 images
+  whole = (model.reconstruct(images), model.encode(images))
+  monkeypatch.setattr(pretrained, "CONV_CHUNK_PIXELS", 10 * 28 * 28)  # chunks of 10: 7 calls
+  assert [len(c) for c in model._chunks(images)] == [10] * 6 + [4]
+  np.testing.assert_allclose(model.reconstruct(images), whole[0], atol=1e-6)
+  np.testing.assert_array_equal(model.encode(images), whole[1])
+  np.testing.assert_allclose(model.decode(whole[1]), whole[0], atol=1e-6)
+  bad = (images / 255.0).astype(np.float32)
+  bad[-1, 0, 0] = 1.5  # only the last chunk is out of range
+  with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    model.reconstruct(bad)
