@@ -56,9 +56,10 @@ def squared_distances(flat_z: jax.Array, codebook: jax.Array) -> jax.Array:
           + jnp.sum(jnp.square(codebook), axis=1)[None, :])
 
 
-# Up to this many [N, K] distances (4 MiB of float32, about what stays in cache) the first
-# minimum is found by two plain reductions, which XLA:CPU vectorises; argmin's (value, index)
-# reduction is ~3x slower there. Past it, reading the distances twice costs more than argmin.
+# Up to this many [N, K] distances (4 MiB of float32) the first minimum is found by two plain
+# reductions, which XLA:CPU vectorises; its argmin, a (value, index) reduction, is not:
+# measured 0.7 vs 1.9 ms for [6272, 128], 0.6 vs 1.5 ms for [1024, 512]. Once the distances
+# leave the cache, reading them twice costs more: 31 vs 16 ms for [50176, 128].
 _TWO_PASS_MAX_DISTANCES = 1 << 20
 
 

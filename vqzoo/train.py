@@ -196,7 +196,7 @@ def compile_step(config: ModelConfig, optimizer, devices, frozen: Iterable[str] 
   show pmap's dispatch cost (BENCHMARKS.md); a laptop runs the code path of a multi-device host.
   """
   return compilation.pmap(make_train_step(config, optimizer, AXIS, frozen), axis_name=AXIS,
-                  devices=list(devices), donate_argnums=(0,))
+                          devices=list(devices), donate_argnums=(0,))
 
 
 def _finite_metrics(metrics, step: int, ckpt_path: Path, bar) -> dict[str, float]:
