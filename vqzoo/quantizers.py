@@ -52,7 +52,7 @@ def squared_distances(flat_z: jax.Array, codebook: jax.Array) -> jax.Array:
   """``[N, D] x [K, D] -> [N, K]`` squared Euclidean distances by one matmul."""
   chex.assert_rank([flat_z, codebook], 2)
   return (jnp.sum(jnp.square(flat_z), axis=1, keepdims=True)
-          - 2.0 * flat_z @ codebook.T
+          - flat_z @ (2.0 * codebook).T  # scale the [K, D] codebook, not the [N, D] inputs
           + jnp.sum(jnp.square(codebook), axis=1)[None, :])
 
 
