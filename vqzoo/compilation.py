@@ -64,16 +64,17 @@ def pmap(fn: Callable, **kwargs) -> Callable:
   """``jax.pmap(fn, **kwargs)`` compiled with :func:`compiler_options`.
 
   ``jax.pmap`` takes no compiler options, so each new argument signature (shapes, dtypes)
-  is lowered and compiled once with them and the executable is reused.
+  is lowered and compiled once with them and the executable is reused. As with :func:`jit`,
+  the options are decided here, once, not on every call of the training loop.
   """
   pmapped = jax.pmap(fn, **kwargs)
+  options = compiler_options()
+  if options is None:
+    return pmapped
   executables: dict[Any, Callable] = {}
 
   @functools.wraps(fn)
   def call(*args):
-    options = compiler_options()
-    if options is None:
-      return pmapped(*args)
     key = _signature(args)
     if key not in executables:
       executables[key] = pmapped.lower(*args).compile(compiler_options=options)
