@@ -6,12 +6,12 @@ and weight gradients) times in ms, each layer jitted alone:
 
 * "XLA default": ``lax.conv_general_dilated`` under plain ``jax.jit`` (XLA:CPU hands
   convolutions to YNNPACK);
-* "vqzoo": ``vqzoo.nets.conv2d`` (1x1 and tiny fan-in layers as matrix products) compiled by
-  ``vqzoo.compilation.jit`` (XLA's own convolutions);
+* "vqzoo": :mod:`vqzoo.cpu_tuning`'s formulation (1x1 and tiny fan-in layers as matrix
+  products) compiled by ``vqzoo.cpu_tuning.jit`` (XLA's own convolutions);
 * "PyTorch": ``torch.nn.Conv2d`` (oneDNN), if PyTorch is installed (``.[bench]`` extra).
 
 Then the whole model's loss, forward and forward+backward, under each: vqzoo's model under
-plain ``jax.jit`` and under ``vqzoo.compilation.jit``, and the PyTorch twin
+plain ``jax.jit`` and under ``vqzoo.cpu_tuning.jit``, and the PyTorch twin
 (``benchmarks/torch_reference.py``). Each layer's loss is
 ``sum(sin(conv(x)))``, so all timings carry the same small elementwise overhead.
 
@@ -32,9 +32,18 @@ import numpy as np
 from jax import lax
 
 import vqzoo
-from vqzoo import compilation
-from vqzoo.model import build
-from vqzoo.nets import conv2d
+from vqzoo import cpu_tuning as compilation
+from vqzoo.nn import build
+from vqzoo.cpu_tuning import MATMUL_MAX_FAN_IN, conv_as_matmul
+
+
+def conv2d(x, w, stride):
+  """The formulation vqzoo.cpu_tuning picks for an hk.Conv2D layer on the CPU."""
+  kh, kw, cin, _ = w.shape
+  if kh == kw == 1 or kh * kw * cin <= MATMUL_MAX_FAN_IN:
+    return conv_as_matmul(x, w, stride)
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -126,12 +135,12 @@ def main(argv=None):
     cells = [f"{total[i]:.1f} / {total[i + 1]:.1f}" for i in range(0, 6 if torch else 4, 2)]
     print("| all convs x count | | " + " | ".join(cells) + " |")
 
-    model = build(config)
     x = jnp.asarray((rng.random((batch, 28, 28, 1)) < 0.2), jnp.float32)
-    params, state = model.init(jax.random.PRNGKey(0), x[:1], True)
-    loss = lambda p: model.apply(p, state, jax.random.PRNGKey(1), x, True)[0].loss
+    params, state = build(config).init(jax.random.PRNGKey(0), x[:1], True)
     whole = []
-    for jit in (jax.jit, compilation.jit):
+    for jit, wrap in ((jax.jit, lambda f: f), (compilation.jit, compilation.tuned)):
+      model = build(config, wrap=wrap)
+      loss = lambda p: model.apply(p, state, jax.random.PRNGKey(1), x, True)[0].loss
       whole.append(f"{timed(jit(loss), params, seconds=2):.1f} / "
                    f"{timed(jit(jax.grad(loss)), params, seconds=2):.1f}")
     if torch:

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import vqzoo
-from vqzoo import data as data_lib
-from vqzoo.evaluate import evaluate
-from vqzoo.train import train
+from vqzoo.training import data as data_lib
+from vqzoo.training import evaluate, train
 
 
 def curve(config, recipe, images, test, init, eval_every, workdir):

@@ -25,8 +25,9 @@ import jax
 import numpy as np
 
 import vqzoo
-from vqzoo import compilation, registry
-from vqzoo import train as train_lib
+from vqzoo import cpu_tuning as compilation
+from vqzoo.pretrained import registry
+from vqzoo.training import trainer as train_lib
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("mnist-mlp", "mnist-conv-ema")
@@ -50,7 +51,7 @@ def _images(batch: int) -> np.ndarray:
 
 
 def jax_train_ips(config, batch, seconds, plain_jit=False):
-  """Images/s of the step ``vqzoo.train`` runs (pmapped over one device), or with
+  """Images/s of the step ``vqzoo.training.train`` runs (pmapped over one device), or with
   ``plain_jit`` the same step under ``jit`` with no replica axis (what pmap costs)."""
   recipe = vqzoo.TrainConfig(steps=10**6, batch_size=batch)
   optimizer = train_lib.make_optimizer(recipe)
@@ -167,8 +168,8 @@ c = jnp.asarray(rng.normal(size=(k, d)).astype(np.float32))
 def seed_quantize(z_e, codebook):  # the seed's formula, as its sample code runs it (op by op)
   dists = jnp.sum((z_e[:, None, :] - codebook[None, :, :]) ** 2, axis=2)
   return jnp.argmin(dists, axis=1)
-from vqzoo.compilation import jit
-from vqzoo.quantizers import nearest_codes
+from vqzoo.cpu_tuning import jit
+from vqzoo.nn import nearest_codes
 fn = {"vqzoo": jit(nearest_codes), "seed-eager": seed_quantize,
       "seed-jit": jax.jit(seed_quantize)}[mode]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -8,12 +8,15 @@
 
 import argparse
 import json
+import os
 import sys
 
-from vqzoo import registry, zoo
-from vqzoo.data import load_images
-from vqzoo.evaluate import evaluate
-from vqzoo.loading import load
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import zoo_tools  # noqa: E402
+
+from vqzoo.pretrained import load, registry  # noqa: E402
+from vqzoo.training import measure  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -32,14 +35,13 @@ def main(argv=None) -> int:
   if dataset is None:
     parser.error("--dataset is required for models outside the zoo")
   model = load(args.model)
-  metrics = evaluate(model.config, model.params, model.state,
-                     load_images(dataset, args.split, args.data_dir))
+  metrics = measure(model, dataset, args.split, args.data_dir)
   print(json.dumps({"model": args.model, "dataset": dataset, "split": args.split, **metrics},
                    indent=2))
   if is_zoo:
-    failures = zoo.check_bar(args.model, metrics)
+    failures = registry.get_entry(args.model).check_bar(metrics)
     if args.write:
-      print("sha256", zoo.bundle_variant(args.model, model, metrics))
+      print("sha256", zoo_tools.bundle_variant(args.model, model, metrics), file=sys.stderr)
     if failures and args.split == "test" and not args.dataset:
       print(f"{args.model} misses its bar: {'; '.join(failures)}", file=sys.stderr)
       return 1

@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  from vqzoo import registry
-  from vqzoo.loading import load
+  from vqzoo.pretrained import registry
+  from vqzoo.pretrained import load
   from vqzoo.pretrained import WEIGHTS_NAME
 
   if args.all:

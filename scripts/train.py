@@ -5,13 +5,21 @@
   python scripts/train.py --variant mnist-conv-ema --bundle      # into vqzoo/weights + model_cards
   python scripts/train.py --variant mnist-mlp --resume            # continue from the checkpoint
   python scripts/train.py --variant mnist-mlp --distributed       # multi-host: jax.distributed
+
+Exit status: 0 when the trained model meets the variant's quality bar, 1 when it misses it
+(expected for a short --steps run), 2 for a usage error.
 """
 
 import argparse
 import json
+import os
 import sys
 
-from vqzoo import registry, zoo
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import zoo_tools  # noqa: E402
+
+from vqzoo.pretrained import registry  # noqa: E402
 
 
 def main(argv=None):
@@ -32,15 +40,16 @@ def main(argv=None):
     import jax
     jax.distributed.initialize()
   workdir = args.workdir or f"runs/{args.variant}"
-  model = zoo.train_variant(args.variant, workdir, data_dir=args.data_dir, resume=args.resume,
-                            progress=not args.no_progress, steps=args.steps)
-  metrics = zoo.measure_variant(args.variant, model, data_dir=args.data_dir)
+  model = zoo_tools.train_variant(args.variant, workdir, data_dir=args.data_dir,
+                                  resume=args.resume, progress=not args.no_progress,
+                                  steps=args.steps)
+  metrics = zoo_tools.measure_variant(args.variant, model, data_dir=args.data_dir)
   print(json.dumps({"variant": args.variant, **metrics}, indent=2))
   if args.out:
     model.save_pretrained(args.out)
   if args.bundle:
-    print("sha256", zoo.bundle_variant(args.variant, model, metrics))
-  failures = zoo.check_bar(args.variant, metrics)
+    print("sha256", zoo_tools.bundle_variant(args.variant, model, metrics), file=sys.stderr)
+  failures = registry.get_entry(args.variant).check_bar(metrics)
   if failures:
     print(f"{args.variant} misses its bar: {'; '.join(failures)}", file=sys.stderr)
     return 1

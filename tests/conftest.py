@@ -1,11 +1,18 @@
-"""Test setup: 8 simulated CPU devices (for pmap) and the prepared TFDS data directory."""
+"""Test setup: 8 simulated CPU devices (for pmap) and the prepared TFDS data directory.
+
+XLA:CPU aborts the whole process when the threads of a collective do not all arrive within
+40 s (``rendezvous.cc: Termination timeout``), which an 8-replica pmap on 2 busy cores can
+exceed. The suite raises that limit so a slow collective is slow, never a crash.
+"""
 
 import os
 from pathlib import Path
 
 # Must happen before JAX initialises its backends.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           " --xla_force_host_platform_device_count=8"
+                           " --xla_cpu_collective_call_terminate_timeout_seconds=3600"
+                           " --xla_cpu_collective_timeout_seconds=3600").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,11 +35,11 @@ def tfds_dir() -> str:
 
 @pytest.fixture(scope="session")
 def mnist_test(tfds_dir) -> np.ndarray:
-  from vqzoo.data import load_images
+  from vqzoo.training.data import load_images
   return load_images("mnist", "test", tfds_dir)
 
 
 @pytest.fixture(scope="session")
 def mnist_train(tfds_dir) -> np.ndarray:
-  from vqzoo.data import load_images
+  from vqzoo.training.data import load_images
   return load_images("mnist", "train", tfds_dir)

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqzoo import finetune as ft
-from vqzoo.image_folder import load_image_folder
-from vqzoo.loading import load
-from vqzoo.train import part_of
+from vqzoo import FinetuneConfig
+from vqzoo.nn import part_of, part_prefixes
+from vqzoo.pretrained import load
+from vqzoo.training import finetuning as ft
+from vqzoo.training.image_folder import load_image_folder
 
 BASE = "mnist-mlp"
 
@@ -21,18 +22,19 @@ def _folder_digest(folder):
 
 
 def _assert_parts(base, tuned, frozen):
+  prefixes = part_prefixes(base.config)
   for module, leaves in base.params.items():
     for name, value in leaves.items():
       same = np.array_equal(np.asarray(value), np.asarray(tuned.params[module][name]))
-      assert same == (part_of(module) in frozen), (module, name)
+      assert same == (part_of(module, prefixes) in frozen), (module, name)
 
 
 def test_finetune_on_tfds_subset(tmp_path, tfds_dir):
   out = tmp_path / "ft"
-  result = ft.finetune(BASE, out, dataset="fashion_mnist", split="train[:3000]",
-                       eval_split="test[:1000]", steps=60, batch_size=64, learning_rate=1e-3,
-                       warmup_steps=5, freeze=("codebook",), data_dir=tfds_dir, progress=False,
-                       log_every=10)
+  config = FinetuneConfig(split="train[:3000]", eval_split="test[:1000]", steps=60, batch_size=64,
+                          learning_rate=1e-3, warmup_steps=5, freeze=("codebook",), log_every=10)
+  result = ft.finetune(BASE, out, config, dataset="fashion_mnist", data_dir=tfds_dir,
+                       progress=False)
   assert result.metrics_after["mse"] < result.metrics_before["mse"]
   lines = [json.loads(l) for l in (tmp_path / "ft.work" / "metrics.jsonl").read_text().splitlines()]
   assert lines[-1]["loss"] < lines[0]["loss"]
@@ -44,7 +46,7 @@ def test_finetune_on_tfds_subset(tmp_path, tfds_dir):
   assert '"dataset": "fashion_mnist"' in card and '"steps": 60' in card
   assert "| base model | fine-tuned |" in card
   saved = json.loads((out / "metrics.json").read_text())
-  assert saved["lineage"]["frozen"] == ["codebook"]
+  assert saved["lineage"]["finetune"]["freeze"] == ["codebook"]
   assert saved["after"]["mse"] == pytest.approx(result.metrics_after["mse"])
 
 
@@ -61,9 +63,9 @@ def test_finetune_on_image_folder_skips_broken_files(tmp_path, mnist_test, capsy
   before = _folder_digest(folder)
   out = tmp_path / "ft"
   with pytest.warns(UserWarning, match=r"skipped 2 .*broken\.png.*notes\.txt"):
-    result = ft.finetune(BASE, out, images_dir=str(folder), holdout_fraction=0.2, steps=40,
-                         batch_size=32, learning_rate=1e-3, warmup_steps=5,
-                         freeze=("encoder", "codebook"), progress=False, log_every=10)
+    config = FinetuneConfig(holdout_fraction=0.2, steps=40, batch_size=32, learning_rate=1e-3,
+                            warmup_steps=5, freeze=("encoder", "codebook"), log_every=10)
+    result = ft.finetune(BASE, out, config, images_dir=str(folder), progress=False)
   assert _folder_digest(folder) == before  # the folder is never modified
   assert result.lineage["data"]["images"] == 301 and result.lineage["data"]["held_out"] == 60
   tuned = load(str(out))
@@ -91,8 +93,10 @@ def test_reseed_before_moves_only_unused_codes(mnist_test):
   images = mnist_test[:200]  # 200 images use at most 200 of 512 codes
   params, state, n = ft.reseed_unused_codes(base, images, seed=0)
   used = np.unique(base.encode(images))
-  old = np.asarray(base.params["vqvae/~/quantizer"]["codebook"])
-  new = params["vqvae/~/quantizer"]["codebook"]
+  old = base.codebook
+  new = load(BASE)
+  new.params, new.state = params, state
+  new = new.codebook
   assert n == 512 - len(used)
   np.testing.assert_array_equal(new[used], old[used])
   moved = np.setdiff1d(np.arange(512), used)

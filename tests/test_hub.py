@@ -20,8 +20,8 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.utils import _http
 
 import vqzoo
-from vqzoo import registry, serialization
 from vqzoo.cli import main as cli_main
+from vqzoo.pretrained import registry, serialization
 from vqzoo.pretrained import WEIGHTS_NAME, PretrainedVQVAE
 
 from hub_server import hub  # noqa: F401  (the fixture)
@@ -339,7 +339,15 @@ def test_push_script_publishes_a_zoo_variant_that_loads_identically(hub, tmp_pat
     vqzoo.load("mnist-mlp", cache_dir=str(tmp_path / "zoo2"))
 
 
-def test_push_script_all_skips_unbundled_variants(hub, capsys):
+def test_push_script_all_skips_unbundled_variants(hub, capsys, tmp_path, monkeypatch):
+  # A weights folder in which one pinned variant has no bundled files.
+  missing = "mnist-conv"
+  for name in registry.list_models():
+    if name != missing:
+      (tmp_path / name).mkdir()
+      for f in registry.get_entry(name).bundled_dir.iterdir():
+        (tmp_path / name / f.name).write_bytes(f.read_bytes())
+  monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
   script = load_script("push_to_hub")
   assert script.main(["--all", "--org", "someone"]) == 0
   captured = capsys.readouterr()
@@ -347,6 +355,7 @@ def test_push_script_all_skips_unbundled_variants(hub, capsys):
   bundled = [n for n in registry.list_models() if registry.get_entry(n).weights.sha256
              and (registry.get_entry(n).bundled_dir / WEIGHTS_NAME).exists()]
   unbundled = sorted(set(registry.list_models()) - set(bundled))
+  assert unbundled == [missing]
   assert [x["variant"] for x in lines] == bundled and bundled
   for x in lines:
     assert x["repo_id"] == f"someone/{x['variant']}"
@@ -371,4 +380,4 @@ def test_finetune_pushes_its_result_with_lineage(hub, tmp_path, digits):
   assert rc == 0
   pulled = vqzoo.load("hf-hub:someone/finetuned")
   assert_same_weights(pulled, vqzoo.load(str(tmp_path / "ft")))
-  assert '"base": "mnist-mlp"' in pulled.card and "images_dir" in pulled.card
+  assert '"base": "mnist-mlp"' in pulled.card and '"source": "image-folder"' in pulled.card

@@ -8,7 +8,8 @@ import pytest
 
 from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig
 from vqzoo.images import to_float_images
-from vqzoo.model import build, build_codec
+from vqzoo import cpu_tuning
+from vqzoo.nn import build, build_codec
 
 CONFIGS = {
     "mlp": ModelConfig(),
@@ -44,10 +45,9 @@ class ShapeTest(chex.TestCase):
         assert out.codes.dtype == jnp.int32
         chex.assert_trees_all_equal_shapes(state, new_state)
         codec = build_codec(config)
-        codes, _ = self.variant(codec.apply, static_argnums=(3,))(params, state, None, "encode", x)
+        codes, _ = self.variant(codec.apply.encode)(params, state, None, x)
         chex.assert_trees_all_equal(codes, out.codes)
-        images, _ = self.variant(codec.apply, static_argnums=(3,))(
-            params, state, None, "decode", codes)
+        images, _ = self.variant(codec.apply.decode)(params, state, None, codes)
         chex.assert_shape(images, (b, h, w, c))
         np.testing.assert_allclose(images, out.reconstruction, rtol=1e-5, atol=1e-6)
 
@@ -104,7 +104,7 @@ def test_good_images_are_accepted_in_every_layout():
 
 
 def test_depth_to_space_matches_a_numpy_pixel_shuffle():
-  from vqzoo.nets import depth_to_space
+  from vqzoo.nn.nets import depth_to_space
   x = np.arange(2 * 3 * 4 * 8, dtype=np.float32).reshape(2, 3, 4, 8)  # C = 2 * 2^2
   out = np.asarray(depth_to_space(jnp.asarray(x), 2))
   assert out.shape == (2, 6, 8, 2)
@@ -119,26 +119,38 @@ def test_depth_to_space_matches_a_numpy_pixel_shuffle():
 @pytest.mark.parametrize("shape, kernel, cout, stride", [
     ((3, 28, 28, 1), 4, 8, 2), ((3, 14, 14, 8), 4, 16, 2), ((3, 7, 7, 16), 3, 16, 1),
     ((3, 7, 7, 8), 1, 16, 1), ((3, 7, 7, 32), 3, 128, 1), ((3, 9, 9, 4), 3, 5, 1)])
-def test_every_conv_formulation_equals_xla_convolution(shape, kernel, cout, stride):
-  """Forward and both gradients of vqzoo's conv equal lax.conv_general_dilated's."""
+def test_conv_as_matmul_equals_xla_convolution(shape, kernel, cout, stride):
+  """Forward and both gradients of the im2col matmul equal lax.conv_general_dilated's."""
   from jax import lax
-  from vqzoo.nets import conv2d, conv_as_matmul
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=shape), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel, shape[-1], cout)), jnp.float32)
   ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), "SAME",
                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  for fn in (conv2d, conv_as_matmul):
-    mine = lambda x, w: fn(x, w, stride)
-    np.testing.assert_allclose(mine(x, w), ref(x, w), rtol=1e-4, atol=1e-4)
-    loss = lambda f: (lambda x, w: jnp.sum(jnp.sin(f(x, w))))
-    for a, b in zip(jax.grad(loss(mine), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
-      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+  mine = lambda x, w: cpu_tuning.conv_as_matmul(x, w, stride)
+  np.testing.assert_allclose(mine(x, w), ref(x, w), rtol=1e-4, atol=1e-4)
+  loss = lambda f: (lambda x, w: jnp.sum(jnp.sin(f(x, w))))
+  for a, b in zip(jax.grad(loss(mine), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_tuned_conv_layers_equal_plain_haiku_and_take_the_matmul_path():
+  import haiku as hk
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(5, 12, 12, 1)), jnp.float32)
+  layers = lambda x: hk.Conv2D(3, 1)(hk.Conv2D(6, 4, stride=2)(x))  # fan-in 16, then 1x1
+  plain = hk.transform(layers)
+  params = plain.init(jax.random.PRNGKey(0), x)
+  tuned = hk.transform(cpu_tuning.tuned(layers))
+  np.testing.assert_allclose(tuned.apply(params, None, x), plain.apply(params, None, x),
+                             rtol=1e-5, atol=1e-5)
+  convs = lambda f: str(jax.make_jaxpr(lambda p: f.apply(p, None, x))(params)).count("conv_general")
+  assert convs(plain) == 2 and convs(tuned) == 0
+  with cpu_tuning.disabled():
+    assert convs(tuned) == 2
 
 
 @pytest.mark.parametrize("rows,max_rows,expected_slices", [(5, 8, 1), (20, 8, 3), (1000, 8, 16)])
 def test_slices_compute_what_the_whole_batch_computes(rows, max_rows, expected_slices):
-  from vqzoo import model as model_lib
   calls = []
 
   def fn(x):
@@ -146,21 +158,62 @@ def test_slices_compute_what_the_whole_batch_computes(rows, max_rows, expected_s
     return jnp.cumsum(x, axis=1) * 2.0  # mixes features, never rows
 
   x = jnp.asarray(np.random.default_rng(0).normal(size=(rows, 6)), jnp.float32)
-  out = model_lib.apply_in_slices(fn, x, max_rows)
+  out = cpu_tuning.apply_in_slices(fn, x, max_rows)
   np.testing.assert_array_equal(out, fn(x))
   assert len(calls) - 1 == expected_slices and sum(calls[:-1]) == rows
 
 
-def test_sliced_conv_model_equals_its_unsliced_self(monkeypatch):
-  from vqzoo import model as model_lib
+def test_tuned_conv_model_equals_the_plain_model(monkeypatch):
+  """Slicing, matmul convs and the two-pass search change nothing but speed."""
   config = CONFIGS["conv-ema-rgb"]
   x = jnp.asarray(np.random.default_rng(3).random((40, *config.image_shape)), jnp.float32)
   params, state = build(config).init(jax.random.PRNGKey(0), x, True)
-  outputs = []
-  for pixels in (10**9, 7 * 16 * 12):  # one slice, then 6 slices of 7 (the last of 5)
-    monkeypatch.setattr(model_lib, "CONV_SLICE_PIXELS", pixels)
-    outputs.append(build(config).apply(params, state, jax.random.PRNGKey(1), x, True))
-  (whole, whole_state), (sliced, sliced_state) = outputs
-  np.testing.assert_allclose(sliced.reconstruction, whole.reconstruction, rtol=1e-5, atol=1e-6)
+  monkeypatch.setattr(cpu_tuning, "SLICE_ELEMENTS", 7 * 4 * 3 * 8)  # decoder: 6 slices of 7
+  plain = build(config).apply(params, state, jax.random.PRNGKey(1), x, True)
+  tuned = build(config, wrap=cpu_tuning.tuned).apply(params, state, jax.random.PRNGKey(1), x, True)
+  (whole, whole_state), (sliced, sliced_state) = plain, tuned
+  np.testing.assert_allclose(sliced.reconstruction, whole.reconstruction, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(sliced.codes, whole.codes)
-  chex.assert_trees_all_close(sliced_state, whole_state, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(sliced_state, whole_state, rtol=1e-5, atol=1e-5)
+  jaxpr = lambda wrap: str(jax.make_jaxpr(
+      lambda x: build(config, wrap=wrap).apply(params, state, None, x, False))(x))
+  # The encoder and the decoder each ran in slices, concatenated once.
+  assert jaxpr(cpu_tuning.tuned).count("concatenate") >= jaxpr(lambda f: f).count("concatenate") + 2
+
+
+def test_user_modules_plug_into_the_vqvae_with_either_quantizer():
+  import haiku as hk
+  from vqzoo.nn import VQVAE, VectorQuantizer, VectorQuantizerEMA, part_of, part_prefixes
+
+  class Encoder(hk.Module):
+    def __call__(self, x):
+      return hk.Linear(8)(jax.nn.relu(hk.Linear(32)(hk.Flatten()(x))))
+
+  class Decoder(hk.Module):
+    def __call__(self, z):
+      return jnp.reshape(hk.Linear(28 * 28)(jax.nn.relu(hk.Linear(32)(z))), (-1, 28, 28, 1))
+
+  for quantizer in (VectorQuantizer, VectorQuantizerEMA):
+    factory = lambda: VQVAE(Encoder(name="my_encoder"), Decoder(name="my_decoder"),
+                            quantizer(16, 8, 0.25, name="codes"), name="mine")
+    model = build(factory)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
+    params, state = model.init(jax.random.PRNGKey(1), x, True)
+    out, _ = model.apply(params, state, None, x, True)
+    chex.assert_shape(out.reconstruction, (4, 28, 28, 1))
+    chex.assert_shape(out.codes, (4,))
+    prefixes = part_prefixes(factory)
+    assert prefixes == {"encoder": "my_encoder", "decoder": "my_decoder", "codebook": "codes"}
+    assert {part_of(m, prefixes) for m in params} == (
+        {"encoder", "decoder", "codebook"} if quantizer is VectorQuantizer
+        else {"encoder", "decoder"})
+  with pytest.raises(ValueError, match="belongs to none"):
+    part_of("somewhere/else", prefixes)
+
+
+def test_old_module_names_say_where_they_went():
+  import importlib
+  for old, new in (("vqzoo.model", "vqzoo.nn"), ("vqzoo.train", "vqzoo.training.trainer"),
+                   ("vqzoo.registry", "vqzoo.pretrained.registry")):
+    with pytest.raises(ModuleNotFoundError, match=new.replace(".", r"\.")):
+      importlib.import_module(old)

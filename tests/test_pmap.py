@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from vqzoo import train as train_lib
+from vqzoo.training import trainer as train_lib
 from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig, TrainConfig
-from vqzoo.quantizers import VectorQuantizerEMA
+from vqzoo.nn import VectorQuantizerEMA
 
 N_DEV = 8
 K, D = 32, 8

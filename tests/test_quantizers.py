@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vqzoo.quantizers import VectorQuantizer, VectorQuantizerEMA, nearest_codes
+from vqzoo import cpu_tuning
+from vqzoo.nn import VectorQuantizer, VectorQuantizerEMA, apply_reseeds, nearest_codes
 
 K, D, BETA = 16, 4, 0.25
 
@@ -28,16 +29,21 @@ def test_matmul_search_matches_seed_bruteforce():
 
 @pytest.mark.parametrize("n", [300, 2100])  # [n, 512] distances: two-pass search, then argmin
 def test_both_search_paths_pick_the_first_of_tied_codes(n):
-  from vqzoo import quantizers
-  assert (n * 512 > quantizers._TWO_PASS_MAX_DISTANCES) == (n > 2048)
+  assert (n * 512 > cpu_tuning.TWO_PASS_MAX_DISTANCES) == (n > 2048)
   rng = np.random.default_rng(2)
   codebook = rng.normal(size=(512, 8)).astype(np.float32)
   codebook[300:] = codebook[:212]  # codes 300.. duplicate 0..211: ties must go to the lower index
   z = np.concatenate([codebook[rng.integers(0, 512, n // 2)],
                       rng.normal(size=(n - n // 2, 8)).astype(np.float32)])
-  ours = np.asarray(jax.jit(nearest_codes)(z, codebook))
-  np.testing.assert_array_equal(ours, seed_bruteforce_codes(z, codebook))
-  assert ours.max() < 300
+  f = lambda z: VectorQuantizer(512, 8, BETA, name="q")(z, False).codes
+  params, state = hk.transform_with_state(f).init(jax.random.PRNGKey(0), z)
+  params = {"q": {"codebook": codebook}}
+  for fn in (f, cpu_tuning.tuned(f)):
+    ours = np.asarray(jax.jit(hk.transform_with_state(fn).apply)(params, state, None, z)[0])
+    np.testing.assert_array_equal(ours, seed_bruteforce_codes(z, codebook))
+    assert ours.max() < 300
+  np.testing.assert_array_equal(jax.jit(nearest_codes)(z, codebook),
+                                seed_bruteforce_codes(z, codebook))
 
 
 def _quantizer_fn(ema=False, **kwargs):
@@ -128,7 +134,6 @@ def test_ema_update_equals_hand_computed_ema():
     smoothed = (n + eps) / (n.sum() + K * eps) * n.sum()
     codebook = dw / smoothed[:, None]
     np.testing.assert_allclose(state["q"]["codebook"], codebook, rtol=1e-4, atol=1e-6)
-  frozen, _ = f.apply({}, state, None, batches[0], is_training=False)
   _, unchanged = f.apply({}, state, None, batches[0], is_training=False)
   chex.assert_trees_all_equal(unchanged, state)
 
@@ -146,7 +151,7 @@ def test_plain_quantizer_matches_haiku():
   np.testing.assert_allclose(out.perplexity, ref["perplexity"], rtol=1e-5)
   # Same initialiser, same key: the initial codebooks agree too.
   ref_params = theirs.init(jax.random.PRNGKey(0), z)
-  assert ref_params["q"]["embeddings"].shape == (D, K)
+  np.testing.assert_array_equal(ref_params["q"]["embeddings"].T, params["q"]["codebook"])
 
 
 def test_ema_quantizer_matches_haiku_over_several_steps():
@@ -196,3 +201,21 @@ def test_bad_quantizer_input_is_refused():
   with pytest.raises(ValueError, match="decay"):
     hk.transform_with_state(lambda z: VectorQuantizerEMA(K, D, BETA, decay=2.0)(z, True)).init(
         jax.random.PRNGKey(0), np.zeros((3, D), np.float32))
+
+
+def test_plain_codebook_reseeds_dead_codes_through_apply_reseeds():
+  z = np.random.default_rng(8).normal(size=(64, D)).astype(np.float32) + 10.0
+  f = _quantizer_fn(dead_code_threshold=0.5)
+  params, state = f.init(jax.random.PRNGKey(0), z)
+  out, new_state = f.apply(params, state, jax.random.PRNGKey(1), z)
+  unused = np.asarray(out.code_counts) == 0
+  assert unused.any() and set(out.reseeds) == {"q"}
+  np.testing.assert_array_equal(out.reseeds["q"]["dead"], unused)  # first batch: usage = counts
+  reseeded = apply_reseeds(params, out.reseeds)["q"]["codebook"]
+  np.testing.assert_array_equal(reseeded[~unused], params["q"]["codebook"][~unused])
+  dist_to_data = np.min(((np.asarray(reseeded)[:, None] - z[None]) ** 2).sum(-1), axis=1)
+  assert np.all(dist_to_data[unused] < 1e-4)
+  np.testing.assert_array_equal(new_state["q"]["usage"][unused], 0.5)  # usage reset to threshold
+  # Evaluation and a threshold of 0 re-seed nothing.
+  assert f.apply(params, state, None, z, is_training=False)[0].reseeds == {}
+  assert _quantizer_fn().apply(params, state, None, z)[0].reseeds == {}

@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from vqzoo import data as data_lib
-from vqzoo import train as train_lib
+from vqzoo.nn import part_of, part_prefixes
+from vqzoo.training import data as data_lib
+from vqzoo.training import trainer as train_lib
 from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig, TrainConfig
 
 ONE_DEVICE = jax.local_devices()[:1]
@@ -56,7 +57,7 @@ def _template(recipe):
   return train_lib.init_train_state(SMALL_CONV, train_lib.make_optimizer(recipe), recipe.seed)
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mnist_train):
+def test_nan_loss_stops_the_run_and_leaves_the_last_checkpoint(tmp_path, mnist_train):
   images = mnist_train[:2048]
   recipe = TrainConfig(steps=6, batch_size=32, learning_rate=1e-3, warmup_steps=0)
   train_lib.train(SMALL_CONV, recipe, tmp_path, images=images, progress=False,
@@ -99,7 +100,7 @@ def test_frozen_parts_do_not_move(tmp_path, mnist_train):
   for module, leaves in result.params.items():
     for name, value in leaves.items():
       same = np.array_equal(value, init.params[module][name])
-      assert same == (train_lib.part_of(module) != "decoder"), module
+      assert same == (part_of(module, part_prefixes(SMALL_CONV)) != "decoder"), module
   _tree_equal(result.state, init.state)
 
 
@@ -135,3 +136,35 @@ def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
   os.umask(mask)
   assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
   assert path.read_bytes() == b"data"
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_user_defined_encoder_and_decoder_train_through_the_public_api(tmp_path, mnist_train, ema):
+  """A 2-layer MLP pair written here, either quantizer, trained by vqzoo.training.train."""
+  import haiku as hk
+  import jax.numpy as jnp
+  from vqzoo.nn import VQVAE, VectorQuantizer, VectorQuantizerEMA
+  from vqzoo.training import train
+
+  class TwoLayerEncoder(hk.Module):
+    def __call__(self, x):
+      return hk.Linear(16)(jax.nn.relu(hk.Linear(64)(hk.Flatten()(x))))
+
+  class TwoLayerDecoder(hk.Module):
+    def __call__(self, z):
+      return jnp.reshape(jax.nn.sigmoid(hk.Linear(784)(jax.nn.relu(hk.Linear(64)(z)))),
+                         (-1, 28, 28, 1))
+
+  quantizer = VectorQuantizerEMA if ema else VectorQuantizer
+
+  def factory():
+    return VQVAE(TwoLayerEncoder(name="enc"), TwoLayerDecoder(name="dec"),
+                 quantizer(64, 16, 0.25, dead_code_threshold=0.5, cross_replica_axis="batch"))
+
+  recipe = TrainConfig(steps=120, batch_size=64, learning_rate=2e-3, warmup_steps=10)
+  result = train(factory, recipe, tmp_path, images=mnist_train[:8192], progress=False,
+                 devices=jax.local_devices()[:2], log_every=20, frozen=("encoder",) if ema else ())
+  lines = [json.loads(l) for l in (tmp_path / train_lib.METRICS_NAME).read_text().splitlines()]
+  assert result.step == 120 and lines[-1]["mse"] < 0.8 * lines[0]["mse"]
+  assert {m.split("/")[0] for m in result.params} == {"enc", "dec"} | (
+      set() if ema else {"vector_quantizer"})  # the EMA codebook is state

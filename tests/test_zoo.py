@@ -9,10 +9,11 @@ import pytest
 from huggingface_hub import ModelCard
 
 import vqzoo
-from vqzoo import registry, zoo
-from vqzoo.data import load_images
+from vqzoo import cpu_tuning
 from vqzoo.io import sha256_file
-from vqzoo.loading import load
+from vqzoo.pretrained import load, registry
+from vqzoo.pretrained.cards import zoo_table
+from vqzoo.training.data import load_images
 
 REPO_CARDS = registry.WEIGHTS_DIR.parent.parent / "model_cards"
 SHIPPED = [n for n in registry.list_models() if registry.get_entry(n).weights.sha256]
@@ -46,7 +47,7 @@ def test_shipped_variant_meets_its_bar_and_matches_its_card(name, tfds_dir):
   images = load_images(entry.eval_dataset, "test", tfds_dir)
   assert len(images) == 10000
   measured = vqzoo.evaluate(model.config, model.params, model.state, images)
-  assert zoo.check_bar(name, measured) == []
+  assert entry.check_bar(measured) == []
   recorded = entry.metrics
   assert math.isclose(measured["mse"], recorded["mse"], rel_tol=0.01)
   assert measured["codes_used"] == recorded["codes_used"]
@@ -142,17 +143,17 @@ def test_demo_runs_offline_without_dataset(tmp_path, capsys, monkeypatch):
 
 def test_readme_zoo_table_is_the_measured_one():
   readme = (registry.WEIGHTS_DIR.parent.parent / "README.md").read_text()
-  assert zoo.zoo_table() in readme, "README's zoo table is stale: paste vqzoo.zoo.zoo_table()"
+  assert zoo_table() in readme, "README's zoo table is stale: paste vqzoo.pretrained.cards.zoo_table()"
 
 
 def test_conv_model_in_chunks_equals_one_call_and_checks_every_chunk(monkeypatch):
-  from vqzoo import pretrained
   model = load("mnist-conv-ema")
   digits = np.load(registry.WEIGHTS_DIR.parent / "assets" / "mnist_test_digits.npy")
   images = np.concatenate([digits, digits[::-1]])  # 64 images
   whole = (model.reconstruct(images), model.encode(images))
-  monkeypatch.setattr(pretrained, "CONV_CHUNK_PIXELS", 10 * 28 * 28)  # chunks of 10: 7 calls
-  assert [len(c) for c in model._chunks(images)] == [10] * 6 + [4]
+  monkeypatch.setattr(cpu_tuning, "CHUNK_ELEMENTS", 10 * 28 * 28)  # chunks of 10: 7 calls
+  chunks = cpu_tuning.inference_chunks(images, (28, 28, 1), "conv")
+  assert [len(c) for c in chunks] == [10] * 6 + [4]
   np.testing.assert_allclose(model.reconstruct(images), whole[0], atol=1e-6)
   np.testing.assert_array_equal(model.encode(images), whole[1])
   np.testing.assert_allclose(model.decode(whole[1]), whole[0], atol=1e-6)

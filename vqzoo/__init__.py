@@ -4,20 +4,58 @@
     vqzoo.list_models()
     model = vqzoo.load("mnist-mlp")
     codes = model.encode(images); recon = model.decode(codes)
+
+Layers: :mod:`vqzoo.nn` (plain Haiku modules), :mod:`vqzoo.pretrained` (the artifact),
+:mod:`vqzoo.training` (data, training, fine-tuning, evaluation), :mod:`vqzoo.cpu_tuning`.
 """
 
-from vqzoo.configs import ConvConfig, MLPConfig, ModelConfig, QuantizerConfig, TrainConfig
-from vqzoo.evaluate import evaluate
-from vqzoo.loading import load
-from vqzoo.model import VQVAE, VQVAEOutput, build, build_codec
-from vqzoo.pretrained import IntegrityError, PretrainedVQVAE
-from vqzoo.quantizers import QuantizerOutput, VectorQuantizer, VectorQuantizerEMA
-from vqzoo.registry import get_config, list_models
+__version__ = "0.2.0"
 
-__version__ = "0.1.0"
+import importlib.abc as _abc
+import sys as _sys
+
+# Modules of the flat 0.1 layout, and what replaced them.
+_MOVED = {
+    "vqzoo.model": "vqzoo.nn (VQVAE, build, build_codec)",
+    "vqzoo.evaluate": "vqzoo.training.metrics (vqzoo.evaluate is the function)",
+    "vqzoo.quantizers": "vqzoo.nn.quantizers",
+    "vqzoo.nets": "vqzoo.nn.nets",
+    "vqzoo.compilation": "vqzoo.cpu_tuning",
+    "vqzoo.loading": "vqzoo.pretrained (load)",
+    "vqzoo.registry": "vqzoo.pretrained.registry",
+    "vqzoo.serialization": "vqzoo.pretrained.serialization",
+    "vqzoo.cards": "vqzoo.pretrained.cards",
+    "vqzoo.data": "vqzoo.training.data",
+    "vqzoo.train": "vqzoo.training.trainer",
+    "vqzoo.finetune": "vqzoo.training.finetuning",
+    "vqzoo.image_folder": "vqzoo.training.image_folder",
+    "vqzoo.zoo": "scripts/zoo_tools.py (maintainer tooling) and vqzoo.pretrained.cards.zoo_table",
+}
+
+
+class _MovedModuleFinder(_abc.MetaPathFinder):
+  """Makes ``import vqzoo.<old module>`` fail with a message naming its replacement."""
+
+  def find_spec(self, fullname, path=None, target=None):
+    if fullname in _MOVED:
+      raise ModuleNotFoundError(
+          f"{fullname} was moved in vqzoo 0.2: use {_MOVED[fullname]}", name=fullname)
+    return None
+
+
+if not any(isinstance(f, _MovedModuleFinder) for f in _sys.meta_path):
+  _sys.meta_path.insert(0, _MovedModuleFinder())
+
+from vqzoo.configs import (ConvConfig, FinetuneConfig, MLPConfig, ModelConfig,  # noqa: E402
+                           QuantizerConfig, TrainConfig)
+from vqzoo.nn import (VQVAE, QuantizerOutput, VectorQuantizer, VectorQuantizerEMA,  # noqa: E402
+                      VQVAEOutput, build, build_codec)
+from vqzoo.pretrained import (IntegrityError, PretrainedVQVAE, get_config,  # noqa: E402
+                              list_models, load)
+from vqzoo.training.metrics import evaluate  # noqa: E402
 
 __all__ = [
-    "ConvConfig", "MLPConfig", "ModelConfig", "QuantizerConfig", "TrainConfig",
+    "ConvConfig", "FinetuneConfig", "MLPConfig", "ModelConfig", "QuantizerConfig", "TrainConfig",
     "VQVAE", "VQVAEOutput", "build", "build_codec",
     "VectorQuantizer", "VectorQuantizerEMA", "QuantizerOutput",
     "PretrainedVQVAE", "IntegrityError", "load", "list_models", "get_config", "evaluate",

@@ -1,4 +1,7 @@
-"""The ``vqzoo`` command: list, info, reconstruct, eval, push, pull, demo, finetune."""
+"""The ``vqzoo`` command: list, info, reconstruct, eval, push, pull, demo, finetune.
+
+Argument parsing and printing only; the work is done by the library.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from vqzoo.images import uint8_to_float
+
 DEMO_MODELS = ("mnist-mlp", "mnist-conv-ema")
 DEMO_DIGITS = "mnist_test_digits.npy"
 
 
 def _load(name):
-  from vqzoo.loading import load
+  from vqzoo.pretrained import load
   return load(name)
 
 
@@ -44,7 +49,7 @@ def _summary(model, images_u8_or_f, recon) -> dict:
 
 
 def cmd_list(args):
-  from vqzoo import registry
+  from vqzoo.pretrained import registry
   for name in registry.list_models(args.pattern):
     entry = registry.get_entry(name)
     m = entry.metrics
@@ -53,8 +58,7 @@ def cmd_list(args):
 
 
 def cmd_info(args):
-  from vqzoo import registry
-  from vqzoo.loading import load
+  from vqzoo.pretrained import load, registry
   entry = registry.get_entry(args.name)
   model = load(args.name)
   weights = entry.bundled_dir / "model.safetensors"
@@ -74,7 +78,7 @@ def cmd_reconstruct(args):
   if args.input:
     images = _read_input(args.input)
   elif args.dataset:
-    from vqzoo.data import load_images
+    from vqzoo.training.data import load_images
     images = load_images(args.dataset, args.split, args.data_dir)[:args.count]
   else:
     images = _bundled_digits()[:args.count]
@@ -85,12 +89,15 @@ def cmd_reconstruct(args):
 
 
 def cmd_eval(args):
-  from vqzoo import registry
-  from vqzoo.data import load_images
-  from vqzoo.evaluate import evaluate
-  model = _load(args.name)
+  from vqzoo.pretrained import registry
+  from vqzoo.training.data import load_images
+  from vqzoo.training.metrics import evaluate
   dataset = args.dataset or (registry.get_entry(args.name).eval_dataset
-                             if args.name in registry.REGISTRY else "mnist")
+                             if args.name in registry.REGISTRY else None)
+  if dataset is None:
+    raise ValueError(f"{args.name} is not a zoo model: say which dataset to measure it on "
+                     "with --dataset")
+  model = _load(args.name)
   images = load_images(dataset, args.split, args.data_dir)
   metrics = evaluate(model.config, model.params, model.state, images)
   print(json.dumps({"model": args.name, "dataset": dataset, "split": args.split, **metrics},
@@ -98,16 +105,14 @@ def cmd_eval(args):
 
 
 def cmd_push(args):
-  from vqzoo.loading import load
-  model = load(args.dir)
+  model = _load(args.dir)
   info = model.push_to_hub(args.repo_id, commit_message=args.message, private=args.private)
   print(json.dumps({"repo_id": args.repo_id, "commit": getattr(info, "oid", None),
                     "url": str(getattr(info, "commit_url", info))}))
 
 
 def cmd_pull(args):
-  from vqzoo.loading import load
-  model = load("hf-hub:" + args.repo)
+  model = _load("hf-hub:" + args.repo)
   if args.out:
     model.save_pretrained(args.out)
   print(json.dumps({"repo": args.repo, **model.source, "saved_to": args.out}))
@@ -116,7 +121,7 @@ def cmd_pull(args):
 def cmd_demo(args):
   from vqzoo.grid import make_grid, save_png
   digits = _bundled_digits()
-  x = digits.astype(np.float32) / 255
+  x = uint8_to_float(digits)
   rows = [x]
   for name in DEMO_MODELS:
     model = _load(name)
@@ -130,9 +135,67 @@ def cmd_demo(args):
   print(f"grid: {args.out} (rows: originals, {', '.join(DEMO_MODELS)}; {per_row} digits a row)")
 
 
-def cmd_finetune(args, rest):
-  from vqzoo.finetune import main as finetune_main
-  return finetune_main(rest)
+def cmd_finetune(args):
+  from vqzoo.configs import FinetuneConfig
+  from vqzoo.training.finetuning import finetune
+  config = FinetuneConfig(
+      split=args.split, eval_split=args.eval_split, holdout_fraction=args.holdout_fraction,
+      freeze=tuple(args.freeze), steps=args.steps, batch_size=args.batch_size,
+      learning_rate=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps,
+      final_lr_fraction=args.final_lr_fraction, seed=args.seed, reseed_before=args.reseed_before,
+      reseed_threshold=args.reseed_threshold)
+  result = finetune(args.base, args.out, config, dataset=args.dataset, images_dir=args.images,
+                    data_dir=args.data_dir, workdir=args.workdir, resume=args.resume,
+                    progress=not args.no_progress, push_to_hub=args.push_to_hub)
+  print(json.dumps({"out": args.out, "before": result.metrics_before,
+                    "after": result.metrics_after}, indent=2))
+
+
+def _add_finetune_parser(sub) -> None:
+  from vqzoo.configs import FinetuneConfig
+  from vqzoo.training.image_folder import FOLDER_RULE
+  d = FinetuneConfig()
+  p = sub.add_parser(
+      "finetune", help="fine-tune a model on a TFDS dataset or a folder of images",
+      description=("Fine-tune a pretrained VQ-VAE on a TFDS dataset or a folder of images.\n\n"
+                   "Image folders: " + FOLDER_RULE + "."),
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--from", dest="base", required=True,
+                 help="zoo name, hf-hub:owner/repo[@rev] or a model directory")
+  p.add_argument("--out", required=True, help="output model directory")
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--dataset", help="TFDS dataset name, e.g. fashion_mnist")
+  src.add_argument("--images", help="folder of PNG/JPEG images")
+  p.add_argument("--split", default=d.split, help=f"TFDS training split (default {d.split})")
+  p.add_argument("--eval-split", default=d.eval_split,
+                 help=f"TFDS held-out split (default {d.eval_split})")
+  p.add_argument("--holdout-fraction", type=float, default=d.holdout_fraction,
+                 help=f"share of an image folder held out for evaluation "
+                      f"(default {d.holdout_fraction})")
+  p.add_argument("--freeze", action="append", default=[],
+                 choices=("encoder", "decoder", "codebook"),
+                 help="part that does not train (repeatable)")
+  p.add_argument("--steps", type=int, default=d.steps, help=f"default {d.steps}")
+  p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+  p.add_argument("--lr", type=float, default=d.learning_rate,
+                 help=f"peak learning rate (default {d.learning_rate})")
+  p.add_argument("--schedule", choices=("cosine", "constant"), default=d.schedule)
+  p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                 help=f"default {d.warmup_steps}")
+  p.add_argument("--final-lr-fraction", type=float, default=d.final_lr_fraction,
+                 help=f"default {d.final_lr_fraction}")
+  p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+  p.add_argument("--reseed-before", action="store_true",
+                 help="re-seed codes unused on the training data before training")
+  p.add_argument("--reseed-threshold", type=float, default=None,
+                 help="re-seed codes used less than this (vectors per batch) while training; "
+                      "0 turns re-seeding off (default: the base model's own threshold)")
+  p.add_argument("--workdir", help="checkpoints (default OUT.work)")
+  p.add_argument("--resume", action="store_true", help="continue from the workdir checkpoint")
+  p.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
+  p.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the result")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.set_defaults(fn=cmd_finetune)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,19 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
   s = sub.add_parser("demo", help="reconstruct bundled MNIST digits with two zoo models, offline")
   s.add_argument("--out", default="vqzoo_demo.png")
   s.set_defaults(fn=cmd_demo)
-  sub.add_parser("finetune", help="fine-tune a model (see `vqzoo finetune --help`)",
-                 add_help=False)
+  _add_finetune_parser(sub)
   return p
 
 
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  if argv[:1] == ["finetune"]:
-    return cmd_finetune(None, argv[1:]) or 0
   args = build_parser().parse_args(argv)
   try:
     return args.fn(args) or 0
-  except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+  except (ValueError, KeyError, FileNotFoundError, OSError, FloatingPointError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"vqzoo {args.command}: error: {message}", file=sys.stderr)
     return 2

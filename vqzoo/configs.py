@@ -9,6 +9,7 @@ names the offending field and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 ARCHITECTURES = ("mlp", "conv")
@@ -69,15 +70,15 @@ class QuantizerConfig:
              "quantizer.num_embeddings", "an integer >= 1", self.num_embeddings)
     _require(_is_int(self.embedding_dim) and self.embedding_dim >= 1,
              "quantizer.embedding_dim", "an integer >= 1", self.embedding_dim)
-    _require(_is_number(self.commitment_cost) and self.commitment_cost >= 0,
-             "quantizer.commitment_cost", "a number >= 0", self.commitment_cost)
+    _require(_is_number(self.commitment_cost) and 0 <= self.commitment_cost < math.inf,
+             "quantizer.commitment_cost", "a finite number >= 0", self.commitment_cost)
     _require(isinstance(self.ema, bool), "quantizer.ema", "a bool", self.ema)
     _require(_is_number(self.decay) and 0.0 <= self.decay <= 1.0,
              "quantizer.decay", "a number in [0, 1]", self.decay)
-    _require(_is_number(self.epsilon) and self.epsilon > 0,
-             "quantizer.epsilon", "a number > 0", self.epsilon)
-    _require(_is_number(self.dead_code_threshold) and self.dead_code_threshold >= 0,
-             "quantizer.dead_code_threshold", "a number >= 0", self.dead_code_threshold)
+    _require(_is_number(self.epsilon) and 0 < self.epsilon < math.inf,
+             "quantizer.epsilon", "a finite number > 0", self.epsilon)
+    _require(_is_number(self.dead_code_threshold) and 0 <= self.dead_code_threshold < math.inf,
+             "quantizer.dead_code_threshold", "a finite number >= 0", self.dead_code_threshold)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -89,7 +90,7 @@ class QuantizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MLPConfig:
-  """MLP encoder/decoder sizes (the seed: 784 -> 128 -> 64 -> D; D -> 128 -> 784)."""
+  """MLP encoder/decoder sizes (the loss specification's: 784 -> 128 -> 64 -> D; D -> 128 -> 784)."""
 
   encoder_sizes: tuple[int, ...] = (128, 64)
   decoder_sizes: tuple[int, ...] = (128,)
@@ -142,9 +143,10 @@ class ModelConfig:
     arch: ``"mlp"`` (one code per image) or ``"conv"`` (an ``H/4 x W/4`` grid).
     image_shape: ``(H, W, C)`` of the images the model reads and writes.
     quantizer: the codebook.
-    mlp: sizes for ``arch="mlp"`` (defaults to the seed's).
+    mlp: sizes for ``arch="mlp"`` (defaults to the loss specification's).
     conv: sizes for ``arch="conv"``.
-    output_activation: ``"none"`` (the seed) or ``"sigmoid"`` on the decoder output.
+    output_activation: ``"none"`` (the loss specification's) or ``"sigmoid"`` on the decoder
+      output.
   """
 
   arch: str = "mlp"
@@ -241,4 +243,71 @@ class TrainConfig:
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+    return cls(**_strict_kwargs(cls, data))
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+  """A fine-tuning recipe: what :func:`vqzoo.training.finetune` trains, and how.
+
+  Attributes:
+    split: TFDS training split (dataset sources).
+    eval_split: TFDS split measured before and after.
+    holdout_fraction: share of an image folder held out for the before/after measurement.
+    freeze: parts among ``("encoder", "decoder", "codebook")`` that stay bit-identical.
+    steps, batch_size, learning_rate, warmup_steps, final_lr_fraction, schedule, seed: the
+      optimiser and data order, as in :class:`TrainConfig`.
+    reseed_before: move codes unused on the training data onto encoder outputs first.
+    reseed_threshold: dead-code re-seeding while training (codes used by fewer vectors per
+      batch); ``None`` keeps the base model's own threshold, ``0`` turns it off.
+    checkpoint_every, log_every: steps between checkpoints and between metric lines.
+  """
+
+  split: str = "train"
+  eval_split: str = "test"
+  holdout_fraction: float = 0.1
+  freeze: tuple[str, ...] = ()
+  steps: int = 1000
+  batch_size: int = 128
+  learning_rate: float = 3e-4
+  warmup_steps: int = 50
+  final_lr_fraction: float = 0.1
+  schedule: str = "cosine"
+  seed: int = 0
+  reseed_before: bool = False
+  reseed_threshold: float | None = None
+  checkpoint_every: int = 500
+  log_every: int = 50
+
+  def __post_init__(self):
+    freeze = tuple(sorted(set(self.freeze)))
+    object.__setattr__(self, "freeze", freeze)
+    parts = ("codebook", "decoder", "encoder")
+    _require(all(p in parts for p in freeze), "freeze", f"parts among {parts}", freeze)
+    _require(_is_number(self.holdout_fraction) and 0 <= self.holdout_fraction < 1,
+             "holdout_fraction", "a number in [0, 1)", self.holdout_fraction)
+    _require(isinstance(self.reseed_before, bool), "reseed_before", "a bool", self.reseed_before)
+    _require(self.reseed_threshold is None or (_is_number(self.reseed_threshold)
+                                               and 0 <= self.reseed_threshold < float("inf")),
+             "reseed_threshold", "None or a finite number >= 0", self.reseed_threshold)
+    for name in ("checkpoint_every", "log_every"):
+      value = getattr(self, name)
+      _require(_is_int(value) and value >= 1, name, "an integer >= 1", value)
+    self.train_config("check", 1)  # validates the shared optimiser fields
+
+  def train_config(self, dataset: str, num_images: int) -> TrainConfig:
+    """The :class:`TrainConfig` the trainer runs (batch size capped at ``num_images``)."""
+    return TrainConfig(dataset=dataset, split=self.split, steps=self.steps,
+                       batch_size=min(self.batch_size, max(1, num_images)),
+                       learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
+                       final_lr_fraction=self.final_lr_fraction, seed=self.seed,
+                       schedule=self.schedule)
+
+  def to_dict(self) -> dict[str, Any]:
+    data = dataclasses.asdict(self)
+    data["freeze"] = list(self.freeze)
+    return data
+
+  @classmethod
+  def from_dict(cls, data: Mapping[str, Any]) -> "FinetuneConfig":
     return cls(**_strict_kwargs(cls, data))

@@ -7,6 +7,11 @@ from typing import Sequence
 import numpy as np
 
 
+def uint8_to_float(images: np.ndarray) -> np.ndarray:
+  """uint8 (or any integer in 0-255) ``[...]`` -> float32 in [0, 1]: the one conversion rule."""
+  return np.asarray(images).astype(np.float32) / np.float32(255)
+
+
 def as_image_batch(images, image_shape: Sequence[int]) -> np.ndarray:
   """Checks layout and dtype; returns ``[B, H, W, C]`` in the input's dtype (no value checks).
 
@@ -66,5 +71,24 @@ def to_float_images(images, image_shape: Sequence[int]) -> np.ndarray:
   if x.dtype != np.uint8:
     check_pixel_range(float(x.min()), float(x.max()), integer)
   if integer:
-    return x.astype(np.float32) / np.float32(255)
+    return uint8_to_float(x)
   return np.asarray(x, dtype=np.float32)  # no copy for float32 input
+
+
+def check_codes(codes, num_embeddings: int, latent_shape: Sequence[int]) -> np.ndarray:
+  """Validates code indices ``[B, *latent_shape]`` in ``[0, K)``; returns them as int32.
+
+  Raises:
+    ValueError: not integers, wrong shape, or values outside ``[0, num_embeddings)``.
+  """
+  codes = np.asarray(codes)
+  k, expected = num_embeddings, tuple(latent_shape)
+  if not np.issubdtype(codes.dtype, np.integer):
+    raise ValueError(f"codes: expected integers in [0, {k}), got dtype {codes.dtype}")
+  if codes.ndim != 1 + len(expected) or tuple(codes.shape[1:]) != expected:
+    raise ValueError(f"codes: expected shape [B{''.join(', ' + str(s) for s in expected)}], "
+                     f"got {codes.shape}")
+  if codes.size and (codes.min() < 0 or codes.max() >= k):
+    raise ValueError(f"codes: expected integers in [0, {k}), got values in "
+                     f"[{codes.min()}, {codes.max()}]")
+  return codes.astype(np.int32)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-from vqzoo import registry
-from vqzoo.pretrained import WEIGHTS_NAME, IntegrityError, PretrainedVQVAE
+from vqzoo.pretrained import registry
+from vqzoo.pretrained.integrity import IntegrityError
+from vqzoo.pretrained.model import WEIGHTS_NAME, PretrainedVQVAE
 
 HUB_PREFIX = "hf-hub:"
 
@@ -34,7 +35,7 @@ def load(name_or_path: str | os.PathLike, *, revision: str | None = None,
   A zoo name loads the weights bundled with the package when their sha256
   matches the registry pin (no network), else downloads the pinned revision
   from the Hub and checks the same digest. A mismatch raises
-  :class:`~vqzoo.pretrained.IntegrityError` naming both digests.
+  :class:`~vqzoo.IntegrityError` naming both digests.
   """
   spec = os.fspath(name_or_path)
   hub = dict(cache_dir=cache_dir, local_files_only=local_files_only, token=token)
@@ -57,4 +58,4 @@ def load(name_or_path: str | os.PathLike, *, revision: str | None = None,
                                          entry.weights.revision, expected_sha256=pin, **hub)
 
 
-__all__ = ["load", "parse_hub_id", "IntegrityError"]
+__all__ = ["load", "parse_hub_id"]

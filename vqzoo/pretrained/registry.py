@@ -1,4 +1,4 @@
-"""The zoo: one table from variant name to config, recipe, weights and measured metrics.
+"""The zoo: one table from variant name to config, recipe, weights and quality bar.
 
 Data, not code: an entry is a :class:`ModelConfig`, a :class:`TrainConfig`
 (what ``scripts/train.py --variant NAME`` runs), where the weights live (bundled
@@ -14,11 +14,11 @@ import difflib
 import fnmatch
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig, TrainConfig
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 HUB_ORG = "vqzoo"
 
 
@@ -28,7 +28,6 @@ class WeightsSpec:
 
   repo_id: str
   revision: str
-  filename: str
   sha256: str | None  # None until the variant is trained
 
 
@@ -43,7 +42,6 @@ class ZooEntry:
     recipe: the training recipe that produced the weights.
     weights: where the weights live.
     bar: quality bar on the full test split, e.g. ``{"mse_max": 0.002, "codes_used_min": 120}``.
-    eval_dataset: TFDS name of the dataset it is measured on.
   """
 
   name: str
@@ -52,7 +50,11 @@ class ZooEntry:
   recipe: TrainConfig
   weights: WeightsSpec
   bar: dict[str, float]
-  eval_dataset: str
+
+  @property
+  def eval_dataset(self) -> str:
+    """TFDS name of the dataset it is trained and measured on (the recipe's)."""
+    return self.recipe.dataset
 
   @property
   def bundled_dir(self) -> Path:
@@ -63,6 +65,15 @@ class ZooEntry:
     """Measured metrics (``metrics.json`` beside the bundled weights), or ``{}``."""
     path = self.bundled_dir / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+  def check_bar(self, metrics: Mapping[str, Any]) -> list[str]:
+    """The bar conditions ``metrics`` fails (empty when it meets the bar)."""
+    failures = []
+    if "mse_max" in self.bar and not metrics["mse"] <= self.bar["mse_max"]:
+      failures.append(f"mse {metrics['mse']:.5f} > {self.bar['mse_max']}")
+    if "codes_used_min" in self.bar and not metrics["codes_used"] >= self.bar["codes_used_min"]:
+      failures.append(f"codes_used {metrics['codes_used']} < {self.bar['codes_used_min']}")
+    return failures
 
 
 def _pins() -> dict[str, str]:
@@ -75,45 +86,49 @@ _CONV_Q = dict(num_embeddings=128, embedding_dim=16, commitment_cost=0.25)
 _CONV = ConvConfig(num_hiddens=64, num_residual_layers=2, num_residual_hiddens=32)
 
 
-def _entries() -> list[tuple[str, str, ModelConfig, TrainConfig, dict, str]]:
+MLP_DESCRIPTION = "784-128-64-64 MLP (the loss specification's architecture)"
+
+
+def _entries() -> list[dict[str, Any]]:
   mlp_recipe = TrainConfig(dataset="mnist", steps=20000, batch_size=256, learning_rate=1e-3,
                            warmup_steps=200, final_lr_fraction=0.1, seed=0)
   conv_recipe = TrainConfig(dataset="mnist", steps=16000, batch_size=128, learning_rate=2e-3,
                             warmup_steps=200, final_lr_fraction=0.05, seed=0)
   return [
-      ("mnist-mlp", "The seed's MLP (784-128-64-64), plain VQ, K=512, D=64",
-       ModelConfig(arch="mlp", quantizer=QuantizerConfig(**_MLP_Q, dead_code_threshold=0.05)),
-       mlp_recipe, {"mse_max": 0.0305, "codes_used_min": 450}, "mnist"),
-      ("mnist-mlp-ema", "The seed's MLP (784-128-64-64), EMA codebook, K=512, D=64",
-       ModelConfig(arch="mlp", quantizer=QuantizerConfig(**_MLP_Q, ema=True,
-                                                         dead_code_threshold=0.05)),
-       mlp_recipe, {"mse_max": 0.0305, "codes_used_min": 450}, "mnist"),
-      ("mnist-conv", "Conv, 7x7 latent grid, plain VQ, K=128, D=16",
-       ModelConfig(arch="conv", conv=_CONV,
-                   quantizer=QuantizerConfig(**_CONV_Q, dead_code_threshold=1.0)),
-       conv_recipe, {"mse_max": 0.0020}, "mnist"),
-      ("mnist-conv-ema", "Conv, 7x7 latent grid, EMA codebook, K=128, D=16",
-       ModelConfig(arch="conv", conv=_CONV,
-                   quantizer=QuantizerConfig(**_CONV_Q, ema=True, dead_code_threshold=1.0)),
-       conv_recipe, {"mse_max": 0.0020, "codes_used_min": 120}, "mnist"),
-      ("fashion-mnist-conv-ema", "Conv on Fashion-MNIST, 7x7 grid, EMA codebook, K=128, D=16",
-       ModelConfig(arch="conv", conv=_CONV,
-                   quantizer=QuantizerConfig(**_CONV_Q, ema=True, dead_code_threshold=1.0)),
-       # Fashion-MNIST is harder: 1.5x the MNIST recipe's steps (3.1M images).
-       dataclasses.replace(conv_recipe, dataset="fashion_mnist", steps=24000), {"mse_max": 0.0045},
-       "fashion_mnist"),
+      dict(name="mnist-mlp", description=f"{MLP_DESCRIPTION}, plain VQ, K=512, D=64",
+           config=ModelConfig(arch="mlp", quantizer=QuantizerConfig(**_MLP_Q,
+                                                                    dead_code_threshold=0.05)),
+           recipe=mlp_recipe, bar={"mse_max": 0.0305, "codes_used_min": 450}),
+      dict(name="mnist-mlp-ema", description=f"{MLP_DESCRIPTION}, EMA codebook, K=512, D=64",
+           config=ModelConfig(arch="mlp", quantizer=QuantizerConfig(
+               **_MLP_Q, ema=True, dead_code_threshold=0.05)),
+           recipe=mlp_recipe, bar={"mse_max": 0.0305, "codes_used_min": 450}),
+      dict(name="mnist-conv", description="Conv, 7x7 latent grid, plain VQ, K=128, D=16",
+           config=ModelConfig(arch="conv", conv=_CONV,
+                              quantizer=QuantizerConfig(**_CONV_Q, dead_code_threshold=1.0)),
+           recipe=conv_recipe, bar={"mse_max": 0.0020}),
+      dict(name="mnist-conv-ema", description="Conv, 7x7 latent grid, EMA codebook, K=128, D=16",
+           config=ModelConfig(arch="conv", conv=_CONV, quantizer=QuantizerConfig(
+               **_CONV_Q, ema=True, dead_code_threshold=1.0)),
+           recipe=conv_recipe, bar={"mse_max": 0.0020, "codes_used_min": 120}),
+      dict(name="fashion-mnist-conv-ema",
+           description="Conv on Fashion-MNIST, 7x7 grid, EMA codebook, K=128, D=16",
+           config=ModelConfig(arch="conv", conv=_CONV, quantizer=QuantizerConfig(
+               **_CONV_Q, ema=True, dead_code_threshold=1.0)),
+           # Fashion-MNIST is harder: 1.5x the MNIST recipe's steps (3.1M images).
+           recipe=dataclasses.replace(conv_recipe, dataset="fashion_mnist", steps=24000),
+           bar={"mse_max": 0.0045}),
   ]
 
 
 def _build_registry() -> dict[str, ZooEntry]:
   pins = _pins()
   table = {}
-  for name, description, config, recipe, bar, dataset in _entries():
-    pin = pins.get(name, {})
-    weights = WeightsSpec(repo_id=pin.get("repo_id", f"{HUB_ORG}/{name}"),
-                          revision=pin.get("revision", "main"),
-                          filename="model.safetensors", sha256=pin.get("sha256"))
-    table[name] = ZooEntry(name, description, config, recipe, weights, bar, dataset)
+  for entry in _entries():
+    pin = pins.get(entry["name"], {})
+    weights = WeightsSpec(repo_id=pin.get("repo_id", f"{HUB_ORG}/{entry['name']}"),
+                          revision=pin.get("revision", "main"), sha256=pin.get("sha256"))
+    table[entry["name"]] = ZooEntry(weights=weights, **entry)
   return table
 
 

@@ -1,6 +1,6 @@
 """Vector quantizers: a plain codebook (params) and an EMA codebook (state).
 
-Both follow van den Oord et al. (2017) and the seed's loss:
+Both follow van den Oord et al. (2017) and the loss specification:
 
     embedding (codebook) term   ||sg[z_e] - e||^2
     commitment term        beta ||z_e - sg[e]||^2
@@ -9,6 +9,11 @@ and pass gradients to the encoder with the straight-through estimator
 ``z_q = z_e + sg[e - z_e]``. Nearest codes come from one matrix product,
 ``||z||^2 - 2 z.e + ||e||^2``, never an ``[N, K, D]`` broadcast.
 
+Each quantizer owns all of its state, including dead-code re-seeding. The EMA codebook lives in
+state and re-seeds itself. The plain codebook is a parameter, which a module cannot rewrite, so
+in training it returns its re-seeds in :attr:`QuantizerOutput.reseeds` and the trainer applies
+them after the optimizer step with :func:`apply_reseeds`, never naming a module or a key.
+
 Codebooks are stored ``[K, D]`` (one row per code). Haiku's own
 ``hk.nets.VectorQuantizer*`` store the transpose; the tests check that both give
 identical results on identical inputs.
@@ -16,12 +21,14 @@ identical results on identical inputs.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import chex
 import haiku as hk
 import jax
 import jax.numpy as jnp
+
+Reseeds = Mapping[str, Mapping[str, jax.Array]]
 
 
 class QuantizerOutput(NamedTuple):
@@ -37,6 +44,8 @@ class QuantizerOutput(NamedTuple):
     commitment_loss: scalar ``mean ||z_e - sg[e]||^2`` (unweighted by beta).
     perplexity: scalar ``exp(entropy)`` of the batch's code distribution.
     code_counts: ``[K]`` int32 number of vectors assigned to each code.
+    reseeds: re-seeds of a parameter codebook for :func:`apply_reseeds` (empty unless a plain
+      quantizer with a dead-code threshold ran in training).
   """
 
   quantized: jax.Array
@@ -46,6 +55,7 @@ class QuantizerOutput(NamedTuple):
   commitment_loss: jax.Array
   perplexity: jax.Array
   code_counts: jax.Array
+  reseeds: Reseeds = {}
 
 
 def squared_distances(flat_z: jax.Array, codebook: jax.Array) -> jax.Array:
@@ -56,23 +66,9 @@ def squared_distances(flat_z: jax.Array, codebook: jax.Array) -> jax.Array:
           + jnp.sum(jnp.square(codebook), axis=1)[None, :])
 
 
-# Up to this many [N, K] distances (4 MiB of float32) the first minimum is found by two plain
-# reductions, which XLA:CPU vectorises; its argmin, a (value, index) reduction, is not:
-# measured 0.7 vs 1.9 ms for [6272, 128], 0.6 vs 1.5 ms for [1024, 512]. Once the distances
-# leave the cache, reading them twice costs more: 31 vs 16 ms for [50176, 128].
-_TWO_PASS_MAX_DISTANCES = 1 << 20
-
-
 def nearest_codes(flat_z: jax.Array, codebook: jax.Array) -> jax.Array:
   """``[N, D] x [K, D] -> [N]`` int32 index of the nearest code for each row (the first on ties)."""
-  distances = squared_distances(flat_z, codebook)
-  num_codes = codebook.shape[0]
-  if distances.size > _TWO_PASS_MAX_DISTANCES:
-    return jnp.argmin(distances, axis=1).astype(jnp.int32)
-  smallest = jnp.min(distances, axis=1, keepdims=True)
-  index = jnp.arange(num_codes, dtype=jnp.int32)
-  first = jnp.min(jnp.where(distances == smallest, index, num_codes), axis=1)
-  return jnp.minimum(first, num_codes - 1)  # a row with NaN matches nothing: a valid index still
+  return jnp.argmin(squared_distances(flat_z, codebook), axis=1).astype(jnp.int32)
 
 
 def _psum(x, axis_name):
@@ -108,6 +104,21 @@ def reseed_dead_codes(codebook: jax.Array, usage: jax.Array, flat_z: jax.Array,
   return jnp.where(dead[:, None], fresh, codebook), dead
 
 
+def apply_reseeds(params: hk.Params, reseeds: Reseeds) -> hk.Params:
+  """Writes a plain quantizer's re-seeded codes (:attr:`QuantizerOutput.reseeds`) into ``params``.
+
+  Call it after the optimizer step: re-seeded rows replace the updated codebook's rows.
+  """
+  if not reseeds:
+    return params
+  out = dict(params)
+  for module, reseed in reseeds.items():
+    codebook = params[module]["codebook"]
+    out[module] = {**params[module],
+                   "codebook": jnp.where(reseed["dead"][:, None], reseed["fresh"], codebook)}
+  return out
+
+
 class _Quantizer(hk.Module):
   """Shared search, losses and statistics of both quantizers."""
 
@@ -120,8 +131,11 @@ class _Quantizer(hk.Module):
                        f"{num_embeddings} and {embedding_dim}")
     if not 0.0 <= decay <= 1.0:
       raise ValueError(f"decay: expected a number in [0, 1], got {decay}")
-    if commitment_cost < 0:
-      raise ValueError(f"commitment_cost: expected >= 0, got {commitment_cost}")
+    if not 0 <= commitment_cost < float("inf"):
+      raise ValueError(f"commitment_cost: expected a finite number >= 0, got {commitment_cost}")
+    if not 0 <= dead_code_threshold < float("inf"):
+      raise ValueError(f"dead_code_threshold: expected a finite number >= 0, got "
+                       f"{dead_code_threshold}")
     self.num_embeddings = num_embeddings
     self.embedding_dim = embedding_dim
     self.commitment_cost = commitment_cost
@@ -142,6 +156,11 @@ class _Quantizer(hk.Module):
     """int codes ``[...]`` -> code vectors ``[..., D]``."""
     return self.codebook()[codes]
 
+  def argmin_rows(self, distances: jax.Array) -> jax.Array:
+    """``[N, K] -> [N]`` int32 index of each row's first minimum (a method, so a backend can
+    substitute a faster search: :mod:`vqzoo.cpu_tuning`)."""
+    return jnp.argmin(distances, axis=1).astype(jnp.int32)
+
   def _check(self, z_e):
     if z_e.ndim < 1 or z_e.shape[-1] != self.embedding_dim:
       raise ValueError(f"quantizer input: expected [..., {self.embedding_dim}], "
@@ -149,12 +168,12 @@ class _Quantizer(hk.Module):
 
   def _assign(self, z_e, codebook):
     flat_z = jnp.reshape(z_e, (-1, self.embedding_dim))
-    flat_codes = nearest_codes(flat_z, codebook)
+    flat_codes = self.argmin_rows(squared_distances(flat_z.astype(codebook.dtype), codebook))
     counts = _psum(jnp.bincount(flat_codes, length=self.num_embeddings), self.cross_replica_axis)
     return flat_z, flat_codes, counts
 
-  def _outputs(self, z_e, codebook, flat_codes, counts, include_codebook_loss):
-    e = jnp.reshape(codebook[flat_codes], z_e.shape)
+  def _outputs(self, z_e, codebook, flat_codes, counts, include_codebook_loss, reseeds=None):
+    e = jnp.reshape(codebook[flat_codes], z_e.shape).astype(z_e.dtype)
     codebook_loss = jnp.mean(jnp.square(jax.lax.stop_gradient(z_e) - e))
     commitment_loss = jnp.mean(jnp.square(z_e - jax.lax.stop_gradient(e)))
     loss = self.commitment_cost * commitment_loss
@@ -169,17 +188,31 @@ class _Quantizer(hk.Module):
         commitment_loss=commitment_loss,
         perplexity=_perplexity(counts.astype(jnp.float32)),
         code_counts=counts.astype(jnp.int32),
+        reseeds=reseeds or {},
     )
+
+  def _fresh_codes(self, flat_z, usage):
+    """``([K, D] candidate rows from the (all-replica) batch, [K] bool dead mask)``."""
+    all_z = _gather_rows(jax.lax.stop_gradient(flat_z), self.cross_replica_axis)
+    codebook = self.codebook()
+    return reseed_dead_codes(codebook, usage, all_z, self.dead_code_threshold, hk.next_rng_key())
 
 
 class VectorQuantizer(_Quantizer):
   """Codebook as a parameter, learnt through the embedding loss.
 
-  Params: ``codebook`` ``[K, D]``. State: ``usage`` ``[K]``, the moving average
-  (by ``decay``) of vectors per batch assigned to each code, and
-  ``usage_updates``, how many batches it has seen; the trainer
-  reads to re-seed dead codes of this param codebook (a module cannot rewrite
-  its own params).
+  Args:
+    num_embeddings: K, the number of codes.
+    embedding_dim: D, the size of each code.
+    commitment_cost: beta, the weight of the commitment term.
+    decay: decay of the code-usage moving average (re-seeding only).
+    dead_code_threshold: in training, codes whose usage (vectors per batch) falls below this
+      are re-seeded from encoder outputs (needs an rng); 0 disables it.
+    cross_replica_axis: ``pmap``/``shard_map`` axis to sum statistics over.
+    name: module name.
+
+  Params: ``codebook`` ``[K, D]``. State: ``usage`` ``[K]``, the moving average of vectors per
+  batch assigned to each code, and ``usage_updates``, how many batches it has seen.
   """
 
   def codebook(self) -> jax.Array:
@@ -187,29 +220,53 @@ class VectorQuantizer(_Quantizer):
                             jnp.float32, init=self._initial_codebook)
 
   def __call__(self, z_e: jax.Array, is_training: bool) -> QuantizerOutput:
-    """Quantizes ``z_e`` ``[..., D]``; see :class:`QuantizerOutput`."""
+    """Quantizes ``z_e`` ``[..., D]``; see :class:`QuantizerOutput`.
+
+    ``is_training`` updates the usage statistics and, with a threshold, returns re-seeds.
+    """
     self._check(z_e)
     codebook = self.codebook()
     usage = hk.get_state("usage", (self.num_embeddings,), jnp.float32, init=jnp.zeros)
     updates = hk.get_state("usage_updates", (), jnp.int32, init=jnp.zeros)
-    _, flat_codes, counts = self._assign(z_e, codebook)
+    flat_z, flat_codes, counts = self._assign(z_e, codebook)
+    reseeds = None
     if is_training:
       # The first batch sets the average outright (no bias towards zero).
       decay = jnp.where(updates == 0, 0.0, self.decay)
-      hk.set_state("usage", decay * usage + (1 - decay) * counts)
+      usage = decay * usage + (1 - decay) * counts
+      if self.dead_code_threshold > 0 and not hk.running_init():
+        fresh, dead = self._fresh_codes(flat_z, usage)
+        # A re-seeded code gets the threshold as its usage: one unused batch later it goes again.
+        usage = jnp.where(dead, self.dead_code_threshold, usage)
+        reseeds = {self.module_name: {"dead": dead, "fresh": fresh}}
+      hk.set_state("usage", usage)
       hk.set_state("usage_updates", updates + 1)
-    return self._outputs(z_e, codebook, flat_codes, counts, include_codebook_loss=True)
+    return self._outputs(z_e, codebook, flat_codes, counts, include_codebook_loss=True,
+                         reseeds=reseeds)
+
+  def replace_codes(self, dead: jax.Array, fresh: jax.Array) -> Reseeds:
+    """Moves the ``dead`` codes (``[K]`` bool) onto ``fresh`` rows (``[K, D]``).
+
+    Returns the re-seeds for :func:`apply_reseeds` (the codebook is a parameter).
+    """
+    self.codebook()
+    return {self.module_name: {"dead": dead, "fresh": fresh}}
 
 
 class VectorQuantizerEMA(_Quantizer):
   """Codebook in state, updated by zero-debiased exponential moving averages.
 
-  State (as ``hk.nets.VectorQuantizerEMA``, codebook transposed):
-    ``codebook`` ``[K, D]``; ``ema_cluster_size_hidden`` ``[K]`` and
-    ``ema_dw_hidden`` ``[K, D]``, the biased moving sums; ``ema_counter``, the
-    number of updates, used to debias. Updated only when ``is_training``; under
-    ``pmap`` with ``cross_replica_axis`` the batch statistics are summed across
-    replicas so every replica holds the same codebook.
+  Args:
+    num_embeddings, embedding_dim, commitment_cost, dead_code_threshold, cross_replica_axis,
+      name: as :class:`VectorQuantizer`; re-seeding happens inside the EMA update.
+    decay: EMA decay of the codebook statistics.
+    epsilon: Laplace smoothing of the cluster sizes.
+
+  State (as ``hk.nets.VectorQuantizerEMA``, codebook transposed), all float32 whatever the input
+  dtype: ``codebook`` ``[K, D]``; ``ema_cluster_size_hidden`` ``[K]`` and ``ema_dw_hidden``
+  ``[K, D]``, the biased moving sums; ``ema_counter``, the number of updates, used to debias.
+  Updated only when ``is_training``; under ``pmap`` with ``cross_replica_axis`` the batch
+  statistics are summed across replicas so every replica holds the same codebook.
   """
 
   def __init__(self, num_embeddings: int, embedding_dim: int, commitment_cost: float,
@@ -217,8 +274,8 @@ class VectorQuantizerEMA(_Quantizer):
                cross_replica_axis: str | None = None, name: str | None = None):
     super().__init__(num_embeddings, embedding_dim, commitment_cost, decay,
                      dead_code_threshold, cross_replica_axis, name)
-    if epsilon <= 0:
-      raise ValueError(f"epsilon: expected > 0, got {epsilon}")
+    if not 0 < epsilon < float("inf"):
+      raise ValueError(f"epsilon: expected a finite number > 0, got {epsilon}")
     self.epsilon = epsilon
 
   def codebook(self) -> jax.Array:
@@ -226,28 +283,30 @@ class VectorQuantizerEMA(_Quantizer):
                         jnp.float32, init=self._initial_codebook)
 
   def __call__(self, z_e: jax.Array, is_training: bool) -> QuantizerOutput:
-    """Quantizes ``z_e`` ``[..., D]``; see :class:`QuantizerOutput`."""
+    """Quantizes ``z_e`` ``[..., D]``; see :class:`QuantizerOutput`.
+
+    ``is_training`` updates the codebook (and re-seeds dead codes, which needs an rng).
+    """
     self._check(z_e)
     k, d = self.num_embeddings, self.embedding_dim
     codebook = self.codebook()
-    hidden_size = hk.get_state("ema_cluster_size_hidden", (k,), z_e.dtype, init=jnp.zeros)
-    hidden_dw = hk.get_state("ema_dw_hidden", (k, d), z_e.dtype, init=jnp.zeros)
+    hidden_size = hk.get_state("ema_cluster_size_hidden", (k,), jnp.float32, init=jnp.zeros)
+    hidden_dw = hk.get_state("ema_dw_hidden", (k, d), jnp.float32, init=jnp.zeros)
     counter = hk.get_state("ema_counter", (), jnp.int32, init=jnp.zeros)
 
     flat_z, flat_codes, counts = self._assign(z_e, codebook)
     out = self._outputs(z_e, codebook, flat_codes, counts, include_codebook_loss=False)
     if is_training:
-      one_hot = jax.nn.one_hot(flat_codes, k, dtype=flat_z.dtype)
-      dw = _psum(one_hot.T @ jax.lax.stop_gradient(flat_z), self.cross_replica_axis)
+      z32 = jax.lax.stop_gradient(flat_z).astype(jnp.float32)
+      one_hot = jax.nn.one_hot(flat_codes, k, dtype=jnp.float32)
+      dw = _psum(one_hot.T @ z32, self.cross_replica_axis)
       counter = counter + 1
-      hidden_size = hidden_size * self.decay + counts.astype(z_e.dtype) * (1 - self.decay)
+      hidden_size = hidden_size * self.decay + counts.astype(jnp.float32) * (1 - self.decay)
       hidden_dw = hidden_dw * self.decay + dw * (1 - self.decay)
-      debias = 1.0 - jnp.power(jnp.asarray(self.decay, z_e.dtype), counter)
+      debias = 1.0 - jnp.power(jnp.asarray(self.decay, jnp.float32), counter)
       cluster_size = hidden_size / debias
       if self.dead_code_threshold > 0:
-        all_z = _gather_rows(jax.lax.stop_gradient(flat_z), self.cross_replica_axis)
-        fresh, dead = reseed_dead_codes(codebook, cluster_size, all_z,
-                                        self.dead_code_threshold, hk.next_rng_key())
+        fresh, dead = self._fresh_codes(z32, cluster_size)
         # A re-seeded code starts as the mean of one vector: the fresh row itself.
         hidden_size = jnp.where(dead, debias, hidden_size)
         hidden_dw = jnp.where(dead[:, None], fresh * debias, hidden_dw)
@@ -259,3 +318,20 @@ class VectorQuantizerEMA(_Quantizer):
       hk.set_state("ema_dw_hidden", hidden_dw)
       hk.set_state("ema_counter", counter)
     return out
+
+  def replace_codes(self, dead: jax.Array, fresh: jax.Array) -> Reseeds:
+    """Moves the ``dead`` codes (``[K]`` bool) onto ``fresh`` rows (``[K, D]``), in state.
+
+    A moved code's moving averages say "one vector, this one" (debiased like the rest).
+    Returns no parameter re-seeds (the codebook is state).
+    """
+    counter = hk.get_state("ema_counter", (), jnp.int32, init=jnp.zeros)
+    debias = 1.0 - jnp.power(jnp.asarray(self.decay, jnp.float32), counter)
+    codebook = self.codebook()
+    size = hk.get_state("ema_cluster_size_hidden", (self.num_embeddings,), jnp.float32,
+                        init=jnp.zeros)
+    dw = hk.get_state("ema_dw_hidden", codebook.shape, jnp.float32, init=jnp.zeros)
+    hk.set_state("codebook", jnp.where(dead[:, None], fresh, codebook))
+    hk.set_state("ema_cluster_size_hidden", jnp.where(dead, debias, size))
+    hk.set_state("ema_dw_hidden", jnp.where(dead[:, None], fresh * debias, dw))
+    return {}

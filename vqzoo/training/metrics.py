@@ -7,21 +7,21 @@ returns), so MSE is measured on valid images.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqzoo import compilation
+from vqzoo import cpu_tuning
 from vqzoo.configs import ModelConfig
-from vqzoo.model import build
+from vqzoo.images import to_float_images
+from vqzoo.nn import build
 
 
 def _eval_fn(config: ModelConfig):
-  model = build(config)
+  model = build(config, wrap=cpu_tuning.tuned)
 
-  @compilation.jit
+  @cpu_tuning.jit
   def fn(params, state, images):
     out, _ = model.apply(params, state, None, images, False)
     rec = jnp.clip(out.reconstruction, 0.0, 1.0)
@@ -31,7 +31,7 @@ def _eval_fn(config: ModelConfig):
   return fn
 
 
-def evaluate(config: ModelConfig, params, state, images: np.ndarray,
+def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
              batch_size: int = 1000) -> dict[str, float]:
   """Measures a model on ``images`` ``[N, H, W, C]`` (uint8, or float in [0, 1]).
 
@@ -41,8 +41,6 @@ def evaluate(config: ModelConfig, params, state, images: np.ndarray,
     ``bits_per_image`` (latent positions x log2 K, the fixed-rate code length),
     ``num_images``.
   """
-  from vqzoo.images import to_float_images
-
   images = to_float_images(images, config.image_shape)
   fn = _eval_fn(config)
   k = config.quantizer.num_embeddings
@@ -65,3 +63,10 @@ def evaluate(config: ModelConfig, params, state, images: np.ndarray,
       "bits_per_image": positions * math.log2(k),
       "num_images": int(len(images)),
   }
+
+
+def measure(model: Any, dataset: str, split: str = "test",
+            data_dir: str | None = None) -> dict[str, float]:
+  """:func:`evaluate` of a loaded model on a whole TFDS split (the full test split by default)."""
+  from vqzoo.training.data import load_images
+  return evaluate(model.config, model.params, model.state, load_images(dataset, split, data_dir))

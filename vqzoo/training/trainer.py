@@ -1,8 +1,9 @@
 """Training: optax Adam with warmup + cosine decay, pmapped over local devices.
 
 One code path for one device or many: the step is always ``jax.pmap``-ed over the local
-devices with ``pmean``-ed gradients and cross-replica EMA statistics, so a single CPU runs
-exactly what an 8-GPU host runs, on one shard.
+devices with ``pmean``-ed gradients and cross-replica codebook statistics, so a single CPU runs
+exactly what an 8-GPU host runs, on one shard. The model is a :class:`~vqzoo.ModelConfig` or
+any zero-argument function that makes a :class:`vqzoo.nn.VQVAE` (your own encoder/decoder).
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ import dataclasses
 import json
 import math
 import os
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import haiku as hk
 import jax
@@ -21,21 +21,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vqzoo import data as data_lib
-from vqzoo import compilation, serialization
+from vqzoo import cpu_tuning
 from vqzoo.configs import ModelConfig, TrainConfig
 from vqzoo.io import atomic_write_bytes
-from vqzoo.model import build
-from vqzoo.quantizers import reseed_dead_codes
+from vqzoo.nn import PARTS, ModelSpec, apply_reseeds, build, part_of, part_prefixes
+from vqzoo.pretrained import serialization
+from vqzoo.training import data as data_lib
 
 AXIS = "batch"
-QUANTIZER = "vqvae/~/quantizer"
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
-PARTS = ("encoder", "decoder", "codebook")
 
 
 class TrainState(NamedTuple):
+  """Everything a run needs to continue bit-exactly."""
+
   params: hk.Params
   state: hk.State
   opt_state: optax.OptState
@@ -43,21 +43,18 @@ class TrainState(NamedTuple):
   rng: jax.Array
 
 
-def part_of(module: str) -> str:
-  """Which of :data:`PARTS` a haiku module path belongs to."""
-  if module.startswith("vqvae/~/encoder"):
-    return "encoder"
-  if module.startswith("vqvae/~/decoder"):
-    return "decoder"
-  return "codebook"
-
-
-def make_optimizer(recipe: TrainConfig, frozen: Iterable[str] = ()) -> optax.GradientTransformation:
-  """Adam on a warmup + cosine schedule; ``frozen`` parts get zero updates."""
+def _check_frozen(frozen: Iterable[str]) -> set[str]:
   frozen = set(frozen)
   unknown = frozen - set(PARTS)
   if unknown:
     raise ValueError(f"frozen: expected parts among {PARTS}, got {sorted(unknown)}")
+  return frozen
+
+
+def make_optimizer(recipe: TrainConfig, frozen: Iterable[str] = (),
+                   model: ModelSpec | None = None) -> optax.GradientTransformation:
+  """Adam on a warmup + cosine schedule; ``frozen`` parts of ``model`` get zero updates."""
+  frozen = _check_frozen(frozen)
   warmup = min(recipe.warmup_steps, recipe.steps - 1)
   if recipe.schedule == "constant":
     schedule = optax.join_schedules([optax.linear_schedule(0.0, recipe.learning_rate, warmup),
@@ -69,50 +66,63 @@ def make_optimizer(recipe: TrainConfig, frozen: Iterable[str] = ()) -> optax.Gra
   adam = optax.adam(schedule)
   if not frozen:
     return adam
-  labels = lambda params: {m: {n: ("frozen" if part_of(m) in frozen else "train") for n in d}
-                           for m, d in params.items()}
+  if model is None:
+    raise ValueError("make_optimizer: freezing parts needs the model, to find them")
+  prefixes = part_prefixes(model)
+  labels = lambda params: {
+      m: {n: ("frozen" if part_of(m, prefixes) in frozen else "train") for n in d}
+      for m, d in params.items()}
   return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
 
 
-def init_train_state(config: ModelConfig, optimizer, seed: int, params=None,
-                     state=None) -> TrainState:
-  """Fresh (or given) params and state, the optimizer state, step 0."""
+def init_train_state(model: ModelSpec, optimizer: optax.GradientTransformation, seed: int,
+                     image_shape: Sequence[int] | None = None, params: hk.Params | None = None,
+                     state: hk.State | None = None) -> TrainState:
+  """Fresh (or given) params and state, the optimizer state, step 0.
+
+  ``image_shape`` ``(H, W, C)`` is needed to initialise a model given as a factory.
+  """
   init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
   if params is None or state is None:
-    dummy = jnp.zeros((1, *config.image_shape), jnp.float32)
-    params, state = build(config).init(init_rng, dummy, True)
+    if image_shape is None:
+      if not isinstance(model, ModelConfig):
+        raise ValueError("image_shape: needed to initialise a model given as a factory")
+      image_shape = model.image_shape
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    init = lambda x: build(model).init(init_rng, x, True)
+    if isinstance(model, ModelConfig):
+      params, state = init(dummy)
+    else:  # a factory's quantizer may name the replica axis: bind it (one replica)
+      params, state = jax.tree_util.tree_map(
+          lambda v: v[0], jax.vmap(init, axis_name=AXIS)(dummy[None]))
   return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
 
 
-def make_train_step(config: ModelConfig, optimizer, axis_name: str | None = AXIS,
-                    frozen: Iterable[str] = ()) -> Callable:
+def make_train_step(model: ModelSpec, optimizer: optax.GradientTransformation,
+                    axis_name: str | None = AXIS, frozen: Iterable[str] = ()) -> Callable:
   """``step(train_state, images[B, H, W, C]) -> (train_state, metrics)``.
 
-  With ``axis_name`` the step must run under ``pmap``/``vmap`` with that axis:
-  gradients and metrics are averaged, EMA statistics summed across replicas.
-  A frozen ``"codebook"`` keeps its EMA state and is never re-seeded.
+  With ``axis_name`` the step must run under ``pmap``/``vmap`` with that axis: gradients and
+  metrics are averaged, codebook statistics summed across replicas (a factory's quantizer
+  must be given ``cross_replica_axis=axis_name`` itself). A frozen ``"codebook"`` keeps its
+  statistics and is never re-seeded.
   """
-  frozen = set(frozen)
-  model = build(config, cross_replica_axis=axis_name)
-  q = config.quantizer
+  update_codebook = "codebook" not in _check_frozen(frozen)
+  transformed = build(model, axis_name if isinstance(model, ModelConfig) else None,
+                      wrap=cpu_tuning.tuned)
   pmean = (lambda x: x) if axis_name is None else (lambda x: jax.lax.pmean(x, axis_name))
 
   def loss_fn(params, state, rng, images):
-    out, new_state = model.apply(params, state, rng, images, True)
+    out, new_state = transformed.apply(params, state, rng, images, True, update_codebook)
     return out.loss, (out, new_state)
 
   def step(ts: TrainState, images):
-    rng, apply_rng, reseed_rng = jax.random.split(ts.rng, 3)
+    rng, apply_rng = jax.random.split(ts.rng)
     grads, (out, new_state) = jax.grad(loss_fn, has_aux=True)(ts.params, ts.state, apply_rng,
                                                               images)
     grads = pmean(grads)
     updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-    params = optax.apply_updates(ts.params, updates)
-    if "codebook" in frozen:
-      new_state = {**new_state, QUANTIZER: ts.state[QUANTIZER]}
-    elif not q.ema and q.dead_code_threshold > 0:
-      params, new_state = _reseed_param_codebook(params, new_state, out.z_e, reseed_rng,
-                                                 q.dead_code_threshold, axis_name)
+    params = apply_reseeds(optax.apply_updates(ts.params, updates), out.reseeds)
     metrics = pmean({
         "loss": out.loss, "mse": out.reconstruction_loss, "codebook_loss": out.codebook_loss,
         "commitment_loss": out.commitment_loss, "perplexity": out.perplexity,
@@ -120,18 +130,6 @@ def make_train_step(config: ModelConfig, optimizer, axis_name: str | None = AXIS
     return TrainState(params, new_state, opt_state, ts.step + 1, rng), metrics
 
   return step
-
-
-def _reseed_param_codebook(params, state, z_e, rng, threshold, axis_name):
-  flat_z = jnp.reshape(z_e, (-1, z_e.shape[-1]))
-  if axis_name is not None:
-    flat_z = jax.lax.all_gather(flat_z, axis_name, tiled=True)
-  qp, qs = params[QUANTIZER], state[QUANTIZER]
-  codebook, dead = reseed_dead_codes(qp["codebook"], qs["usage"], flat_z, threshold, rng)
-  # A re-seeded code gets the threshold as its usage: one unused batch later it is re-seeded again.
-  usage = jnp.where(dead, threshold, qs["usage"])
-  return ({**params, QUANTIZER: {**qp, "codebook": codebook}},
-          {**state, QUANTIZER: {**qs, "usage": usage}})
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -170,47 +168,50 @@ def load_checkpoint(path: str | os.PathLike, template: TrainState) -> TrainState
 
 @dataclasses.dataclass
 class TrainResult:
+  """Final params and state (host arrays), the step reached and the last logged metrics."""
+
   params: Any
   state: Any
   step: int
   metrics: dict[str, float]
-  images_per_second: float
 
 
-def replicate(tree, num_devices: int):
+def replicate(tree: Any, num_devices: int) -> Any:
   """Stacks a leading device axis onto every leaf (host arrays; pmap places them)."""
   return jax.tree_util.tree_map(
       lambda x: np.broadcast_to(np.asarray(x), (num_devices, *np.shape(x))).copy(), tree)
 
 
-def unreplicate(tree):
+def unreplicate(tree: Any) -> Any:
+  """Replica 0 of a :func:`replicate`-d tree."""
   return jax.tree_util.tree_map(lambda x: x[0], tree)
 
 
-def compile_step(config: ModelConfig, optimizer, devices, frozen: Iterable[str] = ()):
+def compile_step(model: ModelSpec, optimizer: optax.GradientTransformation,
+                 devices: Sequence[Any], frozen: Iterable[str] = ()) -> Callable:
   """The train step ``jax.pmap``-ed over ``devices`` with the replica axis (one device included).
 
   Takes a :func:`replicate`-d state and batches ``[n_dev, B / n_dev, ...]``; donates the state.
-  Compiled with :mod:`vqzoo.compilation`'s options. On one CPU device pmap measured as fast as
-  plain jit for the conv models and ~20% slower for the MLP at batch 128, whose 1 ms steps
-  show pmap's dispatch cost (BENCHMARKS.md); a laptop runs the code path of a multi-device host.
+  Compiled with :mod:`vqzoo.cpu_tuning`'s options; one code path for a laptop and a
+  multi-device host.
   """
-  return compilation.pmap(make_train_step(config, optimizer, AXIS, frozen), axis_name=AXIS,
-                          devices=list(devices), donate_argnums=(0,))
+  return cpu_tuning.pmap(make_train_step(model, optimizer, AXIS, frozen), axis_name=AXIS,
+                         devices=list(devices), donate_argnums=(0,))
 
 
-def _finite_metrics(metrics, step: int, ckpt_path: Path, bar) -> dict[str, float]:
+def _finite_metrics(metrics: Any, step: int, bar: Any) -> dict[str, float]:
   """Host copy of replica 0's metrics; raises FloatingPointError on NaN or Inf."""
   values = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in metrics.items()}
   if not all(math.isfinite(v) for v in values.values()):
     bar.close()
     raise FloatingPointError(
-        f"non-finite metrics at step {step}: {values}; the last good checkpoint ({ckpt_path}) "
-        "is kept. Lower the learning rate or check the data.")
+        f"non-finite metrics at step {step}: {values}; no checkpoint was written after the last "
+        "finite check. Lower the learning rate or check the data.")
   return values
 
 
-def _local_batches(images, recipe: TrainConfig, start: int, n_dev: int):
+def _local_batches(images: np.ndarray, recipe: TrainConfig, start: int, n_dev: int
+                   ) -> Iterator[np.ndarray]:
   """This process's share of each global batch, as ``[n_dev, B / (hosts * n_dev), ...]``."""
   hosts, index = jax.process_count(), jax.process_index()
   if recipe.batch_size % (hosts * n_dev):
@@ -222,20 +223,22 @@ def _local_batches(images, recipe: TrainConfig, start: int, n_dev: int):
     yield local.reshape(n_dev, share // n_dev, *local.shape[1:])
 
 
-def train(config: ModelConfig, recipe: TrainConfig, workdir: str | os.PathLike,
+def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
           images: np.ndarray | None = None, data_dir: str | None = None, resume: bool = False,
-          init_params=None, init_state=None, frozen: Iterable[str] = (),
-          checkpoint_every: int = 1000, log_every: int = 50, progress: bool = True,
-          devices=None, on_log: Callable[[int, Mapping[str, float]], None] | None = None,
+          init_params: hk.Params | None = None, init_state: hk.State | None = None,
+          frozen: Iterable[str] = (), checkpoint_every: int = 1000, log_every: int = 50,
+          progress: bool = True, devices: Sequence[Any] | None = None,
           until_step: int | None = None) -> TrainResult:
-  """Trains ``config`` by ``recipe``, checkpointing to ``workdir``.
+  """Trains ``model`` by ``recipe``, checkpointing to ``workdir``.
 
   Args:
-    config: the model.
+    model: a :class:`ModelConfig`, or a zero-argument function making a
+      :class:`vqzoo.nn.VQVAE` (give its quantizer ``cross_replica_axis="batch"`` to train on
+      several devices).
     recipe: data, steps, batch size, learning rate, seed.
     workdir: holds ``checkpoint.safetensors`` and ``metrics.jsonl``.
     images: ``[N, H, W, C]`` uint8 training images; default: the recipe's TFDS split.
-    data_dir: TFDS data directory (see :mod:`vqzoo.data`).
+    data_dir: TFDS data directory (see :mod:`vqzoo.training.data`).
     resume: continue from ``workdir``'s checkpoint (bit-exact), if there is one.
     init_params, init_state: start from these (fine-tuning) instead of a fresh init.
     frozen: parts among ``("encoder", "decoder", "codebook")`` that do not train.
@@ -243,12 +246,11 @@ def train(config: ModelConfig, recipe: TrainConfig, workdir: str | os.PathLike,
     log_every: steps between metric lines, progress-bar updates and NaN checks.
     progress: show a tqdm progress bar.
     devices: devices to pmap over (default: all local devices).
-    on_log: called as ``on_log(step, metrics)`` at every log line.
     until_step: stop (with a checkpoint) at this step instead of ``recipe.steps``; a later
       call with ``resume=True`` continues on the same schedule.
 
   Raises:
-    FloatingPointError: the loss became NaN or Inf; the last good checkpoint is kept.
+    FloatingPointError: the loss became NaN or Inf.
   """
   from tqdm.auto import tqdm
 
@@ -258,42 +260,36 @@ def train(config: ModelConfig, recipe: TrainConfig, workdir: str | os.PathLike,
   n_dev = len(devices)
   if images is None:
     images = data_lib.load_images(recipe.dataset, recipe.split, data_dir)
-  if tuple(images.shape[1:]) != config.image_shape:
-    raise ValueError(f"training images: expected [N, {', '.join(map(str, config.image_shape))}]"
+  if isinstance(model, ModelConfig) and tuple(images.shape[1:]) != model.image_shape:
+    raise ValueError(f"training images: expected [N, {', '.join(map(str, model.image_shape))}]"
                      f", got {tuple(images.shape)}")
-  optimizer = make_optimizer(recipe, frozen)
-  ts = init_train_state(config, optimizer, recipe.seed, init_params, init_state)
+  optimizer = make_optimizer(recipe, frozen, model)
+  ts = init_train_state(model, optimizer, recipe.seed, images.shape[1:], init_params, init_state)
   ckpt_path = workdir / CHECKPOINT_NAME
   if resume and ckpt_path.exists():
     ts = load_checkpoint(ckpt_path, ts)
   start = int(ts.step)
-  step_fn = compile_step(config, optimizer, devices, frozen)
+  step_fn = compile_step(model, optimizer, devices, frozen)
   rts = replicate(jax.device_get(ts), n_dev)
   batch_iter = _local_batches(images, recipe, start, n_dev)
   last: dict[str, float] = {}
   bar = tqdm(total=recipe.steps, initial=start, disable=not progress, desc="train",
              dynamic_ncols=True)
-  t0, images_seen = time.perf_counter(), 0
   stop = recipe.steps if until_step is None else min(until_step, recipe.steps)
   with open(workdir / METRICS_NAME, "a") as log_file:
     for step in range(start, stop):
       rts, metrics = step_fn(rts, next(batch_iter))
-      images_seen += recipe.batch_size
       done = step + 1
       if done % log_every == 0 or done == stop:
-        last = _finite_metrics(metrics, done, ckpt_path, bar)
+        last = _finite_metrics(metrics, done, bar)
         log_file.write(json.dumps({"step": done, **last}) + "\n")
         log_file.flush()
         bar.set_postfix(loss=f"{last['loss']:.4f}", mse=f"{last['mse']:.4f}",
                         ppl=f"{last['perplexity']:.1f}")
-        if on_log is not None:
-          on_log(done, last)
       bar.update(1)
       if done % checkpoint_every == 0 or done == stop:
-        _finite_metrics(metrics, done, ckpt_path, bar)
+        _finite_metrics(metrics, done, bar)
         save_checkpoint(ckpt_path, unreplicate(rts))
   bar.close()
-  elapsed = time.perf_counter() - t0
   final = jax.device_get(unreplicate(rts))
-  return TrainResult(final.params, final.state, int(final.step), last,
-                     images_seen / elapsed if elapsed > 0 else float("nan"))
+  return TrainResult(final.params, final.state, int(final.step), last)

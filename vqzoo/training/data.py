@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from vqzoo.images import uint8_to_float
 from vqzoo.io import atomic_write_bytes
 
 DATA_INSTALL_HINT = "pip install 'vqzoo[data]'"
@@ -90,11 +91,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def to_float(images: np.ndarray) -> np.ndarray:
-  """uint8 ``[..., H, W, C]`` -> float32 in [0, 1]."""
-  return images.astype(np.float32) / 255.0
-
-
 def batches(images: np.ndarray, batch_size: int, seed: int, start_step: int = 0
             ) -> Iterator[np.ndarray]:
   """Endless seeded shuffled batches of float32 images, resumable at a step.
@@ -112,5 +108,5 @@ def batches(images: np.ndarray, batch_size: int, seed: int, start_step: int = 0
   while True:
     epoch, index = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(len(images))
-    yield to_float(images[order[index * batch_size:(index + 1) * batch_size]])
+    yield uint8_to_float(images[order[index * batch_size:(index + 1) * batch_size]])
     step += 1

@@ -1,10 +1,10 @@
-"""vqzoo.compilation: the CPU compiler options, and jit/pmap that apply them."""
+"""vqzoo.cpu_tuning: every CPU trick computes what the plain model computes."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqzoo import compilation
+from vqzoo import cpu_tuning as compilation
 
 
 def test_cpu_options_known_to_this_jaxlib_and_applied():

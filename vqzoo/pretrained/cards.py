@@ -79,7 +79,7 @@ def render_card(name: str, config: ModelConfig, description: str = "",
               ""]
   if metrics:
     parts += ["## Measured on the test split", "",
-              "Measured by `vqzoo eval` (code in `vqzoo/evaluate.py`) on the full test split; "
+              "Measured by `vqzoo eval` (code in `vqzoo/training/evaluate.py`) on the full test split; "
               "reconstructions clipped to [0, 1]; PSNR = 10 log10(1 / MSE); bits per image = "
               "latent positions x log2 K.", "", metrics_table(metrics), ""]
   for title, body in (extra_sections or {}).items():
@@ -96,3 +96,31 @@ def render_card(name: str, config: ModelConfig, description: str = "",
               f"Trained and evaluated on {title} by {authors}, distributed under the {licence} "
               "licence, read through TensorFlow Datasets.", ""]
   return "\n".join(parts)
+
+
+def zoo_card(entry: Any, metrics: Mapping[str, Any]) -> str:
+  """The model card of a zoo variant (a :class:`~vqzoo.pretrained.registry.ZooEntry`)."""
+  bar = ", ".join(f"{k} {v}" for k, v in entry.bar.items())
+  return render_card(
+      entry.name, entry.config, entry.description + ".", recipe=entry.recipe, metrics=metrics,
+      dataset=entry.eval_dataset,
+      extra_sections={"Reproduce": f"`python scripts/train.py --variant {entry.name}` (recipe "
+                                   f"above), then `vqzoo eval {entry.name}`. Quality bar: {bar}."})
+
+
+def zoo_table() -> str:
+  """The README's zoo table, rendered from the registry and each variant's measured metrics."""
+  from vqzoo.pretrained import registry
+  rows = ["| variant | architecture | test MSE | PSNR (dB) | codes used | perplexity | bar |",
+          "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+  for name in registry.list_models():
+    entry = registry.get_entry(name)
+    m = entry.metrics
+    bar = ", ".join(f"MSE ≤ {v}" if k == "mse_max" else f"≥ {v:g} codes"
+                    for k, v in entry.bar.items())
+    if not m:
+      rows.append(f"| `{name}` | {entry.description} | not trained | | | | {bar} |")
+      continue
+    rows.append(f"| `{name}` | {entry.description} | {m['mse']:.5f} | {m['psnr']:.2f} | "
+                f"{m['codes_used']} | {m['perplexity']:.1f} | {bar} |")
+  return "\n".join(rows)

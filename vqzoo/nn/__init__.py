@@ -1,0 +1,26 @@
+"""Plain Haiku: quantizers, encoders and decoders, the VQ-VAE module and its transforms.
+
+Everything here works inside a user's own ``hk.transform``; nothing loads files, parses
+arguments or tunes for a backend.
+
+    import haiku as hk, vqzoo.nn as vnn
+    model = vnn.build(vnn.ModelConfig(arch="conv"))             # hk.TransformedWithState
+    def forward(x, is_training):                                # or your own modules
+      return vnn.VQVAE(MyEncoder(), MyDecoder(), vnn.VectorQuantizerEMA(128, 16, 0.25))(x, is_training)
+"""
+
+from vqzoo.configs import ConvConfig, MLPConfig, ModelConfig, QuantizerConfig
+from vqzoo.nn.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vqzoo.nn.quantizers import (QuantizerOutput, VectorQuantizer, VectorQuantizerEMA,
+                                 apply_reseeds, nearest_codes, squared_distances)
+from vqzoo.nn.vqvae import (PARTS, VQVAE, Codec, ModelSpec, VQVAEOutput, build, build_codec,
+                            make_vqvae, part_of, part_prefixes, replace_codes)
+
+__all__ = [
+    "ConvConfig", "MLPConfig", "ModelConfig", "QuantizerConfig",
+    "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder",
+    "QuantizerOutput", "VectorQuantizer", "VectorQuantizerEMA", "apply_reseeds",
+    "nearest_codes", "squared_distances",
+    "PARTS", "VQVAE", "Codec", "ModelSpec", "VQVAEOutput", "build", "build_codec", "make_vqvae",
+    "part_of", "part_prefixes", "replace_codes",
+]

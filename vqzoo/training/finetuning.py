@@ -1,0 +1,143 @@
+"""Fine-tuning a pretrained VQ-VAE on a TFDS dataset or a folder of images.
+
+The recipe is a :class:`~vqzoo.FinetuneConfig`; ``vqzoo finetune`` and ``scripts/finetune.py``
+parse their flags into one and call :func:`finetune`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from vqzoo import __version__, cpu_tuning
+from vqzoo.configs import FinetuneConfig
+from vqzoo.images import uint8_to_float
+from vqzoo.io import atomic_write_bytes
+from vqzoo.nn import apply_reseeds, build, replace_codes
+from vqzoo.pretrained import PretrainedVQVAE, load
+from vqzoo.pretrained.cards import metrics_table, render_card
+from vqzoo.training import data as data_lib
+from vqzoo.training.metrics import evaluate
+from vqzoo.training.image_folder import load_image_folder, split_holdout
+from vqzoo.training.trainer import train
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+  """The fine-tuned model, its held-out metrics before and after, and its lineage record."""
+
+  model: PretrainedVQVAE
+  metrics_before: dict[str, Any]
+  metrics_after: dict[str, Any]
+  lineage: dict[str, Any]
+
+
+def reseed_unused_codes(model: PretrainedVQVAE, images: np.ndarray, seed: int,
+                        batch_size: int = 1000) -> tuple[Any, Any, int]:
+  """Moves codes that no image of ``images`` uses onto random encoder outputs.
+
+  Returns:
+    ``(params, state, number of codes re-seeded)``; the model is not modified.
+  """
+  config = model.config
+  forward = build(config, wrap=cpu_tuning.tuned)
+  apply = cpu_tuning.jit(lambda p, s, x: forward.apply(p, s, None, x, False)[0])
+  z_all, counts = [], np.zeros(config.quantizer.num_embeddings, np.int64)
+  for start in range(0, len(images), batch_size):
+    out = apply(model.params, model.state, uint8_to_float(images[start:start + batch_size]))
+    z_all.append(np.asarray(out.z_e).reshape(-1, config.quantizer.embedding_dim))
+    counts += np.asarray(out.code_counts)
+  z_all = np.concatenate(z_all)
+  dead = counts == 0
+  fresh = np.zeros((len(dead), z_all.shape[1]), np.float32)
+  fresh[dead] = z_all[np.random.default_rng(seed).integers(0, len(z_all), dead.sum())]
+  reseeds, state = replace_codes(config).apply(model.params, model.state, None, dead, fresh)
+  params = apply_reseeds(model.params, reseeds)
+  return jax.device_get(params), jax.device_get(state), int(dead.sum())
+
+
+def _data(base_config, config: FinetuneConfig, dataset: str | None, images_dir: str | None,
+          data_dir: str | None):
+  """``(train images, held-out images, data record)`` for the lineage."""
+  if (dataset is None) == (images_dir is None):
+    raise ValueError("give exactly one source of training data: dataset or images_dir")
+  if images_dir is not None:
+    all_images, _ = load_image_folder(images_dir, base_config.image_shape)
+    train_images, eval_images = split_holdout(all_images, config.holdout_fraction, config.seed)
+    if len(eval_images) == 0:
+      eval_images = train_images
+    info = {"source": "image-folder", "folder": Path(images_dir).name, "images": len(all_images),
+            "train": len(train_images), "held_out": len(eval_images),
+            "holdout_fraction": config.holdout_fraction}
+  else:
+    train_images = data_lib.load_images(dataset, config.split, data_dir)
+    eval_images = data_lib.load_images(dataset, config.eval_split, data_dir)
+    info = {"source": "tfds", "dataset": dataset, "split": config.split,
+            "eval_split": config.eval_split}
+  if tuple(train_images.shape[1:]) != base_config.image_shape:
+    raise ValueError(f"training images have shape {train_images.shape[1:]}, the model expects "
+                     f"{base_config.image_shape}")
+  return train_images, eval_images, info
+
+
+def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig(), *,
+             dataset: str | None = None, images_dir: str | None = None,
+             data_dir: str | None = None, workdir: str | Path | None = None,
+             resume: bool = False, progress: bool = True,
+             push_to_hub: str | None = None) -> FinetuneResult:
+  """Fine-tunes ``base`` and writes a loadable model directory with a lineage card to ``out``.
+
+  Args:
+    base: zoo name, ``hf-hub:owner/repo[@rev]`` or a model directory.
+    out: output directory (config.json, model.safetensors, README.md, metrics.json).
+    config: the recipe (steps, optimiser, frozen parts, re-seeding, held-out share).
+    dataset: TFDS dataset to train on (``config.split``) and measure on (``config.eval_split``).
+    images_dir: a folder of images instead (see :mod:`vqzoo.training.image_folder`).
+    data_dir: TFDS data directory.
+    workdir: checkpoints and metrics (default ``OUT.work``); ``resume`` continues there.
+    progress: show progress bars.
+    push_to_hub: also publish the result to this Hub repo id.
+  """
+  base_model = load(base)
+  model_config = base_model.config
+  train_images, eval_images, data_info = _data(model_config, config, dataset, images_dir,
+                                               data_dir)
+  params, state = base_model.params, base_model.state
+  reseeded = 0
+  if config.reseed_before and "codebook" not in config.freeze:
+    params, state, reseeded = reseed_unused_codes(base_model, train_images, config.seed)
+  train_config = model_config
+  if config.reseed_threshold is not None:
+    train_config = dataclasses.replace(model_config, quantizer=dataclasses.replace(
+        model_config.quantizer, dead_code_threshold=config.reseed_threshold))
+  recipe = config.train_config(dataset or "image-folder", len(train_images))
+  before = evaluate(model_config, base_model.params, base_model.state, eval_images)
+  out = Path(out)
+  result = train(train_config, recipe, workdir or out.with_name(out.name + ".work"),
+                 images=train_images, resume=resume, init_params=params, init_state=state,
+                 frozen=config.freeze, progress=progress, log_every=config.log_every,
+                 checkpoint_every=config.checkpoint_every)
+  # The saved model keeps the base config: re-seeding is a training-time option.
+  after = evaluate(model_config, result.params, result.state, eval_images)
+  lineage = {"base": base, "base_source": base_model.source, "data": data_info,
+             "finetune": config.to_dict(), "steps": result.step, "reseeded_before": reseeded,
+             "reseed_threshold_used": train_config.quantizer.dead_code_threshold,
+             "vqzoo_version": __version__}
+  card = render_card(
+      out.name, model_config, f"Fine-tuned from `{base}` with vqzoo.", recipe=recipe,
+      metrics=after, dataset=dataset, lineage=lineage,
+      extra_sections={"Before and after fine-tuning": metrics_table(
+          after, {"base model": before, "fine-tuned": after})})
+  model = PretrainedVQVAE(model_config, result.params, result.state, card=card)
+  model.save_pretrained(out)
+  atomic_write_bytes(out / "metrics.json", (json.dumps(
+      {"before": before, "after": after, "lineage": lineage}, indent=2, default=str) + "\n"
+  ).encode())
+  if push_to_hub:
+    model.push_to_hub(push_to_hub, commit_message=f"Fine-tuned from {base}")
+  return FinetuneResult(model, before, after, lineage)
