@@ -1,4 +1,4 @@
-# Two commands on a fresh machine with Python 3.11 and pip:
+# On a fresh machine with Python 3.11 and pip:
 #   make demo   - install vqzoo in .venv and run the offline demo (two pretrained zoo models)
 #   make test   - install vqzoo with its test extra in .venv-test and run the whole test suite
 #   make bench  - install the benchmark extra (PyTorch) in .venv-bench and print the tables

@@ -13,6 +13,7 @@ from pathlib import Path
 from vqzoo.io import atomic_write_bytes, sha256_file
 from vqzoo.pretrained import WEIGHTS_NAME, PretrainedVQVAE, registry
 from vqzoo.pretrained.cards import zoo_card
+from vqzoo.pretrained.integrity import ARTIFACT_FILES
 from vqzoo.training import measure, train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -20,12 +21,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def train_variant(name: str, workdir: str | Path, data_dir: str | None = None,
                   resume: bool = False, progress: bool = True, steps: int | None = None,
-                  ) -> PretrainedVQVAE:
-  """Trains zoo variant ``name`` from its registry recipe (optionally fewer ``steps``)."""
+                  checkpoint_every: int = 1000, overwrite: bool = False,
+                  extend_schedule: bool = False) -> PretrainedVQVAE:
+  """Trains zoo variant ``name`` from its registry recipe (optionally fewer ``steps``).
+
+  ``checkpoint_every``, ``overwrite`` and ``extend_schedule`` are passed to
+  :func:`vqzoo.training.train`.
+  """
   entry = registry.get_entry(name)
   recipe = entry.recipe if steps is None else dataclasses.replace(entry.recipe, steps=steps)
   result = train(entry.config, recipe, workdir, data_dir=data_dir, resume=resume,
-                 progress=progress)
+                 progress=progress, checkpoint_every=checkpoint_every, overwrite=overwrite,
+                 extend_schedule=extend_schedule)
   return PretrainedVQVAE(entry.config, result.params, result.state)
 
 
@@ -49,8 +56,9 @@ def bundle_variant(name: str, model: PretrainedVQVAE, metrics: dict,
   digest = sha256_file(entry.bundled_dir / WEIGHTS_NAME)
   pins_path = registry.WEIGHTS_DIR / "pins.json"
   pins = json.loads(pins_path.read_text()) if pins_path.exists() else {}
+  files = {f: sha256_file(entry.bundled_dir / f) for f in ARTIFACT_FILES}
   pins[name] = {**pins.get(name, {}), "repo_id": entry.weights.repo_id,
-                "revision": entry.weights.revision, "sha256": digest}
+                "revision": entry.weights.revision, "sha256": digest, "files": files}
   atomic_write_bytes(pins_path, (json.dumps(pins, indent=2, sort_keys=True) + "\n").encode())
   cards = Path(repo_root) / "model_cards"
   if cards.is_dir():

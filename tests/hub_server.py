@@ -29,9 +29,10 @@ the snapshot folder, ``Content-Length`` the expected size; no ``X-Xet-Hash`` hea
 a plain HTTP GET.
 
 Failure injection: :meth:`HubServer.set_failure` (``"500"``: answer 500, ``"hang"``: hold
-the request without answering until :meth:`stop` or ``hang_seconds``), optionally only
-for requests matching a predicate; :meth:`HubServer.alter_file` rewrites a stored file's
-bytes (the served ETag follows the new bytes, like a compromised mirror would).
+the request without answering until :meth:`stop` or ``hang_seconds``, ``"drop"``: send half
+the body and close the connection), optionally only for requests matching a predicate;
+:meth:`HubServer.alter_file` rewrites a stored file's bytes (the served ETag follows the new
+bytes, like a compromised mirror would, or with ``keep_etag`` stays the old one: a lying one).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class HubServer:
     self.repos: dict[tuple[str, str], Repo] = {}
     self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
     self.hang_seconds = hang_seconds
+    self.lying_etags: dict[bytes, str] = {}  # served bytes -> the ETag announced for them
     self._failure: str | None = None
     self._failure_match: Callable[[str, str], bool] | None = None
     self._release = threading.Event()
@@ -110,7 +112,6 @@ class HubServer:
     self._httpd: ThreadingHTTPServer | None = None
     self._thread: threading.Thread | None = None
     self.url: str | None = None
-    self.cache_dir: str | None = None  # set by the ``hub`` fixture
 
   # ------------------------------------------------------------------ lifecycle
 
@@ -153,9 +154,10 @@ class HubServer:
   # ------------------------------------------------------------------ failure injection
 
   def set_failure(self, mode: str | None, match: Callable[[str, str], bool] | None = None) -> None:
-    """``mode``: ``None`` (healthy), ``"500"`` or ``"hang"``; ``match(method, path)`` limits it."""
-    if mode not in (None, "500", "hang"):
-      raise ValueError(f"failure mode: expected None, '500' or 'hang', got {mode!r}")
+    """``mode``: ``None`` (healthy), ``"500"``, ``"hang"`` or ``"drop"``; ``match(method, path)``
+    limits it."""
+    if mode not in (None, "500", "hang", "drop"):
+      raise ValueError(f"failure mode: expected None, '500', 'hang' or 'drop', got {mode!r}")
     with self._lock:
       self._failure, self._failure_match = mode, match
       if mode is None:
@@ -164,14 +166,20 @@ class HubServer:
         self._release.clear()
 
   def alter_file(self, repo_id: str, path: str, data: bytes | Callable[[bytes], bytes],
-                 revision: str = "main", repo_type: str = "model") -> bytes:
-    """Rewrites ``path`` in the commit ``revision`` points to, in place; returns the old bytes."""
+                 revision: str = "main", repo_type: str = "model", keep_etag: bool = False
+                 ) -> bytes:
+    """Rewrites ``path`` in the commit ``revision`` points to, in place; returns the old bytes.
+
+    With ``keep_etag`` the server goes on announcing the old bytes' ETag (a lying mirror).
+    """
     with self._lock:
       commit = self._repo(repo_type, repo_id).resolve(revision)
       if commit is None or path not in commit.files:
         raise KeyError(f"{repo_id}@{revision}: no {path}")
       old = commit.files[path]
       commit.files[path] = data(old) if callable(data) else bytes(data)
+      if keep_etag:
+        self.lying_etags[commit.files[path]] = hashlib.sha256(old).hexdigest()
       return old
 
   # ------------------------------------------------------------------ inspection
@@ -256,6 +264,11 @@ class _Handler(BaseHTTPRequestHandler):
       self.send_header(key, value)
     self.end_headers()
     if not head_only and body:
+      if getattr(self, "_drop", False):
+        self.wfile.write(body[:len(body) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        return
       self.wfile.write(body)
 
   def _json(self, status: int, payload, headers: dict[str, str] | None = None) -> None:
@@ -272,7 +285,10 @@ class _Handler(BaseHTTPRequestHandler):
     with hub._lock:
       hub.requests.append((method, self.path, {k.lower(): v for k, v in self.headers.items()}))
       failure, match = hub._failure, hub._failure_match
-    if failure is not None and (match is None or match(method, path)):
+    self._drop = False
+    if failure == "drop" and (match is None or match(method, path)):
+      self._drop = True  # answered normally, but any body is cut off half-way
+    elif failure is not None and (match is None or match(method, path)):
       if failure == "500":
         self._body()
         self._send(500, json.dumps({"error": "Internal Error"}).encode(),
@@ -433,7 +449,8 @@ class _Handler(BaseHTTPRequestHandler):
       data = commit.files.get(filename)
     if data is None:
       raise _HubError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": commit.oid})
-    headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": commit.oid,
+    etag = self.hub.lying_etags.get(data) or hashlib.sha256(data).hexdigest()
+    headers = {"ETag": f'"{etag}"', "X-Repo-Commit": commit.oid,
                "Accept-Ranges": "bytes", "Content-Disposition": f'inline; filename="{filename}"'}
     status, body = 200, data
     range_header = self.headers.get("Range")
@@ -495,7 +512,7 @@ def hub(monkeypatch, tmp_path):
   server = HubServer()
   url = server.start()
   point_client_at(monkeypatch, url, tmp_path / "hf_home")
-  server.cache_dir = str(tmp_path / "hf_home" / "hub")
+
   try:
     yield server
   finally:

@@ -32,12 +32,30 @@ def _bundled_digits() -> np.ndarray:
     return np.load(f, allow_pickle=False)
 
 
-def _read_input(path: str) -> np.ndarray:
+def _read_input(path: str, image_shape) -> np.ndarray:
+  """``--input``: a ``.npy`` array as saved, or one PNG/JPEG image -> ``[1, H, W, C]`` uint8.
+
+  An image is read like a file of an image folder (see
+  :func:`vqzoo.training.image_folder.open_image`): converted to grayscale for a
+  1-channel model or RGB for a 3-channel one (16-bit PNGs scaled to 8 bits),
+  and refused if it is larger than ``MAX_IMAGE_PIXELS``. It is not resized.
+
+  Raises:
+    ValueError: a bad ``.npy`` file, an image too large to decode, or a model
+      whose channel count no image mode gives.
+    OSError: unreadable file, or not a PNG/JPEG.
+  """
   if path.lower().endswith(".npy"):
-    return np.load(path, allow_pickle=False)
-  from PIL import Image
-  with Image.open(path) as im:
-    return np.asarray(im.convert("L" if im.mode in ("L", "1", "P", "I") else im.mode))
+    try:
+      return np.load(path, allow_pickle=False)
+    except EOFError as e:  # an empty or truncated file
+      raise ValueError(f"{path}: not a complete .npy file ({e})") from e
+  from vqzoo.training.image_folder import open_image
+  channels = image_shape[-1]
+  if channels not in (1, 3):
+    raise ValueError(f"{path}: images feed 1- or 3-channel models, this one has {channels} "
+                     "channels; pass a .npy array instead")
+  return open_image(path, "L" if channels == 1 else "RGB")[None]
 
 
 def _summary(model, images_u8_or_f, recon) -> dict:
@@ -76,7 +94,7 @@ def cmd_reconstruct(args):
   from vqzoo.grid import save_comparison
   model = _load(args.name)
   if args.input:
-    images = _read_input(args.input)
+    images = _read_input(args.input, model.config.image_shape)
   elif args.dataset:
     from vqzoo.training.data import load_images
     images = load_images(args.dataset, args.split, args.data_dir)[:args.count]
@@ -112,7 +130,7 @@ def cmd_push(args):
 
 
 def cmd_pull(args):
-  model = _load("hf-hub:" + args.repo)
+  model = _load(args.repo if args.repo.startswith("hf-hub:") else "hf-hub:" + args.repo)
   if args.out:
     model.save_pretrained(args.out)
   print(json.dumps({"repo": args.repo, **model.source, "saved_to": args.out}))

@@ -30,6 +30,18 @@ def _is_number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+MAX_CODES = 1 << 20  # K: a [K, D] codebook of at most 2^20 rows
+MAX_WIDTH = 1 << 16  # D, hidden sizes and channels
+MAX_IMAGE_SIDE = 4096
+
+
+def _int_tuple(value: Any, field: str, expected: str) -> tuple[int, ...]:
+  """``value`` as a tuple, or ``ValueError`` naming ``field`` when it is not a sequence."""
+  if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+    raise ValueError(f"{field}: expected {expected}, got {value!r}")
+  return tuple(value)
+
+
 def _strict_kwargs(cls, data: Mapping[str, Any]) -> dict[str, Any]:
   if not isinstance(data, Mapping):
     raise ValueError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
@@ -66,10 +78,10 @@ class QuantizerConfig:
   dead_code_threshold: float = 0.0
 
   def __post_init__(self):
-    _require(_is_int(self.num_embeddings) and self.num_embeddings >= 1,
-             "quantizer.num_embeddings", "an integer >= 1", self.num_embeddings)
-    _require(_is_int(self.embedding_dim) and self.embedding_dim >= 1,
-             "quantizer.embedding_dim", "an integer >= 1", self.embedding_dim)
+    _require(_is_int(self.num_embeddings) and 1 <= self.num_embeddings <= MAX_CODES,
+             "quantizer.num_embeddings", f"an integer in [1, {MAX_CODES}]", self.num_embeddings)
+    _require(_is_int(self.embedding_dim) and 1 <= self.embedding_dim <= MAX_WIDTH,
+             "quantizer.embedding_dim", f"an integer in [1, {MAX_WIDTH}]", self.embedding_dim)
     _require(_is_number(self.commitment_cost) and 0 <= self.commitment_cost < math.inf,
              "quantizer.commitment_cost", "a finite number >= 0", self.commitment_cost)
     _require(isinstance(self.ema, bool), "quantizer.ema", "a bool", self.ema)
@@ -97,10 +109,11 @@ class MLPConfig:
 
   def __post_init__(self):
     for name in ("encoder_sizes", "decoder_sizes"):
-      sizes = tuple(getattr(self, name))
+      expected = f"a sequence of integers in [1, {MAX_WIDTH}]"
+      sizes = _int_tuple(getattr(self, name), f"mlp.{name}", expected)
       object.__setattr__(self, name, sizes)
-      _require(all(_is_int(s) and s >= 1 for s in sizes),
-               f"mlp.{name}", "a sequence of integers >= 1", sizes)
+      _require(all(_is_int(s) and 1 <= s <= MAX_WIDTH for s in sizes), f"mlp.{name}", expected,
+               sizes)
 
   def to_dict(self) -> dict[str, Any]:
     return {"encoder_sizes": list(self.encoder_sizes),
@@ -120,12 +133,14 @@ class ConvConfig:
   num_residual_hiddens: int = 32
 
   def __post_init__(self):
-    _require(_is_int(self.num_hiddens) and self.num_hiddens >= 2 and self.num_hiddens % 2 == 0,
-             "conv.num_hiddens", "an even integer >= 2", self.num_hiddens)
-    _require(_is_int(self.num_residual_layers) and self.num_residual_layers >= 0,
-             "conv.num_residual_layers", "an integer >= 0", self.num_residual_layers)
-    _require(_is_int(self.num_residual_hiddens) and self.num_residual_hiddens >= 1,
-             "conv.num_residual_hiddens", "an integer >= 1", self.num_residual_hiddens)
+    _require(_is_int(self.num_hiddens) and 2 <= self.num_hiddens <= MAX_WIDTH
+             and self.num_hiddens % 2 == 0,
+             "conv.num_hiddens", f"an even integer in [2, {MAX_WIDTH}]", self.num_hiddens)
+    _require(_is_int(self.num_residual_layers) and 0 <= self.num_residual_layers <= 256,
+             "conv.num_residual_layers", "an integer in [0, 256]", self.num_residual_layers)
+    _require(_is_int(self.num_residual_hiddens) and 1 <= self.num_residual_hiddens <= MAX_WIDTH,
+             "conv.num_residual_hiddens", f"an integer in [1, {MAX_WIDTH}]",
+             self.num_residual_hiddens)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -158,10 +173,11 @@ class ModelConfig:
 
   def __post_init__(self):
     _require(self.arch in ARCHITECTURES, "arch", f"one of {ARCHITECTURES}", self.arch)
-    shape = tuple(self.image_shape)
+    expected = f"(height, width, channels) of integers in [1, {MAX_IMAGE_SIDE}]"
+    shape = _int_tuple(self.image_shape, "image_shape", expected)
     object.__setattr__(self, "image_shape", shape)
-    _require(len(shape) == 3 and all(_is_int(s) and s >= 1 for s in shape),
-             "image_shape", "(height, width, channels) of integers >= 1", shape)
+    _require(len(shape) == 3 and all(_is_int(s) and 1 <= s <= MAX_IMAGE_SIDE for s in shape),
+             "image_shape", expected, shape)
     _require(isinstance(self.quantizer, QuantizerConfig), "quantizer",
              "a QuantizerConfig", self.quantizer)
     _require(self.output_activation in OUTPUT_ACTIVATIONS, "output_activation",
@@ -310,4 +326,78 @@ class FinetuneConfig:
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any]) -> "FinetuneConfig":
+    return cls(**_strict_kwargs(cls, data))
+
+
+PRIOR_KINDS = ("pixelcnn", "categorical")
+#: The latent grid a ``pixelcnn`` prior gets when ``latent_shape`` is left out: the zoo's conv
+#: models (28x28 images, two stride-2 stages).
+DEFAULT_PRIOR_GRID = (7, 7)
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorConfig:
+  """A generative prior over a VQ-VAE's codes (:mod:`vqzoo.nn.priors`).
+
+  Attributes:
+    kind: ``"pixelcnn"`` (a gated PixelCNN over an ``H x W`` code grid, conv models) or
+      ``"categorical"`` (one learned distribution over the single code of an MLP model).
+    num_embeddings: K, the number of codes (the VQ-VAE's codebook size).
+    latent_shape: the code grid of one image: ``(H, W)`` for ``"pixelcnn"``, ``()`` for
+      ``"categorical"``; ``None`` picks ``(7, 7)`` or ``()`` by ``kind``.
+    num_classes: number of class labels to condition on; 0 for an unconditional prior.
+    hidden: channels of the PixelCNN's stacks (ignored by ``"categorical"``).
+    num_layers: gated residual layers after the first (mask A) layer (``"pixelcnn"`` only).
+    kernel_size: odd kernel size of the PixelCNN's stacks (``"pixelcnn"`` only).
+  """
+
+  kind: str = "pixelcnn"
+  num_embeddings: int = 128
+  latent_shape: tuple[int, ...] | None = None
+  num_classes: int = 0
+  hidden: int = 64
+  num_layers: int = 8
+  kernel_size: int = 3
+
+  def __post_init__(self):
+    _require(self.kind in PRIOR_KINDS, "prior.kind", f"one of {PRIOR_KINDS}", self.kind)
+    if self.latent_shape is None:
+      object.__setattr__(self, "latent_shape",
+                         DEFAULT_PRIOR_GRID if self.kind == "pixelcnn" else ())
+    _require(isinstance(self.latent_shape, (tuple, list)), "prior.latent_shape",
+             "a sequence of integers", self.latent_shape)
+    shape = tuple(self.latent_shape)
+    object.__setattr__(self, "latent_shape", shape)
+    if self.kind == "pixelcnn":
+      _require(len(shape) == 2 and all(_is_int(s) and s >= 1 for s in shape),
+               "prior.latent_shape", "(height, width) of integers >= 1 for kind='pixelcnn'",
+               shape)
+    else:
+      _require(shape == (), "prior.latent_shape", "() for kind='categorical'", shape)
+    _require(_is_int(self.num_embeddings) and self.num_embeddings >= 1,
+             "prior.num_embeddings", "an integer >= 1", self.num_embeddings)
+    _require(_is_int(self.num_classes) and (self.num_classes == 0 or self.num_classes >= 2),
+             "prior.num_classes", "0 (unconditional) or an integer >= 2", self.num_classes)
+    _require(_is_int(self.hidden) and self.hidden >= 1, "prior.hidden", "an integer >= 1",
+             self.hidden)
+    _require(_is_int(self.num_layers) and self.num_layers >= 0, "prior.num_layers",
+             "an integer >= 0", self.num_layers)
+    _require(_is_int(self.kernel_size) and self.kernel_size >= 3 and self.kernel_size % 2 == 1,
+             "prior.kernel_size", "an odd integer >= 3", self.kernel_size)
+
+  @classmethod
+  def for_model(cls, model: ModelConfig, **kwargs: Any) -> "PriorConfig":
+    """The prior that fits ``model``'s codes: kind, K and grid from it, the rest from kwargs."""
+    _require(isinstance(model, ModelConfig), "model", "a ModelConfig", model)
+    return cls(kind="pixelcnn" if model.arch == "conv" else "categorical",
+               num_embeddings=model.quantizer.num_embeddings,
+               latent_shape=model.latent_shape, **kwargs)
+
+  def to_dict(self) -> dict[str, Any]:
+    data = dataclasses.asdict(self)
+    data["latent_shape"] = list(self.latent_shape)
+    return data
+
+  @classmethod
+  def from_dict(cls, data: Mapping[str, Any]) -> "PriorConfig":
     return cls(**_strict_kwargs(cls, data))

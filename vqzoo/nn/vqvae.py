@@ -185,13 +185,17 @@ class VQVAE(hk.Module):
         reseeds=q.reseeds)
 
 
-def make_vqvae(spec: ModelSpec, cross_replica_axis: str | None = None) -> VQVAE:
-  """A :class:`VQVAE` from a config or a factory (inside a Haiku transform)."""
-  if isinstance(spec, ModelConfig):
-    return VQVAE.from_config(spec, cross_replica_axis)
-  if spec is None or not callable(spec):
+def _check_spec(spec: Any) -> None:
+  if not isinstance(spec, ModelConfig) and not callable(spec):
     raise TypeError(f"model: expected a vqzoo.ModelConfig or a function returning a VQVAE, "
                     f"got {type(spec).__name__}")
+
+
+def make_vqvae(spec: ModelSpec, cross_replica_axis: str | None = None) -> VQVAE:
+  """A :class:`VQVAE` from a config or a factory (inside a Haiku transform)."""
+  _check_spec(spec)
+  if isinstance(spec, ModelConfig):
+    return VQVAE.from_config(spec, cross_replica_axis)
   model = spec()
   if not isinstance(model, VQVAE):
     raise TypeError(f"model factory: expected it to return a vqzoo.nn.VQVAE, got "
@@ -212,6 +216,7 @@ def build(spec: ModelSpec, cross_replica_axis: str | None = None,
   """
   if cross_replica_axis is not None and not isinstance(spec, ModelConfig):
     raise ValueError("cross_replica_axis: pass it to the quantizer your factory makes")
+  _check_spec(spec)
 
   def forward(x, is_training, update_codebook=None):
     return make_vqvae(spec, cross_replica_axis)(x, is_training, update_codebook)
@@ -236,6 +241,7 @@ def build_codec(spec: ModelSpec, wrap: Callable[[Callable], Callable] = lambda f
   ``apply.encode(params, state, rng, x)`` -> ``(codes, state)`` and likewise ``decode``,
   ``reconstruct`` and ``codebook``. ``wrap`` wraps each function (see :func:`build`).
   """
+  _check_spec(spec)
 
   def functions():
     model = make_vqvae(spec)

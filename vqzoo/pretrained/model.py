@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,10 @@ from vqzoo.configs import ModelConfig
 from vqzoo.images import to_float_images
 from vqzoo.io import atomic_write_bytes
 from vqzoo.nn import build
-from vqzoo.pretrained import hub, serialization
+from vqzoo.pretrained import serialization
 from vqzoo.pretrained.cards import render_card
 from vqzoo.pretrained.inference import Inference
-from vqzoo.pretrained.integrity import IntegrityError, verify_sha256_bytes
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-CARD_NAME = "README.md"
+from vqzoo.pretrained.integrity import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 
 def _same_leaves(a: list[Any], b: list[Any]) -> bool:
@@ -69,6 +66,8 @@ class PretrainedVQVAE(
     template_params, template_state = jax.eval_shape(init, jax.random.PRNGKey(0))
     serialization.check_structure(template_params, params, "params")
     serialization.check_structure(template_state, state, "state")
+    serialization.check_values(template_params, params, "params")
+    serialization.check_values(template_state, state, "state")
     self.config = config
     self.params = jax.tree_util.tree_map(jnp.asarray, params)
     self.state = jax.tree_util.tree_map(jnp.asarray, state)
@@ -126,41 +125,42 @@ class PretrainedVQVAE(
     card = self.card if self.card is not None else render_card("vqzoo-model", self.config)
     atomic_write_bytes(save_directory / CARD_NAME, card.encode())
 
+  def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+    """``ModelHubMixin.push_to_hub`` (same arguments) within ``VQZOO_HUB_DEADLINE`` seconds.
+
+    Raises:
+      vqzoo.pretrained.hub.HubError: the Hub failed or did not answer in time.
+    """
+    from vqzoo.pretrained import hub
+    return hub.with_deadline(lambda: super(PretrainedVQVAE, self).push_to_hub(repo_id, **kwargs),
+                             f"push to {repo_id}")
+
+  def _remember_loaded(self, data: bytes) -> None:
+    """Records the weights file this model was loaded from (saved back unchanged, see above)."""
+    self._loaded_bytes = data
+    self._loaded_leaves = jax.tree_util.tree_leaves((self.params, self.state))
+
   @classmethod
-  def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | None,
-                       force_download: bool, local_files_only: bool, token: str | bool | None,
-                       config: ModelConfig | dict | None = None,
-                       expected_sha256: str | None = None, **kwargs: Any) -> "PretrainedVQVAE":
-    if config is None:
-      raise FileNotFoundError(f"{model_id}: no {CONFIG_NAME} found (the repo or revision does not "
-                              "exist, is unreachable, or is not a vqzoo model)")
-    if not isinstance(config, ModelConfig):
-      config = ModelConfig.from_dict(config)
-    if os.path.isdir(model_id):
-      weights_path = os.path.join(model_id, WEIGHTS_NAME)
-      card_path = os.path.join(model_id, CARD_NAME)
-      if not os.path.exists(weights_path):
-        raise FileNotFoundError(f"{model_id}: no {WEIGHTS_NAME}")
-      source: dict[str, Any] = {"path": os.path.abspath(model_id)}
-    else:
-      common = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
-                    local_files_only=local_files_only, token=token)
-      weights_path = hub.download(model_id, WEIGHTS_NAME, **common)
-      card_path = hub.download(model_id, CARD_NAME, optional=True, **common)
-      source = hub.source_record(model_id, revision, weights_path)
-    data = Path(weights_path).read_bytes()
-    try:
-      source["sha256"] = verify_sha256_bytes(data, expected_sha256, weights_path)
-    except IntegrityError:
-      if "path" not in source:  # never leave a refused file in the Hub cache
-        hub.evict(weights_path)
-      raise
-    params, state, _ = serialization.from_bytes(data)
-    card = Path(card_path).read_text() if card_path and os.path.exists(card_path) else None
-    model = cls(config, params, state, card=card, source=source)
-    model._loaded_bytes = data
-    model._loaded_leaves = jax.tree_util.tree_leaves((model.params, model.state))
-    return model
+  def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
+                      revision: str | None = None, cache_dir: str | None = None,
+                      force_download: bool = False, local_files_only: bool = False,
+                      token: str | bool | None = None, expected_sha256: str | None = None,
+                      **kwargs: Any) -> "PretrainedVQVAE":
+    """Same as :func:`vqzoo.load`: a zoo name, ``owner/repo`` on the Hub, or a path.
+
+    ``owner/repo`` (the Hugging Face convention) is read as ``hf-hub:owner/repo`` unless it is
+    an existing directory given as a path (``./owner/repo``); ``expected_sha256`` pins the
+    weights file.
+    """
+    from vqzoo.pretrained.loading import HUB_PREFIX, load
+    spec = pretrained_model_name_or_path
+    if (isinstance(spec, str) and re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(@.+)?", spec)
+        and ".." not in spec):
+      spec = HUB_PREFIX + spec
+    if kwargs:
+      raise TypeError(f"from_pretrained: unexpected arguments {sorted(kwargs)}")
+    return load(spec, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                local_files_only=local_files_only, token=token, expected_sha256=expected_sha256)
 
   def __repr__(self) -> str:
     q = self.config.quantizer

@@ -24,11 +24,24 @@ HUB_ORG = "vqzoo"
 
 @dataclasses.dataclass(frozen=True)
 class WeightsSpec:
-  """Where a variant's ``model.safetensors`` lives and what its bytes must hash to."""
+  """Where a variant's files live and what their bytes must hash to.
+
+  Attributes:
+    repo_id, revision: the Hub copy.
+    sha256: of ``model.safetensors`` (``None`` until the variant is trained).
+    files: sha256 of every artifact file (``config.json``, ``model.safetensors``, ...).
+  """
 
   repo_id: str
   revision: str
-  sha256: str | None  # None until the variant is trained
+  sha256: str | None
+  files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+  @property
+  def manifest_sha256(self) -> str | None:
+    """The one digest that pins the whole artifact (see :mod:`vqzoo.pretrained.integrity`)."""
+    from vqzoo.pretrained.integrity import manifest_digest
+    return manifest_digest(self.files) if self.files else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +140,8 @@ def _build_registry() -> dict[str, ZooEntry]:
   for entry in _entries():
     pin = pins.get(entry["name"], {})
     weights = WeightsSpec(repo_id=pin.get("repo_id", f"{HUB_ORG}/{entry['name']}"),
-                          revision=pin.get("revision", "main"), sha256=pin.get("sha256"))
+                          revision=pin.get("revision", "main"), sha256=pin.get("sha256"),
+                          files=pin.get("files", {}))
     table[entry["name"]] = ZooEntry(weights=weights, **entry)
   return table
 

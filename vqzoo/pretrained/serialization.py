@@ -53,6 +53,20 @@ def from_bytes(data: bytes):
   return unflatten(flat, "params"), unflatten(flat, "state"), flat
 
 
+def parse_weights(data: bytes, where: str) -> tuple[dict, dict]:
+  """Weights file bytes -> ``(params, state)``.
+
+  Raises:
+    ValueError: not a safetensors file (truncated, empty, pickle, npz, ...), naming ``where``.
+  """
+  try:
+    params, state, _ = from_bytes(data)
+  except Exception as e:  # safetensors raises its own SafetensorError for every bad file
+    raise ValueError(f"{where}: not a readable safetensors weights file "
+                     f"({type(e).__name__}: {e})") from None
+  return params, state
+
+
 def save(path: str | os.PathLike, params, state, metadata: Mapping[str, str] | None = None):
   """Atomically writes ``model.safetensors`` holding params and state."""
   return atomic_write_bytes(path, to_bytes(params, state, metadata=metadata))
@@ -63,6 +77,18 @@ def load(path: str | os.PathLike):
   with open(path, "rb") as f:
     params, state, _ = from_bytes(f.read())
   return params, state
+
+
+def check_values(expected: Any, got: Any, what: str) -> None:
+  """Raises ``ValueError`` unless every array of ``got`` has ``expected``'s dtype and is finite."""
+  for module, leaves in got.items():
+    for name, value in leaves.items():
+      want = np.dtype(expected[module][name].dtype)
+      array = np.asarray(value)
+      if array.dtype != want:
+        raise ValueError(f"{what}: {module}/{name}: expected dtype {want}, got {array.dtype}")
+      if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise ValueError(f"{what}: {module}/{name}: expected finite numbers, found NaN or Inf")
 
 
 def check_structure(expected, got, what: str) -> None:

@@ -3,20 +3,31 @@
 The TFDS data directory is, in order: the ``data_dir`` argument, the
 ``TFDS_DATA_DIR`` environment variable, TFDS's default (``~/tensorflow_datasets``).
 Decoded splits are cached as ``.npy`` under ``$VQZOO_CACHE`` (default
-``~/.cache/vqzoo``) so later runs skip PNG decoding.
+``~/.cache/vqzoo``) so later runs skip PNG decoding. The cache file's name is
+keyed by the data directory, dataset, split, example count and a digest of the
+dataset's source files (sha256 over the name, size and ``st_mtime_ns`` of every
+file in the TFDS version directory, e.g. ``mnist/3.0.1``: a stat per file, no
+reading, yet any re-preparation of the dataset changes it). Beside each cache
+file, ``<file>.json`` records that source digest and the sha256 of the
+``.npy`` bytes; a cache that is missing its record, truncated, not a valid
+``.npy``, or whose bytes or source digest do not match is never used: the split
+is decoded again and the cache rewritten. A cache that cannot be written only
+warns.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import warnings
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from vqzoo.images import uint8_to_float
-from vqzoo.io import atomic_write_bytes
+from vqzoo.io import atomic_write_bytes, sha256_file
 
 DATA_INSTALL_HINT = "pip install 'vqzoo[data]'"
 
@@ -68,20 +79,71 @@ def load_images(name: str, split: str, data_dir: str | os.PathLike | None = None
   """
   resolved = resolve_data_dir(data_dir)
   source = _data_source(name, split, resolved)
-  key = hashlib.sha256(f"{os.path.abspath(resolved or '~')}|{name}|{split}|{len(source)}"
-                       .encode()).hexdigest()[:16]
+  digest = _source_digest(source)
+  key = hashlib.sha256(f"{os.path.abspath(resolved or '~')}|{name}|{split}|{len(source)}|"
+                       f"{digest}".encode()).hexdigest()[:16]
   path = cache_dir() / "datasets" / f"{name}-{split.replace(':', '_')}-{key}.npy"
-  if use_cache and path.exists():
-    images = np.load(path, allow_pickle=False)
-    if images.dtype == np.uint8 and images.ndim == 4 and len(images) == len(source):
+  if use_cache:
+    images = _read_cache(path, digest, len(source))
+    if images is not None:
       return images
   examples = source.__getitems__(list(range(len(source))))
   images = np.stack([np.asarray(ex["image"], dtype=np.uint8) for ex in examples])
   if images.ndim == 3:
     images = images[..., None]
   if use_cache:
-    atomic_write_bytes(path, _npy_bytes(images))
+    _write_cache(path, images, digest)
   return images
+
+
+def _source_digest(source) -> str:
+  """sha256 over ``name, size, st_mtime_ns`` of each file in the split's TFDS directory.
+
+  ``"unknown"`` when the directory cannot be listed; the cache's own sha256
+  still guards its content then.
+  """
+  where = getattr(getattr(source, "dataset_info", None), "data_dir", None)
+  if where is None:
+    return "unknown"
+  try:
+    entries = sorted((e.name, e.stat()) for e in os.scandir(os.fspath(where)) if e.is_file())
+  except (OSError, TypeError, ValueError):
+    return "unknown"
+  digest = hashlib.sha256()
+  for name, info in entries:
+    digest.update(f"{name}|{info.st_size}|{info.st_mtime_ns}\n".encode())
+  return digest.hexdigest()
+
+
+def _record_path(path: Path) -> Path:
+  return path.with_name(path.name + ".json")
+
+
+def _read_cache(path: Path, source_digest: str, count: int) -> np.ndarray | None:
+  """The cached ``[N, H, W, C]`` uint8 split, or ``None`` when absent, corrupt or stale."""
+  try:
+    record = json.loads(_record_path(path).read_text())
+    if (not isinstance(record, dict) or record.get("source_digest") != source_digest
+        or record.get("npy_sha256") != sha256_file(path)):
+      return None
+    images = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError):  # missing, unreadable, truncated, not .npy / JSON
+    return None
+  if images.dtype == np.uint8 and images.ndim == 4 and len(images) == count:
+    return images
+  return None
+
+
+def _write_cache(path: Path, images: np.ndarray, source_digest: str) -> None:
+  """Writes the ``.npy`` then its record (both atomically); a failure only warns."""
+  data = _npy_bytes(images)
+  record = {"source_digest": source_digest, "npy_sha256": hashlib.sha256(data).hexdigest(),
+            "shape": list(images.shape)}
+  try:
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(_record_path(path), json.dumps(record, indent=1).encode())
+  except OSError as e:
+    warnings.warn(f"could not write the dataset cache {path}: {e}", stacklevel=3)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
