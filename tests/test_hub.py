@@ -269,6 +269,14 @@ def test_push_to_a_hung_commit_endpoint_fails_within_30_s(hub, model_a, capsys, 
   assert err.startswith("vqzoo push: error:") and len(err.splitlines()) == 1
 
 
+def test_push_to_a_stopped_server_fails_within_30_s(hub, model_a):
+  hub.stop()
+  t0 = time.monotonic()
+  with pytest.raises(HubError, match="push to someone/gone"):
+    model_a.push_to_hub("someone/gone")
+  assert time.monotonic() - t0 < 30
+
+
 def test_cache_blob_altered_after_a_pull_is_refused_and_evicted(hub, tmp_path, model_a):
   model_a.push_to_hub("someone/tiny")
   cache = tmp_path / "cache"

@@ -188,3 +188,10 @@ def test_build_refuses_what_is_not_a_model():
     vqzoo.build(None)
   with pytest.raises(ValueError, match="commitment_cost"):
     vqzoo.QuantizerConfig(commitment_cost=float("inf"))
+
+
+def test_reconstruct_count_must_be_positive(capsys):
+  from vqzoo.cli import main
+  with pytest.raises(SystemExit) as e:
+    main(["reconstruct", ZOO, "--count", "-5"])
+  assert e.value.code == 2 and "expected an integer >= 1" in capsys.readouterr().err

@@ -216,6 +216,16 @@ def _add_finetune_parser(sub) -> None:
   p.set_defaults(fn=cmd_finetune)
 
 
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+  return value
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="vqzoo", description="A model zoo of VQ-VAEs in JAX/haiku.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -231,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
   src.add_argument("--input", help="a PNG or .npy file of images")
   src.add_argument("--dataset", help="TFDS dataset name, e.g. mnist")
   s.add_argument("--split", default="test")
-  s.add_argument("--count", type=int, default=16)
+  s.add_argument("--count", type=_positive_int, default=16,
+                 help="images to reconstruct from --dataset or the bundled digits (default 16)")
   s.add_argument("--data-dir")
   s.add_argument("--out", default="reconstruction.png")
   s.set_defaults(fn=cmd_reconstruct)
