@@ -1,4 +1,5 @@
-"""Plain Haiku: quantizers, encoders and decoders, the VQ-VAE module and its transforms.
+"""Plain Haiku: quantizers, encoders and decoders, the VQ-VAE module and its transforms, and
+priors over its codes.
 
 Everything here works inside a user's own ``hk.transform``; nothing loads files, parses
 arguments or tunes for a backend.
@@ -9,18 +10,22 @@ arguments or tunes for a backend.
       return vnn.VQVAE(MyEncoder(), MyDecoder(), vnn.VectorQuantizerEMA(128, 16, 0.25))(x, is_training)
 """
 
-from vqzoo.configs import ConvConfig, MLPConfig, ModelConfig, QuantizerConfig
+from vqzoo.configs import ConvConfig, MLPConfig, ModelConfig, PriorConfig, QuantizerConfig
 from vqzoo.nn.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vqzoo.nn.priors import (CategoricalPrior, GatedPixelCNN, bits_from_logits, build_prior,
+                             make_prior, prior_bits, sample_codes)
 from vqzoo.nn.quantizers import (QuantizerOutput, VectorQuantizer, VectorQuantizerEMA,
                                  apply_reseeds, nearest_codes, squared_distances)
 from vqzoo.nn.vqvae import (PARTS, VQVAE, Codec, ModelSpec, VQVAEOutput, build, build_codec,
                             make_vqvae, part_of, part_prefixes, replace_codes)
 
 __all__ = [
-    "ConvConfig", "MLPConfig", "ModelConfig", "QuantizerConfig",
+    "ConvConfig", "MLPConfig", "ModelConfig", "PriorConfig", "QuantizerConfig",
     "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder",
     "QuantizerOutput", "VectorQuantizer", "VectorQuantizerEMA", "apply_reseeds",
     "nearest_codes", "squared_distances",
     "PARTS", "VQVAE", "Codec", "ModelSpec", "VQVAEOutput", "build", "build_codec", "make_vqvae",
     "part_of", "part_prefixes", "replace_codes",
+    "CategoricalPrior", "GatedPixelCNN", "bits_from_logits", "build_prior", "make_prior",
+    "prior_bits", "sample_codes",
 ]
