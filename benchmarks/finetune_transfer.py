@@ -26,12 +26,10 @@ def curve(config, recipe, images, test, init, eval_every, workdir):
   if init is not None:
     params, state = init.params, init.state
   for until in range(0, recipe.steps + 1, eval_every):
-    if until == 0:
-      if init is None:  # a fresh model's starting point
-        result = train(config, recipe, workdir, images=images, until_step=0, progress=False)
-        p, s = result.params, result.state
-      else:
-        p, s = params, state
+    if until == 0:  # the starting point (fresh, or the pretrained model), checkpointed at step 0
+      result = train(config, recipe, workdir, images=images, until_step=0, init_params=params,
+                     init_state=state, progress=False)
+      p, s = result.params, result.state
     else:
       result = train(config, recipe, workdir, images=images, resume=True, until_step=until,
                      init_params=params, init_state=state, progress=False,

@@ -4,10 +4,16 @@
   python scripts/train.py --variant mnist-mlp --out runs/mnist-mlp
   python scripts/train.py --variant mnist-conv-ema --bundle      # into vqzoo/weights + model_cards
   python scripts/train.py --variant mnist-mlp --resume            # continue from the checkpoint
+  python scripts/train.py --variant mnist-mlp --overwrite         # start afresh over it
   python scripts/train.py --variant mnist-mlp --distributed       # multi-host: jax.distributed
 
+A workdir that holds a checkpoint needs --resume (continue it) or --overwrite (delete it and
+its metrics); --resume needs one. A resumed run must use the recipe (and --steps) that wrote the
+checkpoint, unless --extend-schedule allows a new --steps.
+
 Exit status: 0 when the trained model meets the variant's quality bar, 1 when it misses it
-(expected for a short --steps run), 2 for a usage error.
+(expected for a short --steps run), 2 for a usage error (including a workdir that does not fit
+--resume/--overwrite, or a recipe that differs from the checkpoint's).
 """
 
 import argparse
@@ -23,26 +29,43 @@ from vqzoo.pretrained import registry  # noqa: E402
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawTextHelpFormatter)
   parser.add_argument("--variant", required=True, choices=registry.list_models())
   parser.add_argument("--workdir", help="checkpoints and metrics.jsonl (default runs/VARIANT)")
   parser.add_argument("--out", help="save the trained model directory here")
   parser.add_argument("--bundle", action="store_true",
                       help="write weights, metrics, card and sha256 pin into the package")
   parser.add_argument("--resume", action="store_true", help="continue from the workdir checkpoint")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="delete the workdir's checkpoint and metrics and start afresh")
   parser.add_argument("--steps", type=int, help="override the recipe's step count")
+  parser.add_argument("--extend-schedule", action="store_true",
+                      help="with --resume, accept a --steps other than the checkpoint's: the\n"
+                           "learning-rate schedule is recomputed for the new total step count\n"
+                           "from the resumed step on")
+  parser.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
+                      help="steps between checkpoints (and at the end); default %(default)s")
   parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
   parser.add_argument("--distributed", action="store_true",
                       help="call jax.distributed.initialize() first (multi-host; see README)")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
+  if args.resume and args.overwrite:
+    parser.error("--resume and --overwrite: pass one or the other")
+  if args.checkpoint_every < 1:
+    parser.error(f"--checkpoint-every: expected an integer >= 1, got {args.checkpoint_every}")
   if args.distributed:
     import jax
     jax.distributed.initialize()
   workdir = args.workdir or f"runs/{args.variant}"
-  model = zoo_tools.train_variant(args.variant, workdir, data_dir=args.data_dir,
-                                  resume=args.resume, progress=not args.no_progress,
-                                  steps=args.steps)
+  try:
+    model = zoo_tools.train_variant(
+        args.variant, workdir, data_dir=args.data_dir, resume=args.resume,
+        progress=not args.no_progress, steps=args.steps, checkpoint_every=args.checkpoint_every,
+        overwrite=args.overwrite, extend_schedule=args.extend_schedule)
+  except (FileExistsError, FileNotFoundError, ValueError) as e:
+    parser.error(str(e))  # the workdir, the data or the recipe does not fit: exit status 2
   metrics = zoo_tools.measure_variant(args.variant, model, data_dir=args.data_dir)
   print(json.dumps({"variant": args.variant, **metrics}, indent=2))
   if args.out:

@@ -49,3 +49,41 @@ def test_train_script_reproduces_mnist_mlp_within_its_bar(tmp_path, tfds_dir, ca
   metrics = json.loads(capsys.readouterr().out)
   assert rc == 0, metrics
   assert metrics["mse"] <= 0.0305 and metrics["codes_used"] >= 450
+
+
+def test_train_script_passes_the_workdir_flags_to_train(tmp_path, tfds_dir, capsys, monkeypatch):
+  """--checkpoint-every, --overwrite and --extend-schedule reach train(); refusals exit 2."""
+  import inspect
+
+  from vqzoo.training import trainer
+  main = runpy.run_path("scripts/train.py")["main"]
+  zoo_tools = sys.modules["zoo_tools"]
+  calls = []
+
+  def spy(*args, **kwargs):
+    calls.append(kwargs)
+    return trainer.train(*args, **kwargs)
+  monkeypatch.setattr(zoo_tools, "train", spy)
+  monkeypatch.setattr(zoo_tools, "measure_variant", lambda *a, **k: {"mse": 1.0, "codes_used": 0})
+  workdir = tmp_path / "w"
+  ckpt = workdir / trainer.CHECKPOINT_NAME
+  common = ["--variant", "mnist-mlp", "--workdir", str(workdir), "--data-dir", tfds_dir,
+            "--no-progress"]
+
+  assert main(common + ["--steps", "3", "--checkpoint-every", "2"]) == 1
+  assert calls[-1]["checkpoint_every"] == 2 and trainer.checkpoint_step(ckpt) == 3
+  capsys.readouterr()
+  for flags, needs in ((["--steps", "3"], "--overwrite"),
+                       (["--steps", "4", "--resume"], "--extend-schedule"),
+                       (["--steps", "2", "--resume"], "beyond --steps 2"),
+                       (["--steps", "2", "--resume", "--overwrite"], "one or the other")):
+    with pytest.raises(SystemExit) as e:
+      main(common + flags)
+    assert e.value.code == 2 and needs in capsys.readouterr().err, flags
+  assert trainer.checkpoint_step(ckpt) == 3
+  assert main(common + ["--steps", "4", "--resume", "--extend-schedule"]) == 1
+  assert calls[-1]["extend_schedule"] and trainer.checkpoint_step(ckpt) == 4
+  assert main(common + ["--steps", "2", "--overwrite"]) == 1
+  assert calls[-1]["overwrite"] and trainer.checkpoint_step(ckpt) == 2
+  default = inspect.signature(trainer.train).parameters["checkpoint_every"].default
+  assert calls[-1]["checkpoint_every"] == default == 1000

@@ -168,3 +168,150 @@ def test_user_defined_encoder_and_decoder_train_through_the_public_api(tmp_path,
   assert result.step == 120 and lines[-1]["mse"] < 0.8 * lines[0]["mse"]
   assert {m.split("/")[0] for m in result.params} == {"enc", "dec"} | (
       set() if ema else {"vector_quantizer"})  # the EMA codebook is state
+
+
+# ----------------------------------------------------------------------------- workdir rules
+
+TINY = TrainConfig(steps=6, batch_size=32, learning_rate=1e-3, warmup_steps=2)
+
+
+def _run(workdir, images, recipe=TINY, **kwargs):
+  kwargs = {"progress": False, "devices": ONE_DEVICE, **kwargs}
+  return train_lib.train(SMALL_CONV, recipe, workdir, images=images, **kwargs)
+
+
+def _logged_steps(workdir):
+  lines = (workdir / train_lib.METRICS_NAME).read_text().splitlines()
+  return [json.loads(line)["step"] for line in lines]
+
+
+def test_a_run_removes_stale_checkpoint_temp_files_and_nothing_else(tmp_path, mnist_train):
+  stale = [tmp_path / ".checkpoint.safetensors.x1y2z3ab.tmp",
+           tmp_path / ".checkpoint.safetensors.k_9q0w4e.tmp"]
+  kept = [tmp_path / "notes.txt", tmp_path / ".checkpoint.safetensors.keep",
+          tmp_path / ".model.safetensors.x1y2z3ab.tmp", tmp_path / "checkpoint.safetensors.tmp",
+          tmp_path / "sub" / ".checkpoint.safetensors.x1y2z3ab.tmp"]
+  for path in stale + kept:
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"half a checkpoint")
+  _run(tmp_path, mnist_train[:2048], until_step=1)
+  assert not any(path.exists() for path in stale)
+  assert all(path.read_bytes() == b"half a checkpoint" for path in kept)
+
+
+def test_resume_truncates_metrics_logged_after_the_checkpoint(tmp_path, mnist_train, monkeypatch):
+  images = mnist_train[:2048]
+  _run(tmp_path / "straight", images, log_every=1)
+  _run(tmp_path / "w", images, log_every=1, until_step=2)
+  real_save = train_lib.save_checkpoint
+
+  def killed_at_step_4(path, ts, *args, **kwargs):
+    if int(ts.step) >= 4:
+      raise KeyboardInterrupt  # a run killed after logging steps 3 and 4, before saving 4
+    return real_save(path, ts, *args, **kwargs)
+  monkeypatch.setattr(train_lib, "save_checkpoint", killed_at_step_4)
+  with pytest.raises(KeyboardInterrupt):
+    _run(tmp_path / "w", images, log_every=1, checkpoint_every=4, resume=True)
+  assert _logged_steps(tmp_path / "w") == [1, 2, 3, 4]
+  monkeypatch.setattr(train_lib, "save_checkpoint", real_save)
+  _run(tmp_path / "w", images, log_every=1, resume=True)
+  assert _logged_steps(tmp_path / "w") == [1, 2, 3, 4, 5, 6]
+  assert ((tmp_path / "w" / train_lib.METRICS_NAME).read_text()
+          == (tmp_path / "straight" / train_lib.METRICS_NAME).read_text())
+
+
+def test_a_fresh_run_refuses_to_clobber_a_checkpoint_unless_told(tmp_path, mnist_train):
+  images = mnist_train[:2048]
+  _run(tmp_path, images, until_step=2, log_every=1)
+  before = (tmp_path / train_lib.CHECKPOINT_NAME).read_bytes()
+  with pytest.raises(FileExistsError, match=r"resume=True.*--resume.*overwrite=True.*--overwrite"):
+    _run(tmp_path, images, until_step=3)
+  assert (tmp_path / train_lib.CHECKPOINT_NAME).read_bytes() == before
+  assert _logged_steps(tmp_path) == [1, 2]
+  result = _run(tmp_path, images, until_step=1, log_every=1, overwrite=True)
+  assert result.step == 1 and _logged_steps(tmp_path) == [1]
+  ckpt = train_lib.load_checkpoint(tmp_path / train_lib.CHECKPOINT_NAME, _template(TINY))
+  assert int(ckpt.step) == 1
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path, mnist_train):
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    _run(tmp_path, mnist_train[:2048], resume=True)
+  assert not (tmp_path / train_lib.CHECKPOINT_NAME).exists()
+
+
+def test_resume_checks_the_step_count_and_the_recipe(tmp_path, mnist_train):
+  images = mnist_train[:2048]
+  _run(tmp_path, images, until_step=4)
+  with pytest.raises(ValueError, match="checkpoint is at step 4, beyond --steps 3"):
+    _run(tmp_path, images, TrainConfig(**{**TINY.to_dict(), "steps": 3}), resume=True,
+         extend_schedule=True)
+  longer = TrainConfig(**{**TINY.to_dict(), "steps": 8})
+  with pytest.raises(ValueError, match=r"steps 6 -> 8.*extend_schedule=True"):
+    _run(tmp_path, images, longer, resume=True)
+  other_lr = TrainConfig(**{**TINY.to_dict(), "learning_rate": 3e-3})
+  with pytest.raises(ValueError, match="learning_rate"):
+    _run(tmp_path, images, other_lr, resume=True, extend_schedule=True)
+  result = _run(tmp_path, images, longer, resume=True, extend_schedule=True)
+  assert result.step == 8
+  # The checkpoint now records the extended recipe: resuming it needs no flag.
+  assert _run(tmp_path, images, longer, resume=True).step == 8
+
+
+def test_extend_schedule_recomputes_the_schedule_from_the_resumed_step(tmp_path, mnist_train):
+  """Extending equals a run on the new schedule whose first steps followed the old one."""
+  images = mnist_train[:2048]
+  longer = TrainConfig(**{**TINY.to_dict(), "steps": 10})
+  _run(tmp_path / "a", images, until_step=3)
+  extended = _run(tmp_path / "a", images, longer, resume=True, extend_schedule=True)
+  ckpt = train_lib.load_checkpoint(tmp_path / "a" / train_lib.CHECKPOINT_NAME,
+                                   _template(longer))
+  _run(tmp_path / "b", images, until_step=3)
+  base = train_lib.load_checkpoint(tmp_path / "b" / train_lib.CHECKPOINT_NAME, _template(TINY))
+  train_lib.save_checkpoint(tmp_path / "b" / train_lib.CHECKPOINT_NAME, base, longer)
+  reference = _run(tmp_path / "b", images, longer, resume=True)
+  assert extended.step == reference.step == int(ckpt.step) == 10
+  _tree_equal(extended.params, reference.params)
+
+
+def test_nan_error_says_when_and_that_no_checkpoint_exists(tmp_path, mnist_train):
+  recipe = TINY
+  bad = _template(recipe)
+  bad_params = jax.tree_util.tree_map(lambda x: np.full_like(x, np.nan), bad.params)
+  with pytest.raises(FloatingPointError) as e:
+    _run(tmp_path, mnist_train[:2048], init_params=bad_params, init_state=bad.state,
+         log_every=3)
+  message = str(e.value)
+  assert "step 1" in message and "step 3" in message, message
+  assert "no checkpoint" in message.lower(), message
+  assert not (tmp_path / train_lib.CHECKPOINT_NAME).exists()
+
+
+def test_nan_error_names_the_earlier_checkpoint(tmp_path, mnist_train):
+  images = mnist_train[:2048]
+  _run(tmp_path, images, until_step=2)
+  ckpt_path = tmp_path / train_lib.CHECKPOINT_NAME
+  ts = train_lib.load_checkpoint(ckpt_path, _template(TINY))
+  nan = ts._replace(params=jax.tree_util.tree_map(lambda x: np.full_like(x, np.nan), ts.params))
+  train_lib.save_checkpoint(ckpt_path, nan, TINY)
+  before = ckpt_path.read_bytes()
+  with pytest.raises(FloatingPointError) as e:
+    _run(tmp_path, images, resume=True, log_every=1)
+  message = str(e.value)
+  assert "at step 3" in message and f"{ckpt_path}" in message and "step 2" in message, message
+  assert "no checkpoint" not in message.lower(), message
+  assert ckpt_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_a_corrupt_checkpoint_is_named_on_resume(tmp_path, mnist_train, damage):
+  images = mnist_train[:2048]
+  _run(tmp_path, images, until_step=2)
+  path = tmp_path / train_lib.CHECKPOINT_NAME
+  data = path.read_bytes()
+  path.write_bytes({"truncate": data[:len(data) // 2], "garbage": b"\x13" * 4096,
+                    "empty": b""}[damage])
+  with pytest.raises(ValueError, match=f"{path}.*(truncated|corrupt)"):
+    _run(tmp_path, images, resume=True)
+  with pytest.raises(ValueError, match=str(path)):
+    train_lib.load_checkpoint(path, _template(TINY))

@@ -164,6 +164,7 @@ def cmd_finetune(args):
       reseed_threshold=args.reseed_threshold)
   result = finetune(args.base, args.out, config, dataset=args.dataset, images_dir=args.images,
                     data_dir=args.data_dir, workdir=args.workdir, resume=args.resume,
+                    overwrite=args.overwrite,
                     progress=not args.no_progress, push_to_hub=args.push_to_hub)
   print(json.dumps({"out": args.out, "before": result.metrics_before,
                     "after": result.metrics_after}, indent=2))
@@ -210,6 +211,8 @@ def _add_finetune_parser(sub) -> None:
                       "0 turns re-seeding off (default: the base model's own threshold)")
   p.add_argument("--workdir", help="checkpoints (default OUT.work)")
   p.add_argument("--resume", action="store_true", help="continue from the workdir checkpoint")
+  p.add_argument("--overwrite", action="store_true",
+                 help="start afresh over an earlier run's checkpoint in the workdir")
   p.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
   p.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the result")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -274,7 +277,7 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.fn(args) or 0
-  except (ValueError, KeyError, FileNotFoundError, OSError, FloatingPointError) as e:
+  except (ValueError, KeyError, OSError, FloatingPointError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"vqzoo {args.command}: error: {message}", file=sys.stderr)
     return 2

@@ -88,7 +88,7 @@ def _data(base_config, config: FinetuneConfig, dataset: str | None, images_dir: 
 def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig(), *,
              dataset: str | None = None, images_dir: str | None = None,
              data_dir: str | None = None, workdir: str | Path | None = None,
-             resume: bool = False, progress: bool = True,
+             resume: bool = False, overwrite: bool = False, progress: bool = True,
              push_to_hub: str | None = None) -> FinetuneResult:
   """Fine-tunes ``base`` and writes a loadable model directory with a lineage card to ``out``.
 
@@ -99,7 +99,9 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
     dataset: TFDS dataset to train on (``config.split``) and measure on (``config.eval_split``).
     images_dir: a folder of images instead (see :mod:`vqzoo.training.image_folder`).
     data_dir: TFDS data directory.
-    workdir: checkpoints and metrics (default ``OUT.work``); ``resume`` continues there.
+    workdir: checkpoints and metrics (default ``OUT.work``); ``resume`` continues there,
+      ``overwrite`` starts afresh over an earlier run (without either, an existing checkpoint
+      there is an error).
     progress: show progress bars.
     push_to_hub: also publish the result to this Hub repo id.
   """
@@ -119,7 +121,8 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
   before = evaluate(model_config, base_model.params, base_model.state, eval_images)
   out = Path(out)
   result = train(train_config, recipe, workdir or out.with_name(out.name + ".work"),
-                 images=train_images, resume=resume, init_params=params, init_state=state,
+                 images=train_images, resume=resume, overwrite=overwrite, init_params=params,
+                 init_state=state,
                  frozen=config.freeze, progress=progress, log_every=config.log_every,
                  checkpoint_every=config.checkpoint_every)
   # The saved model keeps the base config: re-seeding is a training-time option.

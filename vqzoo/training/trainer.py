@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
@@ -31,6 +32,10 @@ from vqzoo.training import data as data_lib
 AXIS = "batch"
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
+RECIPE_KEY = "vqzoo_recipe"  # checkpoint metadata: the TrainConfig that wrote it, as JSON
+# The temporary files vqzoo.io.atomic_write_bytes leaves behind when killed mid-write.
+_STALE_TEMP = re.compile(
+    r"\.(%s)\.[a-z0-9_]+\.tmp" % "|".join(map(re.escape, (CHECKPOINT_NAME, METRICS_NAME))))
 
 
 class TrainState(NamedTuple):
@@ -135,32 +140,128 @@ def make_train_step(model: ModelSpec, optimizer: optax.GradientTransformation,
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_bytes(ts: TrainState) -> bytes:
-  """Params, state, optimizer state, step and RNG as safetensors bytes."""
+def checkpoint_bytes(ts: TrainState, recipe: TrainConfig | None = None) -> bytes:
+  """Params, state, optimizer state, step and RNG as safetensors bytes.
+
+  ``recipe``, when given, is recorded in the metadata, so that a resumed run can check it.
+  """
   ts = jax.device_get(ts)
   extra = {f"opt/{i}": np.asarray(leaf) for i, leaf in
            enumerate(jax.tree_util.tree_leaves(ts.opt_state))}
   extra["step"] = np.asarray(ts.step)
   extra["rng"] = np.asarray(jax.random.key_data(ts.rng) if jnp.issubdtype(
       ts.rng.dtype, jax.dtypes.prng_key) else ts.rng)
-  return serialization.to_bytes(ts.params, ts.state, extra=extra)
+  metadata = {} if recipe is None else {RECIPE_KEY: json.dumps(recipe.to_dict(), sort_keys=True)}
+  return serialization.to_bytes(ts.params, ts.state, extra=extra, metadata=metadata)
 
 
-def save_checkpoint(path: str | os.PathLike, ts: TrainState) -> None:
+def save_checkpoint(path: str | os.PathLike, ts: TrainState,
+                    recipe: TrainConfig | None = None) -> None:
   """Atomic: a crash mid-write leaves the previous checkpoint intact."""
-  atomic_write_bytes(path, checkpoint_bytes(ts))
+  atomic_write_bytes(path, checkpoint_bytes(ts, recipe))
 
 
-def load_checkpoint(path: str | os.PathLike, template: TrainState) -> TrainState:
-  """Restores a checkpoint into the structure of ``template``."""
-  with open(path, "rb") as f:
-    params, state, flat = serialization.from_bytes(f.read())
+def _read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """A checkpoint's flat arrays and metadata; ``ValueError`` naming ``path`` if unreadable."""
+  data = path.read_bytes()
+  try:
+    _, _, flat = serialization.from_bytes(data)
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    metadata = header.get("__metadata__") or {}
+    int(np.asarray(flat["step"]))  # every checkpoint has a scalar step
+  except Exception as e:  # safetensors raises SafetensorError; the header could be anything
+    raise ValueError(
+        f"checkpoint {path} is truncated or corrupt and cannot be resumed "
+        f"({type(e).__name__}: {e}); start afresh with overwrite=True (--overwrite)") from e
+  return flat, metadata
+
+
+def _restore(path: Path, flat: dict[str, np.ndarray], template: TrainState) -> TrainState:
+  """The checkpoint ``flat`` (read from ``path``) in the structure of ``template``."""
+  params = serialization.unflatten(flat, "params")
+  state = serialization.unflatten(flat, "state")
   serialization.check_structure(template.params, params, f"params in {path}")
   serialization.check_structure(template.state, state, f"state in {path}")
   leaves, treedef = jax.tree_util.tree_flatten(template.opt_state)
-  opt_leaves = [flat[f"opt/{i}"] for i in range(len(leaves))]
-  opt_state = jax.tree_util.tree_unflatten(treedef, opt_leaves)
+  names = [f"opt/{i}" for i in range(len(leaves))] + ["rng"]
+  expected = [*leaves, template.rng]
+  if (any(name not in flat or np.shape(flat[name]) != np.shape(leaf)
+          for name, leaf in zip(names, expected)) or f"opt/{len(leaves)}" in flat):
+    raise ValueError(f"checkpoint {path}: its optimizer state or RNG does not match this run's "
+                     "(were other parts frozen, or is it corrupt?)")
+  opt_state = jax.tree_util.tree_unflatten(treedef, [flat[n] for n in names[:-1]])
   return TrainState(params, state, opt_state, jnp.asarray(flat["step"]), jnp.asarray(flat["rng"]))
+
+
+def load_checkpoint(path: str | os.PathLike, template: TrainState) -> TrainState:
+  """Restores a checkpoint into the structure of ``template``.
+
+  Raises:
+    ValueError: the file is truncated or corrupt, or does not match ``template``; the message
+      names ``path``.
+  """
+  path = Path(path)
+  return _restore(path, _read_checkpoint(path)[0], template)
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+  """The step of the checkpoint at ``path``; ``None`` if there is none or it is unreadable."""
+  try:
+    return int(np.asarray(_read_checkpoint(Path(path))[0]["step"]))
+  except (OSError, ValueError):
+    return None
+
+
+def _check_resumable(path: Path, flat: dict[str, np.ndarray], metadata: dict[str, str],
+                     recipe: TrainConfig, extend_schedule: bool) -> None:
+  """Raises ``ValueError`` unless the checkpoint at ``path`` can continue under ``recipe``."""
+  step = int(np.asarray(flat["step"]))
+  if step > recipe.steps:
+    raise ValueError(f"the checkpoint is at step {step}, beyond --steps {recipe.steps} "
+                     f"(recipe.steps): {path} cannot continue to fewer steps than it has run")
+  if RECIPE_KEY not in metadata:
+    return  # written before vqzoo recorded recipes in checkpoints: nothing to compare
+  try:
+    saved = json.loads(metadata[RECIPE_KEY])
+    saved = dict(saved)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"checkpoint {path}: its recorded recipe is corrupt ({e})") from e
+  current = json.loads(json.dumps(recipe.to_dict()))
+  changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+  if not changed or (changed == ["steps"] and extend_schedule):
+    return
+  diff = ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+  if changed == ["steps"]:
+    hint = ("pass extend_schedule=True (--extend-schedule) to continue with the new step count "
+            f"(the learning-rate schedule is then recomputed for it from step {step} on)")
+  else:
+    hint = ("only the step count may change on resume (with extend_schedule=True / "
+            "--extend-schedule)")
+  raise ValueError(f"the recipe differs from the one that wrote the checkpoint {path} ({diff}); "
+                   f"{hint}, or start afresh with overwrite=True (--overwrite)")
+
+
+def _remove_stale_temp_files(workdir: Path) -> None:
+  """Deletes the temporary files of checkpoint/metrics writes that were killed midway."""
+  for path in workdir.iterdir():
+    if _STALE_TEMP.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+      path.unlink(missing_ok=True)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+  """Keeps only the lines of ``path`` logged at steps <= ``step`` (and drops torn lines)."""
+  if not path.exists():
+    return
+  text = path.read_text()
+  kept = []
+  for line in text.splitlines():
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line + "\n")
+    except (ValueError, KeyError, TypeError):
+      pass  # a line cut short when a run was killed mid-write
+  if "".join(kept) != text:
+    atomic_write_bytes(path, "".join(kept).encode())
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -199,15 +300,32 @@ def compile_step(model: ModelSpec, optimizer: optax.GradientTransformation,
                          devices=list(devices), donate_argnums=(0,))
 
 
-def _finite_metrics(metrics: Any, step: int, bar: Any) -> dict[str, float]:
-  """Host copy of replica 0's metrics; raises FloatingPointError on NaN or Inf."""
-  values = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in metrics.items()}
-  if not all(math.isfinite(v) for v in values.values()):
-    bar.close()
-    raise FloatingPointError(
-        f"non-finite metrics at step {step}: {values}; no checkpoint was written after the last "
-        "finite check. Lower the learning rate or check the data.")
-  return values
+def _host_metrics(metrics: Any) -> dict[str, float]:
+  """Host copy of replica 0's metrics."""
+  return {k: float(np.asarray(v).reshape(-1)[0]) for k, v in metrics.items()}
+
+
+def _all_finite(tree: Any) -> bool:
+  return all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(tree))
+
+
+def _non_finite(what: str, step: int, last_finite: int, ckpt_path: Path) -> FloatingPointError:
+  """The error for a run whose ``what`` went NaN/Inf by ``step``, saying what was saved."""
+  if step - last_finite <= 1:
+    when = f"at step {step}"
+  else:
+    when = (f"by step {step}: they first appeared between step {last_finite + 1} and step "
+            f"{step} (metrics are checked every log_every steps and at checkpoints; log_every=1 "
+            "pinpoints the step)")
+  if not ckpt_path.exists():
+    saved = f"No checkpoint exists in {ckpt_path.parent}: nothing of this run was saved."
+  else:
+    at = checkpoint_step(ckpt_path)
+    saved = (f"A checkpoint file {ckpt_path} exists but cannot be read." if at is None else
+             f"The checkpoint {ckpt_path} is from step {at}, before the non-finite values; "
+             "nothing later was saved.")
+  return FloatingPointError(f"non-finite (NaN or Inf) {what} {when}. {saved} Lower the learning "
+                            "rate or check the data.")
 
 
 def _local_batches(images: np.ndarray, recipe: TrainConfig, start: int, n_dev: int
@@ -228,8 +346,14 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
           init_params: hk.Params | None = None, init_state: hk.State | None = None,
           frozen: Iterable[str] = (), checkpoint_every: int = 1000, log_every: int = 50,
           progress: bool = True, devices: Sequence[Any] | None = None,
-          until_step: int | None = None) -> TrainResult:
+          until_step: int | None = None, overwrite: bool = False,
+          extend_schedule: bool = False) -> TrainResult:
   """Trains ``model`` by ``recipe``, checkpointing to ``workdir``.
+
+  A run first deletes the temporary files (``.checkpoint.safetensors.*.tmp``) that a killed
+  checkpoint write left in ``workdir``. The checkpoint records ``recipe``. ``metrics.jsonl``
+  holds one line per logged step of the run the checkpoint continues: on resume, lines logged
+  after the checkpoint's step are dropped (they are logged again); a fresh run starts it empty.
 
   Args:
     model: a :class:`ModelConfig`, or a zero-argument function making a
@@ -239,8 +363,10 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
     workdir: holds ``checkpoint.safetensors`` and ``metrics.jsonl``.
     images: ``[N, H, W, C]`` uint8 training images; default: the recipe's TFDS split.
     data_dir: TFDS data directory (see :mod:`vqzoo.training.data`).
-    resume: continue from ``workdir``'s checkpoint (bit-exact), if there is one.
-    init_params, init_state: start from these (fine-tuning) instead of a fresh init.
+    resume: continue bit-exactly from ``workdir``'s checkpoint, which must exist and have been
+      written with the same ``recipe`` (but see ``extend_schedule``).
+    init_params, init_state: start from these (fine-tuning) instead of a fresh init; ignored
+      on resume.
     frozen: parts among ``("encoder", "decoder", "codebook")`` that do not train.
     checkpoint_every: steps between atomic checkpoints (and at the end).
     log_every: steps between metric lines, progress-bar updates and NaN checks.
@@ -248,14 +374,46 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
     devices: devices to pmap over (default: all local devices).
     until_step: stop (with a checkpoint) at this step instead of ``recipe.steps``; a later
       call with ``resume=True`` continues on the same schedule.
+    overwrite: without ``resume``, delete ``workdir``'s checkpoint and metrics (if any) and
+      start afresh; without it, a checkpoint already in ``workdir`` is an error.
+    extend_schedule: on resume, accept a ``recipe`` that differs from the checkpoint's only in
+      ``steps`` (more, or fewer but not below the checkpoint's step): the learning-rate schedule
+      is recomputed for the new total step count from the resumed step on (so the rate may
+      jump there), and the checkpoint then records the new recipe.
 
   Raises:
-    FloatingPointError: the loss became NaN or Inf.
+    FileExistsError: ``workdir`` holds a checkpoint and neither ``resume`` nor ``overwrite``
+      was given.
+    FileNotFoundError: ``resume`` but ``workdir`` holds no checkpoint.
+    ValueError: on resume, the checkpoint is truncated or corrupt (the message names it), at a
+      step beyond ``recipe.steps``, or written with a different recipe (without
+      ``extend_schedule``); or ``resume`` and ``overwrite`` were both given.
+    FloatingPointError: the loss (or another metric, or the parameters at a checkpoint)
+      became NaN or Inf; the message gives the step and the step of the checkpoint left in
+      ``workdir``, if there is one.
   """
   from tqdm.auto import tqdm
 
+  if resume and overwrite:
+    raise ValueError("resume and overwrite: pass one or the other, not both")
+  if checkpoint_every < 1 or log_every < 1:
+    raise ValueError(f"checkpoint_every and log_every: expected integers >= 1, got "
+                     f"{checkpoint_every} and {log_every}")
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  _remove_stale_temp_files(workdir)
+  ckpt_path, metrics_path = workdir / CHECKPOINT_NAME, workdir / METRICS_NAME
+  if resume:
+    if not ckpt_path.exists():
+      raise FileNotFoundError(f"resume=True, but there is no checkpoint {ckpt_path} to resume "
+                              "from; start without resume=True (--resume) to train from scratch")
+    flat, metadata = _read_checkpoint(ckpt_path)
+    _check_resumable(ckpt_path, flat, metadata, recipe, extend_schedule)
+  elif ckpt_path.exists() and not overwrite:
+    raise FileExistsError(
+        f"{workdir} already holds a checkpoint ({ckpt_path}); pass resume=True (--resume) to "
+        "continue it, or overwrite=True (--overwrite) to delete it and its metrics and start "
+        "afresh")
   devices = list(devices or jax.local_devices())
   n_dev = len(devices)
   if images is None:
@@ -265,10 +423,14 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
                      f", got {tuple(images.shape)}")
   optimizer = make_optimizer(recipe, frozen, model)
   ts = init_train_state(model, optimizer, recipe.seed, images.shape[1:], init_params, init_state)
-  ckpt_path = workdir / CHECKPOINT_NAME
-  if resume and ckpt_path.exists():
-    ts = load_checkpoint(ckpt_path, ts)
+  if resume:
+    ts = _restore(ckpt_path, flat, ts)
+    del flat
+  elif overwrite:
+    ckpt_path.unlink(missing_ok=True)
+    metrics_path.unlink(missing_ok=True)
   start = int(ts.step)
+  _truncate_metrics(metrics_path, start)
   step_fn = compile_step(model, optimizer, devices, frozen)
   rts = replicate(jax.device_get(ts), n_dev)
   batch_iter = _local_batches(images, recipe, start, n_dev)
@@ -276,20 +438,34 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
   bar = tqdm(total=recipe.steps, initial=start, disable=not progress, desc="train",
              dynamic_ncols=True)
   stop = recipe.steps if until_step is None else min(until_step, recipe.steps)
-  with open(workdir / METRICS_NAME, "a") as log_file:
+  if stop <= start and (not resume or extend_schedule):  # e.g. until_step=0: still checkpoint
+    save_checkpoint(ckpt_path, ts, recipe)
+  last_finite = start  # the last step whose metrics were checked (or the starting state)
+  with open(metrics_path, "a") as log_file:
     for step in range(start, stop):
       rts, metrics = step_fn(rts, next(batch_iter))
       done = step + 1
-      if done % log_every == 0 or done == stop:
-        last = _finite_metrics(metrics, done, bar)
+      log = done % log_every == 0 or done == stop
+      save = done % checkpoint_every == 0 or done == stop
+      if log or save:
+        values = _host_metrics(metrics)
+        if not all(math.isfinite(v) for v in values.values()):
+          bar.close()
+          raise _non_finite(f"metrics {values}", done, last_finite, ckpt_path)
+        last_finite = done
+      if log:
+        last = values
         log_file.write(json.dumps({"step": done, **last}) + "\n")
         log_file.flush()
         bar.set_postfix(loss=f"{last['loss']:.4f}", mse=f"{last['mse']:.4f}",
                         ppl=f"{last['perplexity']:.1f}")
       bar.update(1)
-      if done % checkpoint_every == 0 or done == stop:
-        _finite_metrics(metrics, done, bar)
-        save_checkpoint(ckpt_path, unreplicate(rts))
+      if save:
+        host = jax.device_get(unreplicate(rts))
+        if not _all_finite((host.params, host.state)):
+          bar.close()
+          raise _non_finite("parameters or state", done, done - 1, ckpt_path)
+        save_checkpoint(ckpt_path, host, recipe)
   bar.close()
   final = jax.device_get(unreplicate(rts))
   return TrainResult(final.params, final.state, int(final.step), last)
