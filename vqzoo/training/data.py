@@ -172,3 +172,25 @@ def batches(images: np.ndarray, batch_size: int, seed: int, start_step: int = 0
     order = np.random.default_rng([seed, epoch]).permutation(len(images))
     yield uint8_to_float(images[order[index * batch_size:(index + 1) * batch_size]])
     step += 1
+
+
+def load_labels(name: str, split: str, data_dir: str | os.PathLike | None = None) -> np.ndarray:
+  """The integer labels of a TFDS split, in the order :func:`load_images` returns its images.
+
+  Images are not decoded (a raw-bytes decoder skips them), so this is quick and not cached.
+
+  Args:
+    name: TFDS name, e.g. ``"mnist"`` or ``"fashion_mnist"``.
+    split: e.g. ``"train"``, ``"test"`` or ``"test[:1000]"``.
+    data_dir: TFDS data directory; see the module docstring.
+
+  Returns:
+    ``[N]`` int32 class labels (0-9 for MNIST and Fashion-MNIST).
+  """
+  resolved = resolve_data_dir(data_dir)
+  _data_source(name, split, resolved)  # the same checks and error messages as load_images
+  import tensorflow_datasets as tfds
+  source = tfds.data_source(name, split=split, data_dir=resolved, download=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+  examples = source.__getitems__(list(range(len(source))))
+  return np.asarray([int(ex["label"]) for ex in examples], dtype=np.int32)

@@ -1,0 +1,170 @@
+"""The feature classifier (shipped weights, pins, accuracy), labels, and the Fréchet distance."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+import vqzoo
+from vqzoo.training import classifier
+from vqzoo.training.frechet import (classifier_frechet_distance, feature_moments,
+                                    frechet_distance, frechet_distance_from_moments)
+
+
+@pytest.fixture(scope="module")
+def mnist_params():
+  return classifier.load_classifier("mnist")
+
+
+@pytest.fixture(scope="module")
+def mnist_test_labels(tfds_dir):
+  from vqzoo.training.data import load_labels
+  return load_labels("mnist", "test", tfds_dir)
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def test_load_labels(tfds_dir, mnist_test_labels):
+  from vqzoo.training.data import load_labels
+  assert mnist_test_labels.shape == (10000,)
+  assert np.issubdtype(mnist_test_labels.dtype, np.integer)
+  assert set(np.unique(mnist_test_labels)) == set(range(10))
+  head = load_labels("fashion_mnist", "test[:500]", tfds_dir)
+  assert head.shape == (500,) and head.min() >= 0 and head.max() <= 9
+
+
+# ----------------------------------------------------------------------------- shipped classifiers
+
+
+@pytest.mark.parametrize("dataset", classifier.DATASETS)
+def test_shipped_files_are_small_and_recorded(dataset):
+  record = classifier.read_metrics()[dataset]
+  assert classifier.weights_path(dataset).stat().st_size < 1_000_000
+  assert record["num_params"] == classifier.num_params(classifier.init_params())
+  assert record["test_accuracy"] >= {"mnist": 0.985, "fashion_mnist": 0.89}[dataset]
+  params = classifier.load_classifier(dataset)
+  assert classifier.num_params(params) == record["num_params"]
+
+
+def test_mnist_accuracy_first_2000(mnist_params, mnist_test, mnist_test_labels):
+  acc = classifier.accuracy(mnist_params, mnist_test[:2000], mnist_test_labels[:2000])
+  assert acc >= 0.97
+
+
+@pytest.mark.parametrize("dataset", classifier.DATASETS)
+def test_full_test_accuracy_matches_metrics(dataset, tfds_dir):
+  from vqzoo.training.data import load_images, load_labels
+  params = classifier.load_classifier(dataset)
+  acc = classifier.accuracy(params, load_images(dataset, "test", tfds_dir),
+                            load_labels(dataset, "test", tfds_dir))
+  # Same weights, same data: only float round-off (another backend, CPU tricks off) can move a
+  # borderline image or two.
+  assert abs(acc - classifier.read_metrics()[dataset]["test_accuracy"]) <= 0.002
+
+
+def test_features_and_predict_shapes_and_input_forms(mnist_params, mnist_test):
+  images = mnist_test[:23]
+  feats = classifier.features(mnist_params, images)
+  assert feats.shape == (23, classifier.FEATURE_DIM) and feats.dtype == np.float64
+  assert np.all(feats >= 0)  # post-ReLU
+  as_float = images[..., 0].astype(np.float32) / 255.0  # [N, 28, 28] float in [0, 1]
+  np.testing.assert_allclose(classifier.features(mnist_params, as_float), feats, atol=1e-5)
+  # Padded odd-sized batches give the same answers as one batch.
+  np.testing.assert_allclose(classifier.features(mnist_params, images, batch_size=5), feats,
+                             atol=1e-5)
+  pred = classifier.predict(mnist_params, images, batch_size=5)
+  assert pred.shape == (23,) and np.issubdtype(pred.dtype, np.integer)
+  np.testing.assert_array_equal(pred, classifier.predict(mnist_params, images))
+  with pytest.raises(ValueError):
+    classifier.features(mnist_params, np.zeros((2, 32, 32, 1), np.uint8))
+
+
+def test_tampered_weights_raise_integrity_error(tmp_path):
+  for name in ("mnist.safetensors", classifier.METRICS_NAME):
+    shutil.copy(classifier.CLASSIFIERS_DIR / name, tmp_path / name)
+  classifier.load_classifier("mnist", tmp_path)  # an intact copy loads
+  path = tmp_path / "mnist.safetensors"
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  path.write_bytes(bytes(data))
+  with pytest.raises(vqzoo.IntegrityError, match="sha256"):
+    classifier.load_classifier("mnist", tmp_path)
+  with pytest.raises(KeyError, match="no classifier"):
+    classifier.load_classifier("cifar10", tmp_path)
+
+
+def test_train_classifier_is_seeded(mnist_test, mnist_test_labels):
+  x, y = mnist_test[:256], mnist_test_labels[:256]
+  a = classifier.train_classifier(x, y, steps=3, batch_size=64, seed=1)
+  b = classifier.train_classifier(x, y, steps=3, batch_size=64, seed=1)
+  for module in a:
+    for name in a[module]:
+      np.testing.assert_array_equal(a[module][name], b[module][name])
+  with pytest.raises(ValueError, match="labels"):
+    classifier.train_classifier(x, y[:10], steps=1)
+
+
+# ----------------------------------------------------------------------------- Fréchet distance
+
+
+def _hadamard(n: int) -> np.ndarray:
+  h = np.ones((1, 1))
+  while len(h) < n:
+    h = np.block([[h, h], [h, -h]])
+  return h
+
+
+def test_frechet_matches_closed_form_for_diagonal_gaussians():
+  # Columns of a Hadamard matrix (all but the constant one) are zero-mean and orthogonal, so
+  # these feature sets have exactly the given means and diagonal sample covariances.
+  n, d = 16, 5
+  h = _hadamard(n)[:, 1:d + 1]
+  mu_a, mu_b = np.array([0.0, 1.0, -2.0, 0.5, 3.0]), np.array([0.5, 1.0, 0.0, 0.5, -1.0])
+  sd_a, sd_b = np.array([1.0, 2.0, 0.5, 0.0, 1.5]), np.array([2.0, 2.0, 1.0, 3.0, 0.1])
+  feats_a, feats_b = mu_a + h * sd_a, mu_b + h * sd_b
+  var_a, var_b = sd_a ** 2 * n / (n - 1), sd_b ** 2 * n / (n - 1)  # unbiased sample variances
+  expected = np.sum((mu_a - mu_b) ** 2) + np.sum(var_a + var_b - 2 * np.sqrt(var_a * var_b))
+  assert frechet_distance(feats_a, feats_b) == pytest.approx(expected, rel=1e-10)
+  got = frechet_distance_from_moments(mu_a, np.diag(sd_a ** 2), mu_b, np.diag(sd_b ** 2))
+  assert got == pytest.approx(np.sum((mu_a - mu_b) ** 2) + np.sum((sd_a - sd_b) ** 2), rel=1e-10)
+
+
+def test_frechet_general_covariance_matches_sqrtm():
+  import scipy.linalg as scipy_linalg  # installed with jax, which depends on it
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6))
+  b = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6)) + 0.3
+  (mu_a, cov_a), (mu_b, cov_b) = feature_moments(a), feature_moments(b)
+  expected = (np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b)
+              - 2 * np.trace(scipy_linalg.sqrtm(cov_a @ cov_b).real))
+  assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_properties():
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=(500, 8)) @ rng.normal(size=(8, 8))
+  b = rng.normal(size=(400, 8)) * 2.0
+  scale = frechet_distance(a, b)
+  assert scale > 0
+  assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9 * scale)
+  assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-9)
+  # A shift by c in every dimension leaves the covariances, and adds exactly D c^2.
+  assert frechet_distance(a, a + 0.5) == pytest.approx(8 * 0.25, rel=1e-9)
+  assert frechet_distance(a, a + 0.1) < frechet_distance(a, a + 0.5)
+  # Rank-deficient covariances (dimensions that are always 0, like dead ReLUs) are fine.
+  padded_a = np.concatenate([a, np.zeros((500, 3))], axis=1)
+  padded_b = np.concatenate([b, np.zeros((400, 3))], axis=1)
+  assert frechet_distance(padded_a, padded_b) == pytest.approx(scale, rel=1e-8)
+  with pytest.raises(ValueError):
+    frechet_distance(a[:1], b)
+
+
+def test_classifier_frechet_distance_on_mnist(mnist_params, mnist_test, mnist_train):
+  rng = np.random.default_rng(0)
+  real = classifier_frechet_distance(mnist_test, mnist_train[:10000], "mnist", mnist_params)
+  flat = mnist_test.reshape(len(mnist_test), -1)
+  shuffled = rng.permuted(flat, axis=1).reshape(mnist_test.shape)  # each image's own shuffle
+  noise = classifier_frechet_distance(mnist_test, shuffled, "mnist", mnist_params)
+  assert real < 0.05 * noise
+  assert classifier_frechet_distance(mnist_test[:2000], mnist_test[:2000], "mnist") < 1e-6

@@ -1,0 +1,277 @@
+"""A small CNN classifier for 28x28 grayscale images, trained in this repo, and its features.
+
+vqzoo ships one per dataset (``mnist``, ``fashion_mnist``) under ``vqzoo/assets/classifiers/``,
+trained by ``scripts/train_classifier.py``. It is a measuring instrument, not a model of the zoo:
+its 128-d penultimate features are the space in which
+:func:`vqzoo.training.frechet.frechet_distance` compares samples with real images, and its
+predictions give a sample's class.
+
+Architecture (every conv 3x3, ``SAME`` padding, stride 2, ReLU after each layer but the last)::
+
+  [N, 28, 28, 1] -> conv 32 -> [N, 14, 14, 32] -> conv 64 -> [N, 7, 7, 64]
+    -> conv 64 -> [N, 4, 4, 64] -> flatten [N, 1024] -> dense 128 (the features) -> dense 10
+
+188,234 float32 parameters (735 KiB of weights). The third stride-2 conv is there to keep the
+file small: flattening the 7x7x64 map straight into the 128-d layer would take 401k weights
+(1.6 MB) for that layer alone.
+
+The shipped weights are pinned: ``metrics.json`` beside them records each file's sha256 (and
+the test accuracy, steps and seed it was trained with), and :func:`load_classifier` refuses a
+file that does not match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vqzoo import cpu_tuning
+from vqzoo.images import to_float_images
+from vqzoo.pretrained import serialization
+from vqzoo.pretrained.integrity import read_bounded, verify_sha256_bytes
+
+IMAGE_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+FEATURE_DIM = 128
+DATASETS = ("mnist", "fashion_mnist")
+CLASSIFIERS_DIR = Path(__file__).resolve().parent.parent / "assets" / "classifiers"
+METRICS_NAME = "metrics.json"
+
+
+class Classifier(hk.Module):
+  """The CNN; ``__call__(x)`` maps ``[N, 28, 28, 1]`` float images to ``(logits, features)``."""
+
+  def __init__(self, name: str | None = None):
+    super().__init__(name=name)
+
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Classifies a batch.
+
+    Args:
+      x: ``[N, 28, 28, 1]`` float32 in [0, 1].
+
+    Returns:
+      ``logits`` ``[N, 10]`` and ``features`` ``[N, 128]`` (post-ReLU penultimate layer).
+    """
+    for i, channels in enumerate((32, 64, 64)):
+      x = jax.nn.relu(hk.Conv2D(channels, 3, stride=2, padding="SAME", name=f"conv_{i}")(x))
+    x = hk.Flatten()(x)
+    features = jax.nn.relu(hk.Linear(FEATURE_DIM, name="features")(x))
+    logits = hk.Linear(NUM_CLASSES, name="logits")(features)
+    return logits, features
+
+
+def build_classifier(wrap: Callable[[Callable], Callable] = lambda f: f) -> hk.Transformed:
+  """``init(rng, x)`` / ``apply(params, x) -> (logits [N, 10], features [N, 128])``.
+
+  ``x`` is ``[N, 28, 28, 1]`` float32 in [0, 1]; ``apply`` takes no rng. ``wrap`` wraps the
+  forward function before it is transformed (e.g. with :func:`vqzoo.cpu_tuning.tuned`).
+  """
+
+  def forward(x):
+    return Classifier(name="classifier")(x)
+
+  return hk.without_apply_rng(hk.transform(wrap(forward)))
+
+
+def init_params(seed: int = 0) -> hk.Params:
+  """Freshly initialised parameters (also the expected structure of a weights file)."""
+  return build_classifier().init(jax.random.PRNGKey(seed), jnp.zeros((1, *IMAGE_SHAPE)))
+
+
+def num_params(params: hk.Params) -> int:
+  """Total number of scalars in ``params``."""
+  return int(sum(np.size(v) for v in jax.tree_util.tree_leaves(params)))
+
+
+def train_classifier(images_u8: np.ndarray, labels: np.ndarray, steps: int,
+                     batch_size: int = 128, seed: int = 0, learning_rate: float = 1e-3,
+                     progress: bool = False) -> hk.Params:
+  """Trains the classifier with Adam (cosine-decayed learning rate) on softmax cross-entropy.
+
+  Deterministic for a given ``seed`` (initialisation and the batch order: each epoch is a
+  permutation drawn from ``(seed, epoch)``) on a given backend.
+
+  Args:
+    images_u8: ``[N, 28, 28, 1]`` or ``[N, 28, 28]`` uint8 (or float in [0, 1]).
+    labels: ``[N]`` integers in [0, 10).
+    steps: optimisation steps.
+    batch_size: examples per step, at most ``N``.
+    seed: seeds the initialisation and the batch order.
+    learning_rate: the peak (initial) Adam learning rate.
+    progress: show a tqdm progress bar.
+
+  Returns:
+    The trained parameters (NumPy arrays on the host).
+  """
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or len(labels) != len(images_u8):
+    raise ValueError(f"labels: expected shape [{len(images_u8)}], got {labels.shape}")
+  if not np.issubdtype(labels.dtype, np.integer) or (
+      labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES)):
+    raise ValueError(f"labels: expected integers in [0, {NUM_CLASSES})")
+  if not 0 < batch_size <= len(labels):
+    raise ValueError(f"batch_size: expected 1..{len(labels)}, got {batch_size}")
+  if steps < 1:
+    raise ValueError(f"steps: expected >= 1, got {steps}")
+  model = build_classifier(wrap=cpu_tuning.tuned)
+  params = init_params(seed)
+  optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
+  opt_state = optimizer.init(params)
+
+  def loss_fn(p, x, y):
+    logits, _ = model.apply(p, x)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+  @cpu_tuning.jit
+  def step_fn(p, o, x, y):
+    loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+    updates, o = optimizer.update(grads, o, p)
+    return optax.apply_updates(p, updates), o, loss
+
+  per_epoch = len(labels) // batch_size
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=steps, desc="classifier", unit="step")
+  for step in range(steps):
+    epoch, index = divmod(step, per_epoch)
+    if index == 0:
+      order = np.random.default_rng([seed, epoch]).permutation(len(labels))
+    idx = order[index * batch_size:(index + 1) * batch_size]
+    x = to_float_images(images_u8[idx], IMAGE_SHAPE)
+    params, opt_state, loss = step_fn(params, opt_state, x, labels[idx].astype(np.int32))
+    if bar is not None:
+      bar.update(1)
+      if step % 100 == 0:
+        bar.set_postfix(loss=f"{float(loss):.4f}")
+  if bar is not None:
+    bar.close()
+  return jax.device_get(params)
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+_APPLY_CACHE: dict[str, Callable] = {}
+
+
+def _apply_fn() -> Callable:
+  key = "tuned" if cpu_tuning.enabled() else "plain"
+  if key not in _APPLY_CACHE:
+    _APPLY_CACHE[key] = cpu_tuning.jit(build_classifier(wrap=cpu_tuning.tuned).apply)
+  return _APPLY_CACHE[key]
+
+
+def _run(params: hk.Params, images: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """``(logits [N, 10] float32, features [N, 128] float32)`` in fixed-size padded batches."""
+  x = to_float_images(images, IMAGE_SHAPE)
+  if batch_size < 1:
+    raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+  fn = _apply_fn()
+  size = min(batch_size, len(x))  # one compiled shape for the whole call
+  logits, feats = [], []
+  for start in range(0, len(x), size):
+    chunk = x[start:start + size]
+    n = len(chunk)
+    if n < size:
+      chunk = np.concatenate([chunk, np.zeros((size - n, *IMAGE_SHAPE), chunk.dtype)])
+    lg, ft = fn(params, chunk)
+    logits.append(np.asarray(lg)[:n])
+    feats.append(np.asarray(ft)[:n])
+  return np.concatenate(logits), np.concatenate(feats)
+
+
+def features(params: hk.Params, images: Any, batch_size: int = 1000) -> np.ndarray:
+  """The classifier's 128-d penultimate (post-ReLU) features.
+
+  Args:
+    params: from :func:`load_classifier` or :func:`train_classifier`.
+    images: ``[N, 28, 28]`` or ``[N, 28, 28, 1]``; uint8 in [0, 255] or float in [0, 1].
+    batch_size: images per compiled call.
+
+  Returns:
+    ``[N, 128]`` float64.
+  """
+  return _run(params, images, batch_size)[1].astype(np.float64)
+
+
+def predict(params: hk.Params, images: Any, batch_size: int = 1000) -> np.ndarray:
+  """The predicted class of each image.
+
+  Args:
+    params: from :func:`load_classifier` or :func:`train_classifier`.
+    images: ``[N, 28, 28]`` or ``[N, 28, 28, 1]``; uint8 in [0, 255] or float in [0, 1].
+    batch_size: images per compiled call.
+
+  Returns:
+    ``[N]`` int32 class indices in [0, 10).
+  """
+  return np.argmax(_run(params, images, batch_size)[0], axis=-1).astype(np.int32)
+
+
+def accuracy(params: hk.Params, images: Any, labels: np.ndarray, batch_size: int = 1000) -> float:
+  """Fraction of ``images`` whose predicted class equals ``labels`` ``[N]``."""
+  return float(np.mean(predict(params, images, batch_size) == np.asarray(labels)))
+
+
+# ----------------------------------------------------------------------------- shipped weights
+
+
+def weights_path(dataset: str, directory: str | os.PathLike | None = None) -> Path:
+  """``<directory>/<dataset>.safetensors`` (``directory`` defaults to the shipped assets)."""
+  return Path(directory if directory is not None else CLASSIFIERS_DIR) / f"{dataset}.safetensors"
+
+
+def read_metrics(directory: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+  """``metrics.json``: ``{dataset: {test_accuracy, steps, seed, sha256, ...}}`` (``{}`` if none)."""
+  path = Path(directory if directory is not None else CLASSIFIERS_DIR) / METRICS_NAME
+  if not path.exists():
+    return {}
+  return json.loads(path.read_text())
+
+
+def to_bytes(params: hk.Params, metadata: dict[str, str] | None = None) -> bytes:
+  """Parameters -> safetensors bytes (keys ``params/<module>/<name>``, float32)."""
+  from safetensors.numpy import save as st_save
+  flat = {k: v.astype(np.float32) for k, v in serialization.flatten(params, "params").items()}
+  return st_save(flat, metadata=dict(metadata or {}))
+
+
+def load_classifier(dataset: str, directory: str | os.PathLike | None = None) -> hk.Params:
+  """The shipped classifier for ``dataset``, checked against the sha256 in ``metrics.json``.
+
+  Args:
+    dataset: ``"mnist"`` or ``"fashion_mnist"``.
+    directory: where ``<dataset>.safetensors`` and ``metrics.json`` are (default: the
+      package's ``vqzoo/assets/classifiers``).
+
+  Returns:
+    The parameters, for :func:`features` and :func:`predict`.
+
+  Raises:
+    KeyError: no classifier is recorded for ``dataset``.
+    vqzoo.IntegrityError: the weights file's sha256 differs from the recorded one.
+    ValueError: the file is not a safetensors file of this architecture.
+  """
+  record = read_metrics(directory).get(dataset)
+  if record is None or "sha256" not in record:
+    raise KeyError(f"no classifier is recorded for {dataset!r}; train one with "
+                   f"`python scripts/train_classifier.py --dataset {dataset}` (known: "
+                   f"{sorted(read_metrics(directory))})")
+  path = weights_path(dataset, directory)
+  data = read_bounded(path, "classifier weights")
+  verify_sha256_bytes(data, record["sha256"], path)
+  params, _ = serialization.parse_weights(data, str(path))
+  expected = init_params()
+  serialization.check_structure(expected, params, f"{path}: classifier weights")
+  serialization.check_values(expected, params, f"{path}")
+  return params
