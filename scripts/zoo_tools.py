@@ -10,11 +10,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
+
 from vqzoo.io import atomic_write_bytes, sha256_file
 from vqzoo.pretrained import WEIGHTS_NAME, PretrainedVQVAE, registry
 from vqzoo.pretrained.cards import zoo_card
-from vqzoo.pretrained.integrity import ARTIFACT_FILES
-from vqzoo.training import measure, train
+from vqzoo.pretrained.integrity import ARTIFACT_FILES, PRIOR_FILES
+from vqzoo.training import distributed, measure, train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +28,8 @@ def train_variant(name: str, workdir: str | Path, data_dir: str | None = None,
   """Trains zoo variant ``name`` from its registry recipe (optionally fewer ``steps``).
 
   ``checkpoint_every``, ``overwrite`` and ``extend_schedule`` are passed to
-  :func:`vqzoo.training.train`.
+  :func:`vqzoo.training.train`. In a multi-process run every process calls this (one step
+  spans all their devices) and gets the same model; only process 0 writes to ``workdir``.
   """
   entry = registry.get_entry(name)
   recipe = entry.recipe if steps is None else dataclasses.replace(entry.recipe, steps=steps)
@@ -43,11 +46,14 @@ def measure_variant(name: str, model: PretrainedVQVAE, data_dir: str | None = No
 
 
 def bundle_variant(name: str, model: PretrainedVQVAE, metrics: dict,
-                   repo_root: str | Path = REPO_ROOT) -> str:
+                   repo_root: str | Path = REPO_ROOT) -> str | None:
   """Writes the variant's weights, config, metrics and card into the package and pins its sha256.
 
-  Returns the new sha256 of ``model.safetensors``.
+  Returns the new sha256 of ``model.safetensors``; in a multi-process run only process 0
+  writes, the others return ``None``.
   """
+  if not distributed.is_main_process():
+    return None
   entry = registry.get_entry(name)
   model.card = zoo_card(entry, metrics)
   model.save_pretrained(entry.bundled_dir)
@@ -56,7 +62,8 @@ def bundle_variant(name: str, model: PretrainedVQVAE, metrics: dict,
   digest = sha256_file(entry.bundled_dir / WEIGHTS_NAME)
   pins_path = registry.WEIGHTS_DIR / "pins.json"
   pins = json.loads(pins_path.read_text()) if pins_path.exists() else {}
-  files = {f: sha256_file(entry.bundled_dir / f) for f in ARTIFACT_FILES}
+  files = {f: sha256_file(entry.bundled_dir / f) for f in (*ARTIFACT_FILES, *PRIOR_FILES)
+           if (entry.bundled_dir / f).exists()}
   pins[name] = {**pins.get(name, {}), "repo_id": entry.weights.repo_id,
                 "revision": entry.weights.revision, "sha256": digest, "files": files}
   atomic_write_bytes(pins_path, (json.dumps(pins, indent=2, sort_keys=True) + "\n").encode())
@@ -64,6 +71,80 @@ def bundle_variant(name: str, model: PretrainedVQVAE, metrics: dict,
   if cards.is_dir():
     atomic_write_bytes(cards / f"{name}.md", model.card.encode())
   return digest
+
+
+def fit_variant_prior(name: str, workdir: str | Path | None = None, resume: bool = False,
+                      data_dir: str | None = None, progress: bool = True) -> PretrainedVQVAE:
+  """The bundled variant with its prior fitted by the registry's prior recipe."""
+  from vqzoo.pretrained import load
+  from vqzoo.training import load_images
+  from vqzoo.training.data import load_labels
+  from vqzoo.training.prior_fitting import encode_images, fit_prior
+  entry = registry.get_entry(name)
+  recipe = entry.prior
+  model = load(name)
+  images = load_images(recipe.train.dataset, recipe.train.split, data_dir)
+  labels = load_labels(recipe.train.dataset, recipe.train.split, data_dir)
+  codes = encode_images(model, images, progress=progress)
+  params = fit_prior(recipe.config, recipe.train, codes,
+                     labels if recipe.config.num_classes else None, workdir=workdir,
+                     resume=resume, progress=progress)
+  model.set_prior(recipe.config, params)
+  return model
+
+
+def measure_prior(name: str, model: PretrainedVQVAE, data_dir: str | None = None,
+                  progress: bool = True) -> dict:
+  """Prior NLL against its baselines, sample quality and sampling time, on the test split."""
+  import time
+
+  from vqzoo.training import load_images
+  from vqzoo.training.data import load_labels
+  from vqzoo.training.prior_fitting import encode_images, prior_nll
+  from vqzoo.training.sample_quality import sample_quality
+  entry = registry.get_entry(name)
+  dataset = entry.eval_dataset
+  test_codes = encode_images(model, load_images(dataset, "test", data_dir), progress=progress)
+  train_codes = encode_images(model, load_images(dataset, "train", data_dir), progress=progress)
+  metrics = prior_nll(model, test_codes, load_labels(dataset, "test", data_dir), train_codes)
+  metrics.update(sample_quality(model, dataset, data_dir, progress=progress))
+  model.sample(64, seed=0)  # compile
+  times = []
+  for seed in range(1, 6):
+    start = time.perf_counter()
+    model.sample(64, seed=seed)
+    times.append(time.perf_counter() - start)
+  metrics["sample_64_seconds"] = float(np.median(times))
+  return metrics
+
+
+def check_prior_bar(model: PretrainedVQVAE, prior_metrics: dict) -> list[str]:
+  """The prior bars a conv variant's prior misses (empty when it meets them)."""
+  if model.config.arch != "conv":
+    return []
+  failures = []
+  m = prior_metrics
+  if not m["prior_bits"] <= 0.6 * m["unigram_bits"]:
+    failures.append(f"prior {m['prior_bits']:.1f} bits > 60% of unigram {m['unigram_bits']:.1f}")
+  fd = m["frechet"]
+  if not abs(fd["samples"] - fd["reconstructions"]) < abs(fd["samples"] - fd["unigram_samples"]):
+    failures.append(f"sample Fréchet {fd['samples']:.2f} not closer to reconstructions' "
+                    f"{fd['reconstructions']:.2f} than to unigram samples' "
+                    f"{fd['unigram_samples']:.2f}")
+  worst = min(m.get("class_accuracy_per_class", {1: 1.0}).values())
+  if worst < 0.85:
+    failures.append(f"class accuracy of conditional samples {worst:.3f} < 0.85 for some class")
+  if not m["sample_64_seconds"] < 1.0:
+    failures.append(f"sampling 64 images took {m['sample_64_seconds']:.2f} s")
+  return failures
+
+
+def bundle_prior(name: str, model: PretrainedVQVAE, prior_metrics: dict,
+                 repo_root: str | Path = REPO_ROOT) -> str:
+  """Writes the prior into the bundled variant, records its metrics, re-pins and re-cards it."""
+  entry = registry.get_entry(name)
+  metrics = {**entry.metrics, "prior": prior_metrics}
+  return bundle_variant(name, model, metrics, repo_root)
 
 
 def rewrite_cards(repo_root: str | Path = REPO_ROOT) -> None:

@@ -149,25 +149,118 @@ def cmd_demo(args):
     print(f"{name:16s} MSE {s['mse']:.5f}  PSNR {s['psnr']:.2f} dB  codes used {s['codes_used']}"
           f"  ({s['images']} bundled MNIST test digits)")
   per_row = 16
-  save_png(args.out, make_grid([r[i:i + per_row] for i in range(0, len(x), per_row) for r in rows]))
-  print(f"grid: {args.out} (rows: originals, {', '.join(DEMO_MODELS)}; {per_row} digits a row)")
+  grid = [r[i:i + per_row] for i in range(0, len(x), per_row) for r in rows]
+  sampled = []
+  for name in DEMO_MODELS:  # samples from each model's class-conditional prior, digits 0-9 in turn
+    model = _load(name)
+    if model.prior is not None:
+      labels = np.arange(len(x)) % 10 if model.prior.num_classes else None
+      samples = model.sample(len(x), seed=0, label=labels)
+      grid += [samples[i:i + per_row] for i in range(0, len(samples), per_row)]
+      sampled.append(name)
+  save_png(args.out, make_grid(grid))
+  print(f"grid: {args.out} (rows: originals, {', '.join(DEMO_MODELS)}"
+        + (f"; then samples of {', '.join(sampled)}, digits 0-9 in turn" if sampled else "")
+        + f"; {per_row} images a row)")
+
+
+def _base_arch(base: str) -> str | None:
+  """The architecture of a zoo name or a model directory, read without touching a device."""
+  from vqzoo.pretrained import registry
+  if base in registry.list_models():
+    return registry.get_entry(base).config.arch
+  try:
+    return json.loads((Path(base) / "config.json").read_text()).get("arch")
+  except (OSError, ValueError, AttributeError):
+    return None  # a Hub model: the default for an unknown architecture
 
 
 def cmd_finetune(args):
   from vqzoo.configs import FinetuneConfig
+  from vqzoo.training import distributed
   from vqzoo.training.finetuning import finetune
+  multi_process = distributed.start_from_flags(args, _base_arch(args.base))  # before any device
   config = FinetuneConfig(
       split=args.split, eval_split=args.eval_split, holdout_fraction=args.holdout_fraction,
       freeze=tuple(args.freeze), steps=args.steps, batch_size=args.batch_size,
       learning_rate=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps,
       final_lr_fraction=args.final_lr_fraction, seed=args.seed, reseed_before=args.reseed_before,
       reseed_threshold=args.reseed_threshold)
-  result = finetune(args.base, args.out, config, dataset=args.dataset, images_dir=args.images,
-                    data_dir=args.data_dir, workdir=args.workdir, resume=args.resume,
-                    overwrite=args.overwrite,
-                    progress=not args.no_progress, push_to_hub=args.push_to_hub)
+  try:
+    result = finetune(args.base, args.out, config, dataset=args.dataset, images_dir=args.images,
+                      data_dir=args.data_dir, workdir=args.workdir, resume=args.resume,
+                      overwrite=args.overwrite,
+                      progress=not args.no_progress, push_to_hub=args.push_to_hub)
+  except BaseException as e:  # noqa: B036
+    if not multi_process:
+      raise
+    # Exit now, not at JAX's exit-time barrier, which waits for peers that may be dead.
+    usage = isinstance(e, (ValueError, KeyError, OSError, FloatingPointError))
+    print(f"vqzoo finetune: error: {e}", file=sys.stderr)
+    distributed.exit_now(2 if usage else 1)
+  if not distributed.is_main_process():
+    return 0  # process 0 reports
   print(json.dumps({"out": args.out, "before": result.metrics_before,
                     "after": result.metrics_after}, indent=2))
+
+
+def cmd_sample(args):
+  from vqzoo.grid import make_grid, save_png
+  model = _load(args.name)
+  label = None if args.label is None else args.label
+  images = model.sample(args.n, seed=args.seed, temperature=args.temperature, label=label)
+  per_row = args.per_row
+  save_png(args.out, make_grid([images[i:i + per_row] for i in range(0, len(images), per_row)]))
+  print(f"{args.n} samples of {args.name} (seed {args.seed}, temperature {args.temperature}"
+        + (f", label {label}" if label is not None else "") + f"): {args.out}")
+
+
+def cmd_fit_prior(args):
+  from vqzoo.configs import TrainConfig
+  from vqzoo.training.prior_fitting import fit_model_prior
+  recipe = TrainConfig(dataset=args.dataset or "image-folder", split=args.split,
+                       steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+                       warmup_steps=min(100, args.steps - 1), final_lr_fraction=0.05,
+                       seed=args.seed)
+  _, metrics = fit_model_prior(args.name, args.out, recipe, dataset=args.dataset,
+                               images_dir=args.images, data_dir=args.data_dir,
+                               conditional=not args.unconditional, hidden=args.hidden,
+                               num_layers=args.layers, workdir=args.workdir, resume=args.resume,
+                               progress=not args.no_progress)
+  print(json.dumps({"out": args.out, **metrics}, indent=2))
+
+
+def _add_prior_parsers(sub) -> None:
+  s = sub.add_parser("sample", help="draw images from a model's prior into a PNG grid")
+  s.add_argument("name", help="zoo name, hf-hub:owner/repo[@rev] or a path")
+  s.add_argument("--n", type=_positive_int, default=64, help="number of samples (default 64)")
+  s.add_argument("--label", type=int, help="class to draw (class-conditional priors; default: "
+                                           "drawn at random)")
+  s.add_argument("--temperature", type=float, default=1.0,
+                 help="divides the prior's logits; 0 = most likely codes (default 1.0)")
+  s.add_argument("--seed", type=int, default=0, help="default 0")
+  s.add_argument("--per-row", type=_positive_int, default=16, help="images per row (default 16)")
+  s.add_argument("--out", default="samples.png", help="PNG to write (default samples.png)")
+  s.set_defaults(fn=cmd_sample)
+  f = sub.add_parser("fit-prior", help="fit a prior over a model's codes (to sample from it)")
+  f.add_argument("name", help="zoo name, hf-hub:owner/repo[@rev] or a path (e.g. a fine-tune)")
+  f.add_argument("--out", required=True, help="output model directory (model + prior)")
+  src = f.add_mutually_exclusive_group(required=True)
+  src.add_argument("--dataset", help="TFDS dataset whose codes (and labels) to fit")
+  src.add_argument("--images", help="folder of PNG/JPEG images (unconditional prior)")
+  f.add_argument("--split", default="train", help="TFDS split to fit (default train)")
+  f.add_argument("--unconditional", action="store_true", help="ignore the dataset's labels")
+  f.add_argument("--steps", type=_positive_int, default=4000, help="default 4000")
+  f.add_argument("--batch-size", type=_positive_int, default=128, help="default 128")
+  f.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+  f.add_argument("--hidden", type=_positive_int, default=32, help="PixelCNN channels (default 32)")
+  f.add_argument("--layers", type=int, default=6, help="PixelCNN gated layers (default 6)")
+  f.add_argument("--seed", type=int, default=0, help="default 0")
+  f.add_argument("--workdir", help="checkpoints (default OUT.work)")
+  f.add_argument("--resume", action="store_true", help="continue from the workdir checkpoint")
+  f.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
+  f.add_argument("--no-progress", action="store_true", help="no progress bars")
+  f.set_defaults(fn=cmd_fit_prior)
 
 
 def _add_finetune_parser(sub) -> None:
@@ -216,6 +309,8 @@ def _add_finetune_parser(sub) -> None:
   p.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
   p.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the result")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  from vqzoo.training import distributed
+  distributed.add_flags(p)
   p.set_defaults(fn=cmd_finetune)
 
 
@@ -269,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--out", default="vqzoo_demo.png")
   s.set_defaults(fn=cmd_demo)
   _add_finetune_parser(sub)
+  _add_prior_parsers(sub)
   return p
 
 

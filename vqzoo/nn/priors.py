@@ -38,7 +38,7 @@ The pure functions, from a :class:`~vqzoo.configs.PriorConfig`:
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import chex
 import haiku as hk
@@ -323,15 +323,16 @@ def prior_bits(config: PriorConfig) -> hk.Transformed:
   return hk.transform(forward)
 
 
-def sample_codes(config: PriorConfig) -> Sampler:
+def sample_codes(config: PriorConfig, jit: Callable[..., Any] = jax.jit) -> Sampler:
   """A sampler ``sample(params, rng, num_samples, labels=None, temperature=1.0)``.
 
   It draws ``[num_samples, *latent_shape]`` int32 codes in ``[0, K)`` autoregressively in
   raster order: one ``jax.lax.fori_loop`` over the ``prod(latent_shape)`` positions, each step
   running the prior on the whole grid and drawing the next position from its logits divided by
   ``temperature``. ``temperature == 0`` picks the argmax at each position (greedy; nothing is
-  divided by zero). The sampler is compiled (``num_samples`` static) and may itself be called
-  inside ``jax.jit`` with ``num_samples`` static.
+  divided by zero). The sampler is compiled (``num_samples`` static) by ``jit`` (e.g.
+  :func:`vqzoo.cpu_tuning.jit`) and may itself be called inside ``jax.jit`` with
+  ``num_samples`` static.
 
   Args of ``sample``:
     params: from :func:`build_prior` / :func:`prior_bits` ``init``.
@@ -362,7 +363,7 @@ def sample_codes(config: PriorConfig) -> Sampler:
     flat = jax.lax.fori_loop(0, positions, step, flat)
     return flat.reshape(num_samples, *config.latent_shape)
 
-  compiled = jax.jit(draw, static_argnames="num_samples")
+  compiled = jit(draw, static_argnames="num_samples")
 
   def sample(params, rng, num_samples: int, labels: jax.Array | None = None,
              temperature: float | jax.Array = 1.0) -> jax.Array:

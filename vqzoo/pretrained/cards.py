@@ -98,14 +98,59 @@ def render_card(name: str, config: ModelConfig, description: str = "",
   return "\n".join(parts)
 
 
+def prior_section(prior: Any, recipe: Any, m: Mapping[str, Any]) -> str:
+  """Markdown: what the prior is and how it was measured (``m`` from ``scripts/fit_prior.py``)."""
+  kind = ("a gated PixelCNN over the code grid (van den Oord et al. 2016), "
+          f"{prior.hidden} channels, {prior.num_layers} gated layers"
+          if prior.kind == "pixelcnn" else "a categorical distribution over the one code per "
+          "image, fitted exactly by counting (add-one smoothing)")
+  cond = (f", conditioned on the {prior.num_classes} class labels" if prior.num_classes else "")
+  fd = m["frechet"]
+  lines = [
+      f"The prior is {kind}{cond}, fitted to the codes of the training split"
+      + (f" ({recipe.steps} Adam steps of batch {recipe.batch_size})"
+         if prior.kind == "pixelcnn" else "") + ". "
+      "`model.sample(n, label=...)` draws codes from it and decodes them.", "",
+      "Negative log-likelihood of the test split's codes, bits per image (lower is better):", "",
+      "| model of the codes | bits per image |", "| --- | ---: |",
+      f"| this prior (given the true label) | {m['prior_bits']:.1f} |"]
+  if "prior_bits_marginal" in m:
+    lines.append(f"| this prior (label summed out) | {m['prior_bits_marginal']:.1f} |")
+  lines += [f"| unigram code frequencies | {m['unigram_bits']:.1f} |",
+            f"| uniform | {m['uniform_bits']:.1f} |", "",
+            "Classifier Fréchet distance to the test split, in the 128-d features of vqzoo's own "
+            "small classifier for this dataset (`vqzoo/training/frechet.py`; not FID, not "
+            f"comparable with published FIDs), {m['num_images']:,} images each:", "",
+            "| images | classifier Fréchet distance |", "| --- | ---: |",
+            f"| samples from this prior | {fd['samples']:.2f} |",
+            f"| training split (the floor) | {fd['train_split']:.2f} |",
+            f"| reconstructions of the test split | {fd['reconstructions']:.2f} |",
+            f"| samples of unigram codes | {fd['unigram_samples']:.2f} |", ""]
+  if "class_accuracy" in m:
+    per = m["class_accuracy_per_class"]
+    lines += [f"Conditional samples assigned to the requested class by the same classifier: "
+              f"{100 * m['class_accuracy']:.1f}% (per class: "
+              + ", ".join(f"{c}: {100 * v:.1f}%" for c, v in sorted(per.items(), key=lambda kv:
+                                                                      int(kv[0]))) + ").", ""]
+  lines.append(f"Sampling 64 images took {m['sample_64_seconds']:.2f} s after compilation on "
+               "the 2-core CPU that measured it.")
+  return "\n".join(lines)
+
+
 def zoo_card(entry: Any, metrics: Mapping[str, Any]) -> str:
   """The model card of a zoo variant (a :class:`~vqzoo.pretrained.registry.ZooEntry`)."""
   bar = ", ".join(f"{k} {v}" for k, v in entry.bar.items())
+  sections = {}
+  if "prior" in metrics and entry.prior is not None:
+    sections["Prior and samples"] = prior_section(entry.prior.config, entry.prior.train,
+                                                  metrics["prior"])
+  sections["Reproduce"] = (f"`python scripts/train.py --variant {entry.name}` (recipe above), "
+                           f"then `vqzoo eval {entry.name}`"
+                           + (f"; the prior: `python scripts/fit_prior.py --variant {entry.name}`"
+                              if entry.prior is not None else "") + f". Quality bar: {bar}.")
   return render_card(
       entry.name, entry.config, entry.description + ".", recipe=entry.recipe, metrics=metrics,
-      dataset=entry.eval_dataset,
-      extra_sections={"Reproduce": f"`python scripts/train.py --variant {entry.name}` (recipe "
-                                   f"above), then `vqzoo eval {entry.name}`. Quality bar: {bar}."})
+      dataset=entry.eval_dataset, extra_sections=sections)
 
 
 def zoo_table() -> str:
@@ -123,4 +168,26 @@ def zoo_table() -> str:
       continue
     rows.append(f"| `{name}` | {entry.description} | {m['mse']:.5f} | {m['psnr']:.2f} | "
                 f"{m['codes_used']} | {m['perplexity']:.1f} | {bar} |")
+  return "\n".join(rows)
+
+
+def prior_table() -> str:
+  """The README's table of the zoo's priors, from each variant's measured metrics."""
+  from vqzoo.pretrained import registry
+  rows = ["| variant | prior | test NLL (bits/image) | unigram | uniform | classifier FD: samples "
+          "| train split | reconstructions | unigram samples | class accuracy | 64 samples (s) |",
+          "| --- | --- |" + " ---: |" * 9]
+  for name in registry.list_models():
+    entry = registry.get_entry(name)
+    m = entry.metrics.get("prior")
+    if not m or entry.prior is None:
+      continue
+    p = entry.prior.config
+    kind = (f"PixelCNN {p.hidden}x{p.num_layers}" if p.kind == "pixelcnn" else "categorical")
+    fd = m["frechet"]
+    acc = f"{100 * m['class_accuracy']:.1f}%" if "class_accuracy" in m else ""
+    rows.append(f"| `{name}` | {kind}, class-conditional | {m['prior_bits']:.1f} | "
+                f"{m['unigram_bits']:.1f} | {m['uniform_bits']:.1f} | {fd['samples']:.2f} | "
+                f"{fd['train_split']:.2f} | {fd['reconstructions']:.2f} | "
+                f"{fd['unigram_samples']:.2f} | {acc} | {m['sample_64_seconds']:.2f} |")
   return "\n".join(rows)

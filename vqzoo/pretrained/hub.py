@@ -124,7 +124,8 @@ def download(repo_id: str, filename: str, *, revision: str | None, cache_dir: st
              ) -> tuple[str, bytes] | None:
   """``(cache path, verified bytes)`` of ``filename`` in ``repo_id@revision``.
 
-  With ``optional``, a file the repo does not have gives ``None`` (other failures raise).
+  With ``optional``, a file the repo does not have (or, offline, that the cache does not hold)
+  gives ``None``; other failures raise.
 
   Raises:
     IntegrityError: the bytes do not match the id the Hub announced (the entry is evicted).
@@ -145,8 +146,11 @@ def download(repo_id: str, filename: str, *, revision: str | None, cache_dir: st
     if optional:
       return None
     raise
-  except HubError:
-    if optional and local_files_only:
+  except HubError as e:
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    # Optional and neither cached nor reachable: the first (online) load of a repo fetches
+    # every file it has, so a file missing from the cache is one the repo did not have.
+    if optional and (local_files_only or isinstance(e.__cause__, LocalEntryNotFoundError)):
       return None
     raise
   data = read_bounded(path, filename)

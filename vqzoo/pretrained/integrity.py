@@ -18,8 +18,12 @@ from typing import Mapping
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+PRIOR_CONFIG_NAME = "prior.json"
+PRIOR_WEIGHTS_NAME = "prior.safetensors"
 ARTIFACT_FILES = (CONFIG_NAME, WEIGHTS_NAME)  # the model card is documentation, not behaviour
-MAX_BYTES = {CONFIG_NAME: 1 << 20, WEIGHTS_NAME: 1 << 31, CARD_NAME: 1 << 22}
+PRIOR_FILES = (PRIOR_CONFIG_NAME, PRIOR_WEIGHTS_NAME)  # part of the artifact when present
+MAX_BYTES = {CONFIG_NAME: 1 << 20, WEIGHTS_NAME: 1 << 31, CARD_NAME: 1 << 22,
+             PRIOR_CONFIG_NAME: 1 << 20, PRIOR_WEIGHTS_NAME: 1 << 31}
 
 
 class IntegrityError(ValueError):

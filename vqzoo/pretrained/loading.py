@@ -27,9 +27,10 @@ from typing import Any, Mapping
 
 from vqzoo.configs import ModelConfig
 from vqzoo.pretrained import hub, registry
-from vqzoo.pretrained.integrity import (ARTIFACT_FILES, CARD_NAME, CONFIG_NAME, WEIGHTS_NAME,
-                                        IntegrityError, manifest_digest, read_bounded,
-                                        sha256_bytes)
+from vqzoo.pretrained.integrity import (ARTIFACT_FILES, CARD_NAME, CONFIG_NAME,
+                                        PRIOR_CONFIG_NAME, PRIOR_FILES, PRIOR_WEIGHTS_NAME,
+                                        WEIGHTS_NAME, IntegrityError, manifest_digest,
+                                        read_bounded, sha256_bytes)
 
 HUB_PREFIX = "hf-hub:"
 
@@ -119,6 +120,19 @@ def parse_config(data: bytes, where: str) -> ModelConfig:
     raise ValueError(f"{where}: not a valid vqzoo config: {type(e).__name__}: {e}") from None
 
 
+def parse_prior_config(data: bytes, where: str):
+  """``prior.json`` bytes -> a validated :class:`~vqzoo.configs.PriorConfig`."""
+  from vqzoo.configs import PriorConfig
+  try:
+    raw = json.loads(data.decode("utf-8"))
+    if not isinstance(raw, dict):
+      raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
+    return PriorConfig.from_dict(raw)
+  except (ValueError, TypeError, AttributeError, OverflowError, RecursionError,
+          UnicodeDecodeError) as e:
+    raise ValueError(f"{where}: not a valid vqzoo prior config: {type(e).__name__}: {e}") from None
+
+
 def _read_dir(folder: str) -> tuple[dict[str, bytes], str | None]:
   """The artifact files of a model directory, and its card (optional)."""
   if not os.path.isdir(folder):
@@ -130,6 +144,12 @@ def _read_dir(folder: str) -> tuple[dict[str, bytes], str | None]:
     if not os.path.exists(path):
       raise FileNotFoundError(f"{folder}: no {name} (not a directory written by save_pretrained)")
     files[name] = read_bounded(path, name)
+  present = [n for n in PRIOR_FILES if os.path.exists(os.path.join(folder, n))]
+  if present and len(present) != len(PRIOR_FILES):
+    raise FileNotFoundError(f"{folder}: has {present[0]} but not the other prior file "
+                            f"(a prior is {' + '.join(PRIOR_FILES)})")
+  for name in present:
+    files[name] = read_bounded(os.path.join(folder, name), name)
   card_path = os.path.join(folder, CARD_NAME)
   card = read_bounded(card_path, CARD_NAME).decode("utf-8", "replace") if os.path.isfile(
       card_path) else None
@@ -157,6 +177,10 @@ def _read_hub(repo_id: str, revision: str | None, **hub_kwargs: Any) -> _HubFile
   files, paths = {}, {}
   for name in ARTIFACT_FILES:
     paths[name], files[name] = hub.download(repo_id, name, revision=revision, **hub_kwargs)
+  for name in PRIOR_FILES:
+    got = hub.download(repo_id, name, revision=revision, optional=True, **hub_kwargs)
+    if got is not None:
+      paths[name], files[name] = got
   card = hub.download(repo_id, CARD_NAME, revision=revision, optional=True, **hub_kwargs)
   record = {"repo_id": repo_id, "revision": revision or "main",
             "commit": hub.commit_of(paths[WEIGHTS_NAME])}
@@ -164,8 +188,15 @@ def _read_hub(repo_id: str, revision: str | None, **hub_kwargs: Any) -> _HubFile
                    record)
 
 
-def verify_files(files: Mapping[str, bytes], expected: Mapping[str, str], where: str) -> None:
-  """Raises :class:`IntegrityError` naming the first file whose sha256 is not ``expected``'s."""
+def verify_files(files: Mapping[str, bytes], expected: Mapping[str, str], where: str,
+                 exact: bool = False) -> None:
+  """Raises :class:`IntegrityError` naming the first file whose sha256 is not ``expected``'s.
+
+  With ``exact``, a file that ``expected`` does not pin is refused too.
+  """
+  unpinned = sorted(set(files) - set(expected)) if exact else []
+  if unpinned:
+    raise IntegrityError(f"refusing {where}: {', '.join(unpinned)} is not covered by its pin")
   for name, digest in expected.items():
     actual = sha256_bytes(files[name]) if name in files else "missing"
     if actual != digest:
@@ -191,9 +222,17 @@ def _build(files: Mapping[str, bytes], card: str | None, source: dict[str, Any],
                          f"for {source.get('zoo')} ({config.to_dict()} != "
                          f"{expected_config.to_dict()})")
   params, state = serialization.parse_weights(files[WEIGHTS_NAME], f"{where}/{WEIGHTS_NAME}")
+  prior = prior_params = None
+  if PRIOR_CONFIG_NAME in files or PRIOR_WEIGHTS_NAME in files:
+    if not all(n in files for n in PRIOR_FILES):
+      raise FileNotFoundError(f"{where}: a prior needs both {' and '.join(PRIOR_FILES)}")
+    prior = parse_prior_config(files[PRIOR_CONFIG_NAME], f"{where}/{PRIOR_CONFIG_NAME}")
+    prior_params, _ = serialization.parse_weights(files[PRIOR_WEIGHTS_NAME],
+                                                  f"{where}/{PRIOR_WEIGHTS_NAME}")
   source = {**source, "sha256": sha256_bytes(files[WEIGHTS_NAME]),
             "manifest_sha256": _verify_manifest(files, None, where)}
-  model = PretrainedVQVAE(config, params, state, card=card, source=source)
+  model = PretrainedVQVAE(config, params, state, card=card, source=source, prior=prior,
+                          prior_params=prior_params)
   model._remember_loaded(files[WEIGHTS_NAME])
   return model
 
@@ -210,7 +249,7 @@ def _load_zoo(source: ModelSource, **hub_kwargs: Any):
   if all((entry.bundled_dir / name).exists() for name in ARTIFACT_FILES):
     files, card = _read_dir(str(entry.bundled_dir))
     try:
-      verify_files(files, pins, f"bundled {entry.name}")
+      verify_files(files, pins, f"bundled {entry.name}", exact=True)
       return _build(files, card, {**record, "bundled": True}, f"bundled {entry.name}",
                     entry.config)
     except IntegrityError as e:
@@ -223,7 +262,7 @@ def _load_zoo(source: ModelSource, **hub_kwargs: Any):
                            f"{type(e).__name__}: {e})") from e
     raise
   where = f"hf-hub:{entry.weights.repo_id}@{record['revision']}"
-  fetched.checked(lambda: verify_files(fetched.files, pins, where))
+  fetched.checked(lambda: verify_files(fetched.files, pins, where, exact=True))
   return _build(fetched.files, fetched.card, {**record, **fetched.record}, where, entry.config)
 
 

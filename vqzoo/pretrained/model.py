@@ -20,14 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 from huggingface_hub import ModelHubMixin
 
-from vqzoo.configs import ModelConfig
+from vqzoo.configs import ModelConfig, PriorConfig
 from vqzoo.images import to_float_images
 from vqzoo.io import atomic_write_bytes
 from vqzoo.nn import build
 from vqzoo.pretrained import serialization
 from vqzoo.pretrained.cards import render_card
 from vqzoo.pretrained.inference import Inference
-from vqzoo.pretrained.integrity import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+from vqzoo.pretrained.generation import FIT_HINT, Generation, NoPriorError
+from vqzoo.pretrained.integrity import (CARD_NAME, CONFIG_NAME, PRIOR_CONFIG_NAME, PRIOR_FILES,
+                                        PRIOR_WEIGHTS_NAME, WEIGHTS_NAME)
 
 
 def _same_leaves(a: list[Any], b: list[Any]) -> bool:
@@ -50,14 +52,17 @@ class PretrainedVQVAE(
     card: the model card (Markdown), if any.
     source: where it was loaded from (``{"repo_id", "revision", "commit", "sha256"}`` or
       ``{"path", "sha256"}``).
+    prior, prior_params: an optional prior over the codes (:class:`~vqzoo.configs.PriorConfig`
+      and its Haiku params), for :meth:`sample` and :meth:`prior_bits`.
 
   Attributes:
-    config, params, state, card, source: as given.
+    config, params, state, card, source, prior, prior_params: as given.
   """
 
   def __init__(self, config: ModelConfig, params: hk.Params | None = None,
                state: hk.State | None = None, card: str | None = None,
-               source: dict[str, Any] | None = None):
+               source: dict[str, Any] | None = None, prior: PriorConfig | None = None,
+               prior_params: hk.Params | None = None):
     if not isinstance(config, ModelConfig):
       raise ValueError(f"config: expected a vqzoo.ModelConfig, got {type(config).__name__}")
     init = lambda rng: build(config).init(rng, jnp.zeros((1, *config.image_shape)), True)
@@ -74,6 +79,11 @@ class PretrainedVQVAE(
     self.card = card
     self.source = source or {}
     self._inference = Inference(config)
+    self.prior: PriorConfig | None = None
+    self.prior_params: hk.Params | None = None
+    self._generation: Generation | None = None
+    if prior is not None or prior_params is not None:
+      self.set_prior(prior, prior_params)
     self._loaded_bytes: bytes | None = None
     self._loaded_leaves: list[Any] = []  # held, so no leaf's identity can be reused
 
@@ -103,6 +113,61 @@ class PretrainedVQVAE(
     """``[K, D]`` float32 code vectors (a param or EMA state, whichever the quantizer uses)."""
     return self._inference.codebook(self.params, self.state)
 
+  # ------------------------------------------------------------------ the prior
+
+  def set_prior(self, prior: PriorConfig, prior_params: hk.Params) -> None:
+    """Attaches a prior over this model's codes (checked against the config and its params)."""
+    if not isinstance(prior, PriorConfig) or prior_params is None:
+      raise ValueError("prior: expected a vqzoo.configs.PriorConfig and its params")
+    q = self.config.quantizer
+    if (prior.num_embeddings != q.num_embeddings
+        or tuple(prior.latent_shape) != self.config.latent_shape):
+      raise ValueError(f"prior: models codes of K={prior.num_embeddings} on a "
+                       f"{prior.latent_shape} grid, but this model has K={q.num_embeddings} "
+                       f"on {self.config.latent_shape}")
+    from vqzoo.nn import prior_bits
+    dummy = jnp.zeros((1, *prior.latent_shape), jnp.int32)
+    labels = None if prior.num_classes == 0 else jnp.zeros((1,), jnp.int32)
+    template = jax.eval_shape(lambda: prior_bits(prior).init(jax.random.PRNGKey(0), dummy,
+                                                             labels))
+    serialization.check_structure(template, prior_params, "prior params")
+    serialization.check_values(template, prior_params, "prior params")
+    self.prior = prior
+    self.prior_params = jax.tree_util.tree_map(jnp.asarray, prior_params)
+    self._generation = Generation(prior)
+
+  def _require_prior(self) -> Generation:
+    if self._generation is None:
+      raise NoPriorError(f"this model has no prior over its codes; {FIT_HINT}")
+    return self._generation
+
+  def sample_codes(self, num_samples: int, *, seed: int = 0, temperature: float = 1.0,
+                   label: Any = None) -> np.ndarray:
+    """Codes ``[N, *latent]`` int32 drawn from the prior.
+
+    Args:
+      num_samples: N.
+      seed: the same seed gives the same codes.
+      temperature: divides the logits; 0 picks the most likely code at each position.
+      label: an int or ``[N]`` ints for a class-conditional prior (``None``: drawn uniformly).
+
+    Raises:
+      NoPriorError: the model has no prior (the message says how to fit one).
+    """
+    return self._require_prior().sample_codes(self.prior_params, num_samples, seed, temperature,
+                                              label)
+
+  def sample(self, num_samples: int, *, seed: int = 0, temperature: float = 1.0,
+             label: Any = None) -> np.ndarray:
+    """Images ``[N, H, W, C]`` float32 in [0, 1]: :meth:`sample_codes`, decoded."""
+    return self.decode(self.sample_codes(num_samples, seed=seed, temperature=temperature,
+                                         label=label))
+
+  def prior_bits(self, codes: Any, label: Any = None) -> np.ndarray:
+    """``[N]`` ``-log2 p(codes)`` under the prior (given ``label`` for a class-conditional one;
+    without, the marginal over uniformly weighted classes)."""
+    return self._require_prior().bits(self.prior_params, codes, label)
+
   @property
   def num_parameters(self) -> int:
     """Number of trainable parameters."""
@@ -122,6 +187,13 @@ class PretrainedVQVAE(
                          metadata={"format": "vqzoo"})
     atomic_write_bytes(save_directory / CONFIG_NAME,
                        (json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+    for name in PRIOR_FILES:  # never leave a stale prior beside new weights
+      (save_directory / name).unlink(missing_ok=True)
+    if self.prior is not None:
+      atomic_write_bytes(save_directory / PRIOR_WEIGHTS_NAME, serialization.to_bytes(
+          self.prior_params, {}, metadata={"format": "vqzoo-prior"}))
+      atomic_write_bytes(save_directory / PRIOR_CONFIG_NAME, (json.dumps(
+          self.prior.to_dict(), indent=2, sort_keys=True) + "\n").encode())
     card = self.card if self.card is not None else render_card("vqzoo-model", self.config)
     atomic_write_bytes(save_directory / CARD_NAME, card.encode())
 
@@ -164,6 +236,9 @@ class PretrainedVQVAE(
 
   def __repr__(self) -> str:
     q = self.config.quantizer
+    prior = "none" if self.prior is None else (
+        f"{self.prior.kind}" + (f", {self.prior.num_classes} classes" if self.prior.num_classes
+                                else ""))
     return (f"PretrainedVQVAE(arch={self.config.arch!r}, image_shape={self.config.image_shape}, "
             f"K={q.num_embeddings}, D={q.embedding_dim}, ema={q.ema}, "
-            f"params={self.num_parameters:,})")
+            f"params={self.num_parameters:,}, prior={prior})")

@@ -83,7 +83,7 @@ def check_values(expected: Any, got: Any, what: str) -> None:
   """Raises ``ValueError`` unless every array of ``got`` has ``expected``'s dtype and is finite."""
   for module, leaves in got.items():
     for name, value in leaves.items():
-      want = np.dtype(expected[module][name].dtype)
+      want = np.dtype(expected[module][name].dtype)  # check_structure ran first: keys match
       array = np.asarray(value)
       if array.dtype != want:
         raise ValueError(f"{what}: {module}/{name}: expected dtype {want}, got {array.dtype}")

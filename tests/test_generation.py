@@ -1,0 +1,154 @@
+"""Priors on loaded models: sampling, scoring, saving, the Hub, fitting, the CLI."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import vqzoo
+from vqzoo.cli import main as cli_main
+from vqzoo.configs import PriorConfig, TrainConfig
+from vqzoo.nn import prior_bits
+from vqzoo.pretrained.generation import NoPriorError
+from vqzoo.pretrained.integrity import PRIOR_WEIGHTS_NAME, manifest_digest
+from vqzoo.training.prior_fitting import fit_prior
+
+from hub_server import hub  # noqa: F401  (the fixture)
+
+BASE = "mnist-conv-ema"
+
+
+def _random_prior(config, seed=0, num_classes=10):
+  prior = PriorConfig.for_model(config, num_classes=num_classes, hidden=8, num_layers=1)
+  labels = jnp.zeros((1,), jnp.int32) if num_classes else None
+  params = prior_bits(prior).init(jax.random.PRNGKey(seed),
+                                  jnp.zeros((1, *prior.latent_shape), jnp.int32), labels)
+  # Non-zero biases everywhere, so samples depend on the parameters.
+  params = jax.tree_util.tree_map(
+      lambda x: x + 0.3 * np.random.default_rng(seed).normal(size=x.shape).astype(x.dtype), params)
+  return prior, params
+
+
+@pytest.fixture(scope="module")
+def model():
+  m = vqzoo.load(BASE)
+  m.set_prior(*_random_prior(m.config))
+  return m
+
+
+def test_model_without_a_prior_says_how_to_fit_one():
+  bare = vqzoo.PretrainedVQVAE(vqzoo.get_config(BASE))
+  for call in (lambda: bare.sample(4), lambda: bare.sample_codes(4),
+               lambda: bare.prior_bits(np.zeros((1, 7, 7), np.int32))):
+    with pytest.raises(NoPriorError, match="vqzoo fit-prior"):
+      call()
+
+
+def test_samples_are_images_deterministic_per_seed_and_labelled(model):
+  a = model.sample(6, seed=1, label=3)
+  assert a.shape == (6, 28, 28, 1) and a.dtype == np.float32
+  assert 0.0 <= a.min() and a.max() <= 1.0
+  np.testing.assert_array_equal(a, model.sample(6, seed=1, label=3))
+  codes = model.sample_codes(6, seed=1, label=3)
+  assert codes.shape == (6, 7, 7) and codes.dtype == np.int32
+  assert not np.array_equal(codes, model.sample_codes(6, seed=2, label=3))
+  assert not np.array_equal(codes, model.sample_codes(6, seed=1, label=4))
+  np.testing.assert_array_equal(model.sample_codes(6, seed=1, label=np.full(6, 3)), codes)
+  greedy = model.sample_codes(6, seed=1, temperature=0.0, label=3)
+  np.testing.assert_array_equal(greedy, model.sample_codes(6, seed=9, temperature=0.0, label=3))
+  with pytest.raises(ValueError, match="label"):
+    model.sample(2, label=10)
+
+
+def test_prior_bits_with_and_without_labels(model):
+  codes = model.sample_codes(5, seed=0, label=2)
+  given = model.prior_bits(codes, label=2)
+  per_class = np.stack([model.prior_bits(codes, label=c) for c in range(10)])
+  assert given.shape == (5,) and np.allclose(per_class[2], given)
+  marginal = model.prior_bits(codes)  # -log2 of the mean over classes of p(codes | c)
+  expected = -np.log2(np.mean(2.0 ** -per_class, axis=0))
+  np.testing.assert_allclose(marginal, expected, rtol=1e-6)
+
+
+def test_prior_is_saved_loaded_and_covered_by_the_manifest(model, tmp_path):
+  model.save_pretrained(tmp_path / "m")
+  loaded = vqzoo.load(str(tmp_path / "m"))
+  assert loaded.prior == model.prior
+  np.testing.assert_array_equal(loaded.sample_codes(4, seed=3, label=1),
+                                model.sample_codes(4, seed=3, label=1))
+  files = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.name != "README.md"}
+  assert set(files) == {"config.json", "model.safetensors", "prior.json", "prior.safetensors"}
+  import hashlib
+  digests = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
+  assert loaded.source["manifest_sha256"] == manifest_digest(digests)
+  (tmp_path / "m" / "prior.json").unlink()
+  with pytest.raises(FileNotFoundError, match="prior"):
+    vqzoo.load(str(tmp_path / "m"))
+
+
+def test_prior_of_the_wrong_shape_is_refused():
+  mlp = vqzoo.load("mnist-mlp")
+  conv = vqzoo.load(BASE)
+  with pytest.raises(ValueError, match="grid"):
+    mlp.set_prior(*_random_prior(conv.config))
+
+
+def test_push_and_pull_carry_the_prior_and_its_pin(hub, model, tmp_path):
+  model.push_to_hub("someone/with-prior")
+  stored = hub.files("someone/with-prior")
+  assert {"prior.json", PRIOR_WEIGHTS_NAME} <= set(stored)
+  pulled = vqzoo.load("hf-hub:someone/with-prior", cache_dir=str(tmp_path / "c"))
+  np.testing.assert_array_equal(pulled.sample_codes(3, seed=0, label=5),
+                                model.sample_codes(3, seed=0, label=5))
+  pin = pulled.source["manifest_sha256"]
+  hub.alter_file("someone/with-prior", PRIOR_WEIGHTS_NAME, lambda b: b[:-1] + bytes([b[-1] ^ 1]))
+  with pytest.raises(vqzoo.IntegrityError, match=pin):
+    vqzoo.load(f"hf-hub:someone/with-prior#sha256={pin}", cache_dir=str(tmp_path / "d"))
+
+
+def test_categorical_prior_is_fitted_exactly_by_counting():
+  config = PriorConfig(kind="categorical", num_embeddings=4, num_classes=2)
+  codes = np.array([0, 0, 1, 3, 3, 3, 2], np.int32)
+  labels = np.array([0, 0, 0, 1, 1, 1, 1], np.int32)
+  params = fit_prior(config, TrainConfig(steps=1, batch_size=1), codes, labels, progress=False)
+  bits = prior_bits(config).apply(params, None, jnp.asarray(codes), jnp.asarray(labels))
+  counts = {0: np.array([2, 1, 0, 0]), 1: np.array([0, 0, 1, 3])}
+  expected = [-math.log2((counts[l][c] + 1) / (counts[l].sum() + 4)) for c, l in zip(codes, labels)]
+  np.testing.assert_allclose(bits, expected, rtol=1e-5)
+
+
+def test_pixelcnn_fit_learns_and_resumes_bit_exactly(tmp_path, mnist_test):
+  m = vqzoo.load(BASE)
+  codes = m.encode(mnist_test[:512])
+  config = PriorConfig.for_model(m.config, hidden=8, num_layers=1)
+  recipe = TrainConfig(steps=30, batch_size=64, learning_rate=5e-3, warmup_steps=2)
+  straight = fit_prior(config, recipe, codes, workdir=tmp_path / "a", progress=False,
+                       log_every=10)
+  lines = [json.loads(l) for l in (tmp_path / "a" / "prior_metrics.jsonl").read_text().split("\n")
+           if l]
+  assert lines[-1]["bits_per_image"] < lines[0]["bits_per_image"]
+  fit_prior(config, recipe, codes, workdir=tmp_path / "b", progress=False, until_step=10)
+  resumed = fit_prior(config, recipe, codes, workdir=tmp_path / "b", resume=True,
+                      progress=False)
+  for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_cli_fit_prior_then_sample(tmp_path, tfds_dir, capsys):
+  out = tmp_path / "with-prior"
+  assert cli_main(["fit-prior", BASE, "--dataset", "mnist", "--split", "train[:1000]",
+                   "--steps", "8", "--batch-size", "32", "--hidden", "8", "--layers", "1",
+                   "--out", str(out), "--data-dir", tfds_dir, "--no-progress"]) == 0
+  metrics = json.loads(capsys.readouterr().out)
+  assert metrics["uniform_bits"] == pytest.approx(49 * 7)
+  assert vqzoo.load(str(out)).prior.num_classes == 10
+  grid = tmp_path / "s.png"
+  assert cli_main(["sample", str(out), "--n", "8", "--label", "3", "--out", str(grid)]) == 0
+  from PIL import Image
+  with Image.open(grid) as im:
+    assert im.size[0] > 0
+  with pytest.raises(SystemExit):
+    cli_main(["sample", str(out), "--n", "0"])
