@@ -195,3 +195,15 @@ def test_reconstruct_count_must_be_positive(capsys):
   with pytest.raises(SystemExit) as e:
     main(["reconstruct", ZOO, "--count", "-5"])
   assert e.value.code == 2 and "expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_create_model_fresh_or_pretrained_and_from_pretrained_knows_zoo_names():
+  fresh = vqzoo.create_model(ZOO)
+  trained = vqzoo.create_model(ZOO, pretrained=True)
+  assert fresh.config == trained.config == vqzoo.get_config(ZOO)
+  assert trained.source["zoo"] == ZOO and fresh.source == {}
+  assert not np.array_equal(fresh.codebook, trained.codebook)
+  t0 = time.monotonic()
+  by_name = vqzoo.PretrainedVQVAE.from_pretrained(ZOO)  # a zoo name, never the real Hub
+  assert time.monotonic() - t0 < 5 and by_name.source["zoo"] == ZOO
+  np.testing.assert_array_equal(by_name.codebook, trained.codebook)

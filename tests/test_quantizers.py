@@ -219,3 +219,24 @@ def test_plain_codebook_reseeds_dead_codes_through_apply_reseeds():
   # Evaluation and a threshold of 0 re-seed nothing.
   assert f.apply(params, state, None, z, is_training=False)[0].reseeds == {}
   assert _quantizer_fn().apply(params, state, None, z)[0].reseeds == {}
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_haiku_keyword_arguments_switch_by_changing_the_import(ema):
+  """The same keyword call builds hk.nets' quantizer and vqzoo's, and they agree."""
+  kwargs = dict(embedding_dim=D, num_embeddings=K, commitment_cost=BETA, dtype=jnp.float32,
+                name="q", **({"decay": 0.9} if ema else {}))
+  z = np.random.default_rng(11).normal(size=(40, D)).astype(np.float32)
+  ours_cls = VectorQuantizerEMA if ema else VectorQuantizer
+  theirs_cls = hk.nets.VectorQuantizerEMA if ema else hk.nets.VectorQuantizer
+  ours = hk.transform_with_state(lambda z: ours_cls(**kwargs)(z, True))
+  theirs = hk.transform_with_state(lambda z: theirs_cls(**kwargs)(z, is_training=True))
+  params, state = ours.init(jax.random.PRNGKey(0), z)
+  ref_params, ref_state = theirs.init(jax.random.PRNGKey(0), z)
+  tree = ref_state if ema else ref_params
+  np.testing.assert_array_equal(tree["q"]["embeddings"].T,
+                                (state if ema else params)["q"]["codebook"])
+  out, _ = ours.apply(params, state, None, z)
+  ref, _ = theirs.apply(ref_params, ref_state, None, z)
+  np.testing.assert_array_equal(out.codes, ref["encoding_indices"])
+  np.testing.assert_allclose(out.loss, ref["loss"], rtol=1e-5)

@@ -161,3 +161,37 @@ def test_conv_model_in_chunks_equals_one_call_and_checks_every_chunk(monkeypatch
   bad[-1, 0, 0] = 1.5  # only the last chunk is out of range
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
     model.reconstruct(bad)
+
+
+WITH_PRIOR = [n for n in SHIPPED if "prior" in registry.get_entry(n).metrics]
+
+
+def test_every_required_variant_ships_a_prior():
+  assert set(REQUIRED) <= set(WITH_PRIOR)
+  for name in REQUIRED:
+    assert vqzoo.load(name).prior is not None
+
+
+@pytest.mark.parametrize("name", WITH_PRIOR)
+def test_prior_nll_of_every_zoo_model_matches_its_card(name, tfds_dir):
+  from vqzoo.training.data import load_labels
+  from vqzoo.training.prior_fitting import encode_images, prior_nll
+  entry = registry.get_entry(name)
+  model = load(name)
+  dataset = entry.eval_dataset
+  test_codes = encode_images(model, load_images(dataset, "test", tfds_dir), progress=False)
+  train_codes = encode_images(model, load_images(dataset, "train", tfds_dir), progress=False)
+  measured = prior_nll(model, test_codes, load_labels(dataset, "test", tfds_dir), train_codes)
+  recorded = entry.metrics["prior"]
+  for key in ("prior_bits", "unigram_bits", "uniform_bits"):
+    assert math.isclose(measured[key], recorded[key], rel_tol=1e-3), key
+  card = (REPO_CARDS / f"{name}.md").read_text()
+  assert f"| this prior (given the true label) | {measured['prior_bits']:.1f} |" in card
+  if model.config.arch == "conv":  # the bar: at most 60% of the unigram baseline's bits
+    assert measured["prior_bits"] <= 0.6 * measured["unigram_bits"]
+
+
+def test_readme_prior_table_is_the_measured_one():
+  from vqzoo.pretrained.cards import prior_table
+  readme = (registry.WEIGHTS_DIR.parent.parent / "README.md").read_text()
+  assert prior_table() in readme, "README's prior table is stale: paste cards.prior_table()"

@@ -50,13 +50,14 @@ from vqzoo.configs import (ConvConfig, FinetuneConfig, MLPConfig, ModelConfig,  
                            QuantizerConfig, TrainConfig)
 from vqzoo.nn import (VQVAE, QuantizerOutput, VectorQuantizer, VectorQuantizerEMA,  # noqa: E402
                       VQVAEOutput, build, build_codec)
-from vqzoo.pretrained import (IntegrityError, PretrainedVQVAE, get_config,  # noqa: E402
-                              list_models, load)
+from vqzoo.pretrained import (IntegrityError, PretrainedVQVAE, create_model,  # noqa: E402
+                              get_config, list_models, load)
 from vqzoo.training.metrics import evaluate  # noqa: E402
 
 __all__ = [
     "ConvConfig", "FinetuneConfig", "MLPConfig", "ModelConfig", "QuantizerConfig", "TrainConfig",
     "VQVAE", "VQVAEOutput", "build", "build_codec",
     "VectorQuantizer", "VectorQuantizerEMA", "QuantizerOutput",
-    "PretrainedVQVAE", "IntegrityError", "load", "list_models", "get_config", "evaluate",
+    "PretrainedVQVAE", "IntegrityError", "create_model", "load", "list_models", "get_config",
+    "evaluate",
 ]

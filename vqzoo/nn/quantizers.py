@@ -124,7 +124,8 @@ class _Quantizer(hk.Module):
 
   def __init__(self, num_embeddings: int, embedding_dim: int, commitment_cost: float,
                decay: float = 0.99, dead_code_threshold: float = 0.0,
-               cross_replica_axis: str | None = None, name: str | None = None):
+               cross_replica_axis: str | None = None, name: str | None = None,
+               dtype: Any = jnp.float32):
     super().__init__(name=name)
     if num_embeddings < 1 or embedding_dim < 1:
       raise ValueError(f"num_embeddings and embedding_dim: expected >= 1, got "
@@ -142,6 +143,7 @@ class _Quantizer(hk.Module):
     self.decay = decay
     self.dead_code_threshold = dead_code_threshold
     self.cross_replica_axis = cross_replica_axis
+    self.dtype = jnp.dtype(dtype)
 
   def _initial_codebook(self, shape, dtype):
     # Matches hk.nets.VectorQuantizer's VarianceScaling(uniform) on the [D, K] transpose.
@@ -149,7 +151,7 @@ class _Quantizer(hk.Module):
     return init(shape[::-1], dtype).T
 
   def codebook(self) -> jax.Array:
-    """``[K, D]`` float32 codebook (a param or state, per subclass)."""
+    """``[K, D]`` codebook of ``dtype`` (a param or state, per subclass)."""
     raise NotImplementedError
 
   def lookup(self, codes: jax.Array) -> jax.Array:
@@ -210,6 +212,12 @@ class VectorQuantizer(_Quantizer):
       are re-seeded from encoder outputs (needs an rng); 0 disables it.
     cross_replica_axis: ``pmap``/``shard_map`` axis to sum statistics over.
     name: module name.
+    dtype: of the codebook (and the EMA statistics).
+
+  The keyword names are ``hk.nets.VectorQuantizer``'s (``embedding_dim=``, ``num_embeddings=``,
+  ``commitment_cost=``, ``cross_replica_axis=``, ``dtype=``, ``name=``; ``decay=`` and
+  ``epsilon=`` for the EMA one), so code that passes them by keyword switches by changing the
+  import; positionally, vqzoo takes ``num_embeddings`` first.
 
   Params: ``codebook`` ``[K, D]``. State: ``usage`` ``[K]``, the moving average of vectors per
   batch assigned to each code, and ``usage_updates``, how many batches it has seen.
@@ -217,7 +225,7 @@ class VectorQuantizer(_Quantizer):
 
   def codebook(self) -> jax.Array:
     return hk.get_parameter("codebook", (self.num_embeddings, self.embedding_dim),
-                            jnp.float32, init=self._initial_codebook)
+                            self.dtype, init=self._initial_codebook)
 
   def __call__(self, z_e: jax.Array, is_training: bool) -> QuantizerOutput:
     """Quantizes ``z_e`` ``[..., D]``; see :class:`QuantizerOutput`.
@@ -262,8 +270,8 @@ class VectorQuantizerEMA(_Quantizer):
     decay: EMA decay of the codebook statistics.
     epsilon: Laplace smoothing of the cluster sizes.
 
-  State (as ``hk.nets.VectorQuantizerEMA``, codebook transposed), all float32 whatever the input
-  dtype: ``codebook`` ``[K, D]``; ``ema_cluster_size_hidden`` ``[K]`` and ``ema_dw_hidden``
+  State (as ``hk.nets.VectorQuantizerEMA``, codebook transposed), all of ``dtype`` (float32 by
+  default) whatever the input dtype: ``codebook`` ``[K, D]``; ``ema_cluster_size_hidden`` ``[K]`` and ``ema_dw_hidden``
   ``[K, D]``, the biased moving sums; ``ema_counter``, the number of updates, used to debias.
   Updated only when ``is_training``; under ``pmap`` with ``cross_replica_axis`` the batch
   statistics are summed across replicas so every replica holds the same codebook.
@@ -271,16 +279,17 @@ class VectorQuantizerEMA(_Quantizer):
 
   def __init__(self, num_embeddings: int, embedding_dim: int, commitment_cost: float,
                decay: float = 0.99, epsilon: float = 1e-5, dead_code_threshold: float = 0.0,
-               cross_replica_axis: str | None = None, name: str | None = None):
+               cross_replica_axis: str | None = None, name: str | None = None,
+               dtype: Any = jnp.float32):
     super().__init__(num_embeddings, embedding_dim, commitment_cost, decay,
-                     dead_code_threshold, cross_replica_axis, name)
+                     dead_code_threshold, cross_replica_axis, name, dtype)
     if not 0 < epsilon < float("inf"):
       raise ValueError(f"epsilon: expected a finite number > 0, got {epsilon}")
     self.epsilon = epsilon
 
   def codebook(self) -> jax.Array:
     return hk.get_state("codebook", (self.num_embeddings, self.embedding_dim),
-                        jnp.float32, init=self._initial_codebook)
+                        self.dtype, init=self._initial_codebook)
 
   def __call__(self, z_e: jax.Array, is_training: bool) -> QuantizerOutput:
     """Quantizes ``z_e`` ``[..., D]``; see :class:`QuantizerOutput`.
@@ -290,20 +299,20 @@ class VectorQuantizerEMA(_Quantizer):
     self._check(z_e)
     k, d = self.num_embeddings, self.embedding_dim
     codebook = self.codebook()
-    hidden_size = hk.get_state("ema_cluster_size_hidden", (k,), jnp.float32, init=jnp.zeros)
-    hidden_dw = hk.get_state("ema_dw_hidden", (k, d), jnp.float32, init=jnp.zeros)
+    hidden_size = hk.get_state("ema_cluster_size_hidden", (k,), self.dtype, init=jnp.zeros)
+    hidden_dw = hk.get_state("ema_dw_hidden", (k, d), self.dtype, init=jnp.zeros)
     counter = hk.get_state("ema_counter", (), jnp.int32, init=jnp.zeros)
 
     flat_z, flat_codes, counts = self._assign(z_e, codebook)
     out = self._outputs(z_e, codebook, flat_codes, counts, include_codebook_loss=False)
     if is_training:
-      z32 = jax.lax.stop_gradient(flat_z).astype(jnp.float32)
-      one_hot = jax.nn.one_hot(flat_codes, k, dtype=jnp.float32)
+      z32 = jax.lax.stop_gradient(flat_z).astype(self.dtype)
+      one_hot = jax.nn.one_hot(flat_codes, k, dtype=self.dtype)
       dw = _psum(one_hot.T @ z32, self.cross_replica_axis)
       counter = counter + 1
-      hidden_size = hidden_size * self.decay + counts.astype(jnp.float32) * (1 - self.decay)
+      hidden_size = hidden_size * self.decay + counts.astype(self.dtype) * (1 - self.decay)
       hidden_dw = hidden_dw * self.decay + dw * (1 - self.decay)
-      debias = 1.0 - jnp.power(jnp.asarray(self.decay, jnp.float32), counter)
+      debias = 1.0 - jnp.power(jnp.asarray(self.decay, self.dtype), counter)
       cluster_size = hidden_size / debias
       if self.dead_code_threshold > 0:
         fresh, dead = self._fresh_codes(z32, cluster_size)
@@ -326,11 +335,11 @@ class VectorQuantizerEMA(_Quantizer):
     Returns no parameter re-seeds (the codebook is state).
     """
     counter = hk.get_state("ema_counter", (), jnp.int32, init=jnp.zeros)
-    debias = 1.0 - jnp.power(jnp.asarray(self.decay, jnp.float32), counter)
+    debias = 1.0 - jnp.power(jnp.asarray(self.decay, self.dtype), counter)
     codebook = self.codebook()
-    size = hk.get_state("ema_cluster_size_hidden", (self.num_embeddings,), jnp.float32,
+    size = hk.get_state("ema_cluster_size_hidden", (self.num_embeddings,), self.dtype,
                         init=jnp.zeros)
-    dw = hk.get_state("ema_dw_hidden", codebook.shape, jnp.float32, init=jnp.zeros)
+    dw = hk.get_state("ema_dw_hidden", codebook.shape, self.dtype, init=jnp.zeros)
     hk.set_state("codebook", jnp.where(dead[:, None], fresh, codebook))
     hk.set_state("ema_cluster_size_hidden", jnp.where(dead, debias, size))
     hk.set_state("ema_dw_hidden", jnp.where(dead[:, None], fresh * debias, dw))

@@ -310,4 +310,27 @@ def load(name_or_path: str | os.PathLike, *, revision: str | None = None,
   return _build(files, card, {"path": os.path.abspath(source.name)}, source.name)
 
 
-__all__ = ["load", "resolve", "parse_hub_id", "parse_config", "ModelSource", "HUB_PREFIX"]
+def create_model(name: str, pretrained: bool = False, seed: int = 0, **load_kwargs: Any):
+  """A zoo architecture, as ``timm.create_model``: fresh (``pretrained=False``) or trained.
+
+  Args:
+    name: a zoo name (``vqzoo.list_models()``).
+    pretrained: load the zoo's trained, verified weights (and prior) with :func:`load`.
+    seed: initialisation seed of a fresh model.
+    **load_kwargs: passed to :func:`load` when ``pretrained``.
+  """
+  from vqzoo.pretrained.model import PretrainedVQVAE
+  if pretrained:
+    return load(name, **load_kwargs)
+  if load_kwargs:
+    raise TypeError(f"create_model: {sorted(load_kwargs)} only apply with pretrained=True")
+  import jax
+  import jax.numpy as jnp
+  from vqzoo.nn import build
+  config = registry.get_config(name)
+  params, state = build(config).init(jax.random.PRNGKey(seed),
+                                     jnp.zeros((1, *config.image_shape)), True)
+  return PretrainedVQVAE(config, params, state)
+
+
+__all__ = ["create_model", "load", "resolve", "parse_hub_id", "parse_config", "ModelSource", "HUB_PREFIX"]
