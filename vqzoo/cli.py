@@ -230,6 +230,72 @@ def cmd_fit_prior(args):
   print(json.dumps({"out": args.out, **metrics}, indent=2))
 
 
+def _source_images(args, image_shape):
+  """``(images, labels or None, names or None)`` from --dataset NAME[:split] or --images DIR."""
+  if args.images:
+    from vqzoo.training.image_folder import load_image_folder
+    images, paths = load_image_folder(args.images, image_shape)
+    return images, None, [os.path.relpath(p, args.images) for p in paths]
+  from vqzoo.training.data import load_images, load_labels
+  name, _, split = args.dataset.partition(":")
+  split = split or "test"
+  return load_images(name, split, args.data_dir), load_labels(name, split, args.data_dir), None
+
+
+def cmd_encode(args):
+  from vqzoo.training.tokenizing import encode_to_file
+  model = _load(args.name)
+  images, labels, names = _source_images(args, model.config.image_shape)
+  summary = encode_to_file(model, args.name, images, args.out, labels=labels, names=names,
+                           progress=not args.no_progress)
+  _emit(args, summary, f"encoded {summary['images']} images with {args.name} to {args.out}: "
+                       f"codes {summary['codes_shape']}, {summary['codes_used']} distinct")
+
+
+def cmd_decode(args):
+  from vqzoo.grid import make_grid, save_png
+  from vqzoo.training.tokenizing import decode_file
+  model = _load(args.name)
+  images, content = decode_file(model, args.codes, progress=not args.no_progress)
+  out = Path(args.out)
+  if out.suffix.lower() == ".png":
+    per_row = 16
+    save_png(out, make_grid([images[i:i + per_row] for i in range(0, len(images), per_row)]))
+  else:
+    out.mkdir(parents=True, exist_ok=True)
+    names = content.get("names")
+    for i, image in enumerate(images):
+      stem = Path(str(names[i])).with_suffix("").as_posix().replace("/", "_") if names is not None \
+          else f"{i:06d}"
+      save_png(out / f"{stem}.png", make_grid([image[None]], pad=0, scale=1))
+  _emit(args, {"out": str(out), "images": int(len(images))},
+        f"decoded {len(images)} images to {out}")
+
+
+def _emit(args, payload: dict, text: str) -> None:
+  print(json.dumps(payload, indent=2) if getattr(args, "json", False) else text)
+
+
+def _add_tokenizer_parsers(sub) -> None:
+  e = sub.add_parser("encode", help="encode a dataset or a folder of images to a codes file")
+  e.add_argument("name", help="zoo name, hf-hub:owner/repo[@rev] or a path")
+  src = e.add_mutually_exclusive_group(required=True)
+  src.add_argument("--dataset", help="TFDS dataset, NAME[:split] (default split: test)")
+  src.add_argument("--images", help="folder of PNG/JPEG images")
+  e.add_argument("--out", required=True, help="codes file to write (.npz)")
+  e.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
+  e.add_argument("--no-progress", action="store_true", help="no progress bar")
+  e.add_argument("--json", action="store_true", help="print a JSON summary")
+  e.set_defaults(fn=cmd_encode)
+  d = sub.add_parser("decode", help="decode a codes file (made by the same model) to images")
+  d.add_argument("name", help="the model that made the codes")
+  d.add_argument("codes", help="codes file written by `vqzoo encode`")
+  d.add_argument("--out", required=True, help="a folder (one PNG per image) or a grid .png")
+  d.add_argument("--no-progress", action="store_true", help="no progress bar")
+  d.add_argument("--json", action="store_true", help="print a JSON summary")
+  d.set_defaults(fn=cmd_decode)
+
+
 def _add_prior_parsers(sub) -> None:
   s = sub.add_parser("sample", help="draw images from a model's prior into a PNG grid")
   s.add_argument("name", help="zoo name, hf-hub:owner/repo[@rev] or a path")
@@ -365,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
   s.set_defaults(fn=cmd_demo)
   _add_finetune_parser(sub)
   _add_prior_parsers(sub)
+  _add_tokenizer_parsers(sub)
   return p
 
 

@@ -230,7 +230,8 @@ def _build(files: Mapping[str, bytes], card: str | None, source: dict[str, Any],
     prior_params, _ = serialization.parse_weights(files[PRIOR_WEIGHTS_NAME],
                                                   f"{where}/{PRIOR_WEIGHTS_NAME}")
   source = {**source, "sha256": sha256_bytes(files[WEIGHTS_NAME]),
-            "manifest_sha256": _verify_manifest(files, None, where)}
+            "manifest_sha256": _verify_manifest(files, None, where),
+            "codec_sha256": manifest_digest({n: sha256_bytes(files[n]) for n in ARTIFACT_FILES})}
   model = PretrainedVQVAE(config, params, state, card=card, source=source, prior=prior,
                           prior_params=prior_params)
   model._remember_loaded(files[WEIGHTS_NAME])
