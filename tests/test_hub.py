@@ -117,7 +117,9 @@ def test_push_then_pull_into_empty_cache_is_bitwise_identical(hub, tmp_path, mod
       "repo_id": "someone/tiny", "revision": "main", "commit": info.oid,
       "sha256": sha256(stored[WEIGHTS_NAME]),
       "manifest_sha256": manifest_digest({n: sha256(stored[n]) for n in ("config.json",
-                                                                       WEIGHTS_NAME)})}
+                                                                       WEIGHTS_NAME)}),
+      "codec_sha256": manifest_digest({n: sha256(stored[n]) for n in ("config.json",
+                                                                    WEIGHTS_NAME)})}
   assert loaded.config == model_a.config
   assert loaded.card == stored["README.md"].decode()
   assert_same_weights(loaded, model_a)
@@ -352,13 +354,14 @@ def test_revisions_are_validated_before_any_request(hub, tmp_path, revision):
 def test_cli_push_then_pull_round_trip(hub, tmp_path, capsys, model_a):
   src, out = tmp_path / "saved", tmp_path / "pulled"
   model_a.save_pretrained(src)
-  assert cli_main(["push", str(src), "someone/cli-model", "--message", "from the CLI"]) == 0
-  pushed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert cli_main(["push", str(src), "someone/cli-model", "--message", "from the CLI",
+                   "--json"]) == 0
+  pushed = json.loads(capsys.readouterr().out)
   assert pushed["repo_id"] == "someone/cli-model"
   assert pushed["commit"] == hub.head("someone/cli-model")
 
-  assert cli_main(["pull", "someone/cli-model", "--out", str(out)]) == 0
-  pulled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert cli_main(["pull", "someone/cli-model", "--out", str(out), "--json"]) == 0
+  pulled = json.loads(capsys.readouterr().out)
   assert pulled["commit"] == pushed["commit"] and pulled["saved_to"] == str(out)
   assert_same_weights(vqzoo.load(str(out)), model_a)
   assert vqzoo.load(str(out)).config == model_a.config

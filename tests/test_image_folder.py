@@ -122,11 +122,12 @@ def test_reconstruct_input_converts_color_images_and_keeps_npy(tmp_path, mnist_t
     assert read.shape == (1, 28, 28, 1) and np.abs(read.astype(int) - digit).max() <= 1
   assert _read_input(str(tmp_path / "rgb.png"), (28, 28, 3)).shape == (1, 28, 28, 3)
   out = tmp_path / "grid.png"
-  assert main(["reconstruct", "mnist-mlp", "--input", str(rgb), "--out", str(out)]) == 0
+  assert main(["reconstruct", "mnist-mlp", "--input", str(rgb), "--out", str(out), "--json"]) == 0
   assert json.loads(capsys.readouterr().out)["images"] == 1 and out.exists()
   batch = tmp_path / "digits.npy"
   np.save(batch, mnist_test[:5])
-  assert main(["reconstruct", "mnist-mlp", "--input", str(batch), "--out", str(out)]) == 0
+  assert main(["reconstruct", "mnist-mlp", "--input", str(batch), "--out", str(out),
+               "--json"]) == 0
   assert json.loads(capsys.readouterr().out)["images"] == 5
   (tmp_path / "empty.npy").write_bytes(b"")
   assert main(["reconstruct", "mnist-mlp", "--input", str(tmp_path / "empty.npy"),

@@ -110,10 +110,15 @@ def test_cli_list_info_eval_reconstruct_demo(tmp_path, capsys, tfds_dir):
   from vqzoo.cli import main
   assert main(["list"]) == 0
   assert "mnist-mlp" in capsys.readouterr().out
-  assert main(["info", "mnist-mlp"]) == 0
+  assert main(["list", "--json"]) == 0
+  assert {r["name"] for r in json.loads(capsys.readouterr().out)} == set(registry.list_models())
+  assert main(["info", "mnist-mlp", "--json"]) == 0
   info = json.loads(capsys.readouterr().out)
-  assert info["parameters"] == load("mnist-mlp").num_parameters and info["weights"]["file_bytes"] > 0
-  assert main(["eval", "mnist-mlp", "--data-dir", tfds_dir]) == 0
+  assert info["parameters"] == load("mnist-mlp").num_parameters
+  assert info["pins"] == dict(registry.get_entry("mnist-mlp").weights.files)
+  assert main(["info", "mnist-mlp"]) == 0
+  assert "K=512 D=64 plain codebook" in capsys.readouterr().out  # text by default
+  assert main(["eval", "mnist-mlp", "--data-dir", tfds_dir, "--json", "--check-bar"]) == 0
   measured = json.loads(capsys.readouterr().out)
   assert math.isclose(measured["mse"], registry.get_entry("mnist-mlp").metrics["mse"], rel_tol=1e-4)
   out = tmp_path / "grid.png"
@@ -128,6 +133,16 @@ def test_cli_list_info_eval_reconstruct_demo(tmp_path, capsys, tfds_dir):
   assert "expected 28x28" in capsys.readouterr().err
   assert main(["info", "mnist-mlpp"]) == 2
   assert "Did you mean" in capsys.readouterr().err
+  assert main(["info", "./nonexistent"]) == 2
+  assert "no such model directory" in capsys.readouterr().err
+  assert main(["reconstruct", "mnist-mlp", "--out", str(tmp_path / "x.gif")]) == 2
+  assert ".png, .jpg or .jpeg" in capsys.readouterr().err
+  jpg = tmp_path / "x.jpg"
+  assert main(["reconstruct", "mnist-mlp", "--out", str(jpg)]) == 0
+  assert jpg.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG bytes in a .jpg
+  with pytest.raises(SystemExit) as e:
+    main(["--version"])
+  assert e.value.code == 0 and vqzoo.__version__ in capsys.readouterr().out
 
 
 def test_demo_runs_offline_without_dataset(tmp_path, capsys, monkeypatch):

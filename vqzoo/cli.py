@@ -68,26 +68,64 @@ def _summary(model, images_u8_or_f, recon) -> dict:
 
 def cmd_list(args):
   from vqzoo.pretrained import registry
+  rows = []
   for name in registry.list_models(args.pattern):
     entry = registry.get_entry(name)
     m = entry.metrics
-    tail = f"mse {m['mse']:.4f}  codes {m['codes_used']}" if m else "(not trained)"
-    print(f"{name:26s} {entry.description:60s} {tail}")
+    rows.append({"name": name, "description": entry.description,
+                 "mse": m.get("mse"), "codes_used": m.get("codes_used"),
+                 "prior_bits": m.get("prior", {}).get("prior_bits")})
+  if args.json:
+    print(json.dumps(rows, indent=2))
+    return
+  for r in rows:
+    tail = (f"mse {r['mse']:.4f}  codes {r['codes_used']}" if r["mse"] is not None
+            else "(not trained)")
+    print(f"{r['name']:24s} {r['description']:72s} {tail}")
+
+
+def _model_dataset(model, spec: str) -> str | None:
+  """The TFDS dataset a model is measured on: the zoo's, else the one its card names."""
+  from vqzoo.pretrained import registry
+  from vqzoo.pretrained.cards import HUB_DATASET_IDS
+  if "zoo" in model.source:
+    return registry.get_entry(model.source["zoo"]).eval_dataset
+  if model.card:
+    from huggingface_hub import ModelCard
+    try:
+      named = ModelCard(model.card).data.datasets or []
+    except Exception:  # a card without valid front matter names nothing
+      named = []
+    by_hub_id = {v: k for k, v in HUB_DATASET_IDS.items()}
+    for dataset in named:
+      if dataset in by_hub_id or dataset in HUB_DATASET_IDS:
+        return by_hub_id.get(dataset, dataset)
+  return None
 
 
 def cmd_info(args):
-  from vqzoo.pretrained import load, registry
-  entry = registry.get_entry(args.name)
-  model = load(args.name)
-  weights = entry.bundled_dir / "model.safetensors"
-  print(json.dumps({
-      "name": entry.name, "description": entry.description, "config": entry.config.to_dict(),
-      "recipe": entry.recipe.to_dict(), "bar": entry.bar, "metrics": entry.metrics,
-      "weights": {"repo_id": entry.weights.repo_id, "revision": entry.weights.revision,
-                  "sha256": entry.weights.sha256,
-                  "file_bytes": weights.stat().st_size if weights.exists() else None},
-      "parameters": model.num_parameters,
-  }, indent=2))
+  from vqzoo.pretrained import registry
+  model = _load(args.name)
+  info = {"model": args.name, "source": model.source, "config": model.config.to_dict(),
+          "parameters": model.num_parameters,
+          "prior": None if model.prior is None else model.prior.to_dict()}
+  if "zoo" in model.source:
+    entry = registry.get_entry(model.source["zoo"])
+    info.update(description=entry.description, recipe=entry.recipe.to_dict(), bar=entry.bar,
+                metrics=entry.metrics, pins=dict(entry.weights.files))
+  if args.json:
+    print(json.dumps(info, indent=2, default=str))
+    return
+  q = model.config.quantizer
+  print(f"{args.name}: {info.get('description', model.config.arch + ' VQ-VAE')}")
+  print(f"  {model.config.arch}, images {'x'.join(map(str, model.config.image_shape))}, "
+        f"K={q.num_embeddings} D={q.embedding_dim} {'EMA' if q.ema else 'plain'} codebook, "
+        f"{model.num_parameters:,} parameters")
+  print(f"  prior: {'none' if model.prior is None else model.prior.kind}")
+  print(f"  source: {json.dumps(model.source, default=str)}")
+  if "metrics" in info and info["metrics"]:
+    m = info["metrics"]
+    print(f"  test MSE {m['mse']:.5f}, PSNR {m['psnr']:.2f} dB, codes used {m['codes_used']}")
 
 
 def cmd_reconstruct(args):
@@ -103,37 +141,57 @@ def cmd_reconstruct(args):
   x = model.preprocess(images)
   recon = model.reconstruct(x)
   save_comparison(args.out, x, recon)
-  print(json.dumps({**_summary(model, x, recon), "grid": str(args.out)}))
+  s = {**_summary(model, x, recon), "grid": str(args.out)}
+  _emit(args, s, f"{s['images']} images: MSE {s['mse']:.5f}, PSNR {s['psnr']:.2f} dB, "
+                 f"{s['codes_used']} codes used; grid (originals above reconstructions): "
+                 f"{args.out}")
 
 
 def cmd_eval(args):
   from vqzoo.pretrained import registry
   from vqzoo.training.data import load_images
   from vqzoo.training.metrics import evaluate
-  dataset = args.dataset or (registry.get_entry(args.name).eval_dataset
-                             if args.name in registry.REGISTRY else None)
-  if dataset is None:
-    raise ValueError(f"{args.name} is not a zoo model: say which dataset to measure it on "
-                     "with --dataset")
+  del registry
   model = _load(args.name)
+  dataset = args.dataset or _model_dataset(model, args.name)
+  if dataset is None:
+    raise ValueError(f"{args.name}: neither the zoo nor its model card names a dataset; say "
+                     "which one to measure it on with --dataset")
   images = load_images(dataset, args.split, args.data_dir)
   metrics = evaluate(model.config, model.params, model.state, images)
-  print(json.dumps({"model": args.name, "dataset": dataset, "split": args.split, **metrics},
-                   indent=2))
+  _emit(args, {"model": args.name, "dataset": dataset, "split": args.split, **metrics},
+        f"{args.name} on {dataset} {args.split} ({metrics['num_images']} images): MSE "
+        f"{metrics['mse']:.5f}, PSNR {metrics['psnr']:.2f} dB, perplexity "
+        f"{metrics['perplexity']:.1f}, codes used {metrics['codes_used']}")
+  if args.check_bar and "zoo" in model.source:
+    failures = registry_entry(model).check_bar(metrics)
+    if failures:
+      print(f"{args.name} misses its bar: {'; '.join(failures)}", file=sys.stderr)
+      return 1
+  return 0
+
+
+def registry_entry(model):
+  from vqzoo.pretrained import registry
+  return registry.get_entry(model.source["zoo"])
 
 
 def cmd_push(args):
   model = _load(args.dir)
   info = model.push_to_hub(args.repo_id, commit_message=args.message, private=args.private)
-  print(json.dumps({"repo_id": args.repo_id, "commit": getattr(info, "oid", None),
-                    "url": str(getattr(info, "commit_url", info))}))
+  payload = {"repo_id": args.repo_id, "commit": getattr(info, "oid", None),
+             "url": str(getattr(info, "commit_url", info))}
+  _emit(args, payload, f"pushed {args.dir} to {args.repo_id} at commit {payload['commit']}; "
+                       f"load it with vqzoo.load('hf-hub:{args.repo_id}@{payload['commit']}')")
 
 
 def cmd_pull(args):
   model = _load(args.repo if args.repo.startswith("hf-hub:") else "hf-hub:" + args.repo)
   if args.out:
     model.save_pretrained(args.out)
-  print(json.dumps({"repo": args.repo, **model.source, "saved_to": args.out}))
+  _emit(args, {"repo": args.repo, **model.source, "saved_to": args.out},
+        f"pulled {args.repo} (commit {model.source.get('commit')}, manifest sha256 "
+        f"{model.source.get('manifest_sha256')})" + (f" into {args.out}" if args.out else ""))
 
 
 def cmd_demo(args):
@@ -227,7 +285,9 @@ def cmd_fit_prior(args):
                                conditional=not args.unconditional, hidden=args.hidden,
                                num_layers=args.layers, workdir=args.workdir, resume=args.resume,
                                progress=not args.no_progress)
-  print(json.dumps({"out": args.out, **metrics}, indent=2))
+  _emit(args, {"out": args.out, **metrics},
+        f"prior saved with the model in {args.out}: test {metrics['prior_bits']:.1f} bits per "
+        f"image (unigram {metrics['unigram_bits']:.1f}, uniform {metrics['uniform_bits']:.1f})")
 
 
 def _source_images(args, image_shape):
@@ -390,49 +450,76 @@ def _positive_int(text: str) -> int:
   return value
 
 
+EXIT_CODES = ("exit status: 0 done; 1 a quality bar was missed (only `vqzoo eval --check-bar`); "
+              "2 a usage or input error, a failed integrity check or an unreachable Hub (one "
+              "line on stderr, no traceback)")
+SPEC_HELP = "zoo name, hf-hub:owner/repo[@rev][#sha256=DIGEST], or a path (./dir)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="vqzoo", description="A model zoo of VQ-VAEs in JAX/haiku.")
+  from vqzoo import __version__
+  p = argparse.ArgumentParser(prog="vqzoo", description="A model zoo of VQ-VAEs in JAX/haiku.",
+                              epilog=EXIT_CODES)
+  p.add_argument("--version", action="version", version=f"vqzoo {__version__}")
   sub = p.add_subparsers(dest="command", required=True)
   s = sub.add_parser("list", help="list zoo models")
-  s.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'mnist-*'")
+  s.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'mnist-*' (default: all)")
   s.set_defaults(fn=cmd_list)
-  s = sub.add_parser("info", help="config, recipe, metrics, size of a zoo model")
-  s.add_argument("name")
+  s = sub.add_parser("info", help="config, source, digests, size and metrics of a model")
+  s.add_argument("name", help=SPEC_HELP)
   s.set_defaults(fn=cmd_info)
-  s = sub.add_parser("reconstruct", help="write a PNG grid: originals above reconstructions")
-  s.add_argument("name", help="zoo name, hf-hub:owner/repo[@rev] or a directory")
+  s = sub.add_parser("reconstruct", help="write an image grid: originals above reconstructions")
+  s.add_argument("name", help=SPEC_HELP)
   src = s.add_mutually_exclusive_group()
-  src.add_argument("--input", help="a PNG or .npy file of images")
-  src.add_argument("--dataset", help="TFDS dataset name, e.g. mnist")
-  s.add_argument("--split", default="test")
+  src.add_argument("--input", help="a PNG/JPEG image or a .npy array of images")
+  src.add_argument("--dataset", help="TFDS dataset name, e.g. mnist (default: the bundled "
+                                     "MNIST digits)")
+  s.add_argument("--split", default="test", help="TFDS split (default test)")
   s.add_argument("--count", type=_positive_int, default=16,
                  help="images to reconstruct from --dataset or the bundled digits (default 16)")
-  s.add_argument("--data-dir")
-  s.add_argument("--out", default="reconstruction.png")
+  s.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
+  s.add_argument("--out", default="reconstruction.png",
+                 help="grid image, .png or .jpg (default reconstruction.png)")
   s.set_defaults(fn=cmd_reconstruct)
   s = sub.add_parser("eval", help="measure a model on a full split")
-  s.add_argument("name")
-  s.add_argument("--dataset")
-  s.add_argument("--split", default="test")
-  s.add_argument("--data-dir")
+  s.add_argument("name", help=SPEC_HELP)
+  s.add_argument("--dataset", help="TFDS dataset (default: the zoo's, or the one the card names)")
+  s.add_argument("--split", default="test", help="TFDS split (default test)")
+  s.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
+  s.add_argument("--check-bar", action="store_true",
+                 help="zoo models: exit 1 when the measurement misses the variant's bar")
   s.set_defaults(fn=cmd_eval)
   s = sub.add_parser("push", help="push a saved model directory to the Hub")
-  s.add_argument("dir")
-  s.add_argument("repo_id")
-  s.add_argument("--message", default="Upload vqzoo model")
-  s.add_argument("--private", action="store_true")
+  s.add_argument("dir", help="a directory written by save_pretrained (or any model spec)")
+  s.add_argument("repo_id", help="owner/name on the Hub")
+  s.add_argument("--message", default="Upload vqzoo model",
+                 help="commit message (default 'Upload vqzoo model')")
+  s.add_argument("--private", action="store_true", help="create the repo private")
   s.set_defaults(fn=cmd_push)
-  s = sub.add_parser("pull", help="download a model from the Hub (owner/repo[@rev])")
-  s.add_argument("repo")
+  s = sub.add_parser("pull", help="download and verify a model from the Hub")
+  s.add_argument("repo", help="owner/name[@rev] or hf-hub:owner/name[@rev][#sha256=DIGEST]")
   s.add_argument("--out", help="also save it to this directory")
   s.set_defaults(fn=cmd_pull)
-  s = sub.add_parser("demo", help="reconstruct bundled MNIST digits with two zoo models, offline")
-  s.add_argument("--out", default="vqzoo_demo.png")
+  s = sub.add_parser("demo", help="reconstruct and sample with two zoo models, offline")
+  s.add_argument("--out", default="vqzoo_demo.png", help="grid image (default vqzoo_demo.png)")
   s.set_defaults(fn=cmd_demo)
   _add_finetune_parser(sub)
   _add_prior_parsers(sub)
   _add_tokenizer_parsers(sub)
+  for command in sub.choices.values():  # every subcommand: machine-readable output on request
+    if "--json" not in command._option_string_actions:
+      command.add_argument("--json", action="store_true",
+                           help="print the result as JSON (default: text)")
+    command.epilog = command.epilog or EXIT_CODES
   return p
+
+
+def _missing_extra(error: ImportError) -> str:
+  import importlib.util
+  editable = importlib.util.find_spec("vqzoo") is not None and Path(
+      __file__).resolve().parent.parent.joinpath("pyproject.toml").exists()
+  install = "pip install -e '.[data]'" if editable else "pip install 'vqzoo[data]'"
+  return (f"this needs the optional data dependencies ({error.name or error}): {install}")
 
 
 def main(argv=None) -> int:
@@ -440,6 +527,9 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.fn(args) or 0
+  except ImportError as e:
+    print(f"vqzoo {args.command}: error: {_missing_extra(e)}", file=sys.stderr)
+    return 2
   except (ValueError, KeyError, OSError, FloatingPointError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"vqzoo {args.command}: error: {message}", file=sys.stderr)

@@ -23,11 +23,22 @@ def make_grid(rows: list[np.ndarray], pad: int = 2, scale: int = 2) -> np.ndarra
   return grid.repeat(scale, 0).repeat(scale, 1)
 
 
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
-  """Atomically writes a uint8 ``[H, W, C]`` image as PNG."""
+  """Atomically writes a uint8 ``[H, W, C]`` image in the format its suffix names.
+
+  Raises:
+    ValueError: a suffix other than ``.png``, ``.jpg`` or ``.jpeg``.
+  """
   import io
+  suffix = os.path.splitext(os.fspath(path))[1].lower()
+  if suffix not in FORMATS:
+    raise ValueError(f"{path}: expected a .png, .jpg or .jpeg file name, got {suffix!r}")
   buffer = io.BytesIO()
-  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+      buffer, format=FORMATS[suffix])
   atomic_write_bytes(path, buffer.getvalue())
 
 
