@@ -2,23 +2,26 @@
 #   make demo   - install vqzoo in .venv and run the offline demo (two pretrained zoo models)
 #   make test   - install vqzoo with its test extra in .venv-test and run the whole test suite
 #   make bench  - install the benchmark extra (PyTorch) in .venv-bench and print the tables
+#   make docs   - build the API reference (pdoc) into build/docs, failing on any warning
 
 PYTHON ?= python3
 TFDS_DATA_DIR ?= $(abspath ../shared/datasets/tensorflow_datasets)
 export TFDS_DATA_DIR
 
-.PHONY: demo test bench clean
+DOC_MODULES = vqzoo vqzoo.nn vqzoo.pretrained vqzoo.training vqzoo.cpu_tuning vqzoo.configs vqzoo.images vqzoo.io vqzoo.grid vqzoo.cli
 
-.venv/.done: pyproject.toml setup.cfg
+.PHONY: demo test bench docs clean
+
+.venv/.done: pyproject.toml setup.cfg constraints.txt
 	$(PYTHON) -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q -e .
+	.venv/bin/pip install -q -c constraints.txt -e .
 	touch $@
 
-.venv-test/.done: pyproject.toml setup.cfg
+.venv-test/.done: pyproject.toml setup.cfg constraints.txt
 	$(PYTHON) -m venv .venv-test
 	.venv-test/bin/pip install -q --upgrade pip
-	.venv-test/bin/pip install -q -e '.[test]'
+	.venv-test/bin/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 .venv-bench/.done: pyproject.toml setup.cfg
@@ -35,6 +38,9 @@ test: .venv-test/.done
 
 bench: .venv-bench/.done
 	.venv-bench/bin/python benchmarks/run_all.py --json bench_results/latest.json
+
+docs: .venv-test/.done
+	.venv-test/bin/python -W error -m pdoc $(DOC_MODULES) -o build/docs
 
 clean:
 	rm -rf .venv .venv-test .venv-bench build *.egg-info

@@ -55,7 +55,7 @@ class QuantizerOutput(NamedTuple):
   commitment_loss: jax.Array
   perplexity: jax.Array
   code_counts: jax.Array
-  reseeds: Reseeds = {}
+  reseeds: dict = {}  # {module: {"dead": [K] bool, "fresh": [K, D]}}
 
 
 def squared_distances(flat_z: jax.Array, codebook: jax.Array) -> jax.Array:

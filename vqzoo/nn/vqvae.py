@@ -23,9 +23,6 @@ from vqzoo.nn import nets, quantizers
 PARTS = ("encoder", "decoder", "codebook")
 
 ModuleOrFactory = Union[hk.Module, Callable[[], hk.Module]]
-#: What :func:`build` and the trainer accept: a config, or a zero-argument function that makes a
-#: :class:`VQVAE` (call it only inside a Haiku transform).
-ModelSpec = Union[ModelConfig, Callable[[], "VQVAE"]]
 
 
 class VQVAEOutput(NamedTuple):
@@ -56,7 +53,7 @@ class VQVAEOutput(NamedTuple):
   commitment_loss: jax.Array
   perplexity: jax.Array
   code_counts: jax.Array
-  reseeds: quantizers.Reseeds = {}
+  reseeds: dict = {}  # {module: {"dead": [K] bool, "fresh": [K, D]}}
 
 
 def _made(module: ModuleOrFactory, what: str) -> Any:
@@ -191,6 +188,11 @@ def _check_spec(spec: Any) -> None:
                     f"got {type(spec).__name__}")
 
 
+#: What :func:`build` and the trainer accept: a config, or a zero-argument function that makes a
+#: :class:`VQVAE` (call it only inside a Haiku transform).
+ModelSpec = Union[ModelConfig, Callable[[], VQVAE]]
+
+
 def make_vqvae(spec: ModelSpec, cross_replica_axis: str | None = None) -> VQVAE:
   """A :class:`VQVAE` from a config or a factory (inside a Haiku transform)."""
   _check_spec(spec)
@@ -227,10 +229,10 @@ def build(spec: ModelSpec, cross_replica_axis: str | None = None,
 class Codec(NamedTuple):
   """The inference functions of :func:`build_codec` (each ``fn(params, state, rng, ...)``)."""
 
-  encode: Callable  # images [B, H, W, C] float -> int32 codes [B, *latent]
-  decode: Callable  # int codes [B, *latent] -> images [B, H, W, C]
-  reconstruct: Callable  # images -> images
-  codebook: Callable  # () -> [K, D] float32
+  encode: object  # images [B, H, W, C] float -> int32 codes [B, *latent]
+  decode: object  # int codes [B, *latent] -> images [B, H, W, C]
+  reconstruct: object  # images -> images
+  codebook: object  # () -> [K, D] float32
 
 
 def build_codec(spec: ModelSpec, wrap: Callable[[Callable], Callable] = lambda f: f

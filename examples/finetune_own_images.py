@@ -1,0 +1,24 @@
+"""Fine-tune a zoo model on your own folder of PNG/JPEG images.
+
+  python examples/finetune_own_images.py IMAGE_DIR OUT_DIR [STEPS]
+
+(The same from the shell: `vqzoo finetune --from mnist-mlp --images IMAGE_DIR --out OUT_DIR`.)
+"""
+
+import sys
+
+import vqzoo
+from vqzoo.training import finetune
+
+
+def main(images: str, out: str, steps: int = 200) -> None:
+  config = vqzoo.FinetuneConfig(steps=steps, batch_size=32, learning_rate=1e-3, warmup_steps=10,
+                                freeze=("codebook",), holdout_fraction=0.2)
+  result = finetune("mnist-mlp", out, config, images_dir=images, progress=False)
+  print(f"held-out MSE {result.metrics_before['mse']:.5f} -> {result.metrics_after['mse']:.5f}")
+  model = vqzoo.load(f"./{out}" if not out.startswith(("/", ".")) else out)
+  print(model, model.source)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 200)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# A VQ-VAE as a tokenizer, then a prior over its tokens, from the shell:
+#   bash examples/tokenizer_and_prior.sh OUT_DIR [SPLIT] [STEPS]
+set -euo pipefail
+out=${1:-example_output}; split=${2:-test}; steps=${3:-2000}
+mkdir -p "$out"
+# Fashion-MNIST images -> codes (with labels and the model's digest) -> images again.
+vqzoo encode fashion-mnist-conv-ema --dataset "fashion_mnist:$split" --out "$out/codes.npz"
+vqzoo decode fashion-mnist-conv-ema "$out/codes.npz" --out "$out/decoded.png"
+# Fit a class-conditional prior over the model's codes and sample from it.
+vqzoo fit-prior fashion-mnist-conv-ema --dataset fashion_mnist --split "train" --steps "$steps" \
+  --out "$out/with-prior"
+vqzoo sample "$out/with-prior" --n 32 --label 7 --out "$out/sneakers.png"
