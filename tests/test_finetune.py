@@ -108,3 +108,57 @@ def test_cli_finetune_help_states_the_folder_rule(capsys):
   with pytest.raises(SystemExit):
     main(["finetune", "--help"])
   assert "converted to grayscale" in capsys.readouterr().out
+
+
+def _digit_folder(tmp_path, mnist_test, n=40):
+  folder = tmp_path / "pngs"
+  folder.mkdir()
+  for i, image in enumerate(mnist_test[:n]):
+    Image.fromarray(image[..., 0]).save(folder / f"{i}.png")
+  return folder
+
+
+def test_reseeding_is_reported_as_run_and_can_be_turned_off(tmp_path, mnist_test):
+  folder = _digit_folder(tmp_path, mnist_test)
+  base = load(BASE)
+  moved = {}
+  for threshold in (None, 2.0, 0.0):
+    out = tmp_path / f"ft-{threshold}"
+    config = FinetuneConfig(steps=5, batch_size=16, learning_rate=1e-4, warmup_steps=1,
+                            freeze=("encoder", "decoder"), reseed_threshold=threshold)
+    result = ft.finetune(BASE, out, config, images_dir=str(folder), progress=False)
+    card = (out / "README.md").read_text()
+    used = result.lineage["reseed_threshold_used"]
+    if threshold is None:  # the base model's own threshold (0.05 for mnist-mlp)
+      assert used == base.config.quantizer.dead_code_threshold == 0.05
+      assert "re-seeding while fine-tuning: codes used by fewer than 0.05" in card
+    elif threshold:
+      assert used == 2.0 and "codes used by fewer than 2.0 vectors per batch" in card
+    else:
+      assert used == 0.0 and "re-seeding while fine-tuning: off" in card
+    moved[threshold] = int(np.sum(np.any(load(str(out)).codebook != base.codebook, axis=1)))
+  # 32 training images use few of the 512 codes: with a threshold above every code's usage,
+  # the unused codes move onto encoder outputs; with re-seeding off only the used ones move.
+  assert moved[0.0] < 40 and moved[2.0] > 400, moved
+
+
+def test_image_folder_cards_and_lineage_are_true(tmp_path, mnist_test):
+  from huggingface_hub import ModelCard
+  folder = _digit_folder(tmp_path, mnist_test)
+  local_base = tmp_path / "base-model"
+  load(BASE).save_pretrained(local_base)
+  out = tmp_path / "ft"
+  config = FinetuneConfig(steps=3, batch_size=16, warmup_steps=1, holdout_fraction=0.25)
+  result = ft.finetune(str(local_base), out, config, images_dir=str(folder), progress=False)
+  card = (out / "README.md").read_text()
+  parsed = ModelCard(card)
+  dataset = parsed.data.eval_results[0]
+  assert dataset.dataset_type == "image-folder" and dataset.dataset_split == "held-out"
+  assert "10 held-out images" in dataset.dataset_name
+  assert "full test split" not in card and "the 10 images of the folder held out" in card
+  assert str(tmp_path) not in card and str(tmp_path) not in (out / "metrics.json").read_text()
+  assert result.lineage["base_source"]["directory"] == "base-model"
+  assert result.lineage["vqzoo_version"]
+  zoo = ft.finetune(BASE, tmp_path / "ft2", config, images_dir=str(folder), progress=False)
+  assert zoo.lineage["base_source"]["zoo"] == BASE
+  assert zoo.lineage["base_source"]["sha256"] == load(BASE).source["sha256"]

@@ -20,18 +20,24 @@ METRIC_ROWS = (("mse", "MSE (per pixel, [0, 1] scale)", "{:.5f}"), ("psnr", "PSN
                ("bits_per_image", "Bits per image", "{:.0f}"))
 
 
-def _front_matter(name: str, dataset: str | None, metrics: Mapping[str, Any] | None) -> str:
+def _front_matter(name: str, dataset: str | None, metrics: Mapping[str, Any] | None,
+                  held_out: int | None = None) -> str:
   lines = ["---", "library_name: vqzoo", "license: apache-2.0",
            "tags:", "- vq-vae", "- jax", "- haiku", "- vqzoo", "- image-reconstruction"]
   if dataset:
     lines += ["datasets:", f"- {HUB_DATASET_IDS.get(dataset, dataset)}"]
   if metrics:
+    if dataset:
+      data = [f"      type: {HUB_DATASET_IDS.get(dataset, dataset)}",
+              f"      name: {json.dumps(DATASET_CREDITS.get(dataset, (dataset,))[0])}",
+              "      split: test"]
+    else:  # an image folder: its held-out images
+      data = ["      type: image-folder",
+              f"      name: {json.dumps(f'image folder, {held_out} held-out images')}",
+              "      split: held-out"]
     lines += ["model-index:", f"- name: {name}", "  results:", "  - task:",
               "      type: image-to-image", "      name: Image reconstruction", "    dataset:",
-              f"      type: {HUB_DATASET_IDS.get(dataset, dataset)}",
-              f"      name: {json.dumps(DATASET_CREDITS.get(dataset, (dataset,))[0])}",
-              "      split: test",
-              "    metrics:"]
+              *data, "    metrics:"]
     for key, label, _ in METRIC_ROWS:
       if key in metrics:
         lines += [f"    - type: {key}", f"      name: {json.dumps(label)}",
@@ -54,14 +60,19 @@ def metrics_table(metrics: Mapping[str, Any], columns: Mapping[str, Mapping[str,
 def render_card(name: str, config: ModelConfig, description: str = "",
                 recipe: TrainConfig | None = None, metrics: Mapping[str, Any] | None = None,
                 dataset: str | None = None, lineage: Mapping[str, Any] | None = None,
-                extra_sections: Mapping[str, str] | None = None) -> str:
-  """Renders a full model card for a vqzoo model."""
+                extra_sections: Mapping[str, str] | None = None,
+                held_out: int | None = None) -> str:
+  """Renders a full model card for a vqzoo model.
+
+  ``dataset`` names the TFDS dataset the metrics were measured on (its full test split);
+  without one, ``held_out`` says how many held-out images of an image folder they come from.
+  """
   q = config.quantizer
   arch = ("MLP encoder/decoder " + f"{list(config.mlp.encoder_sizes)} / {list(config.mlp.decoder_sizes)}"
           if config.arch == "mlp" else
           f"conv encoder/decoder, {config.conv.num_hiddens} channels, "
           f"{config.conv.num_residual_layers} residual layers of {config.conv.num_residual_hiddens}")
-  parts = [_front_matter(name, dataset, metrics), f"# {name}", "", description or
+  parts = [_front_matter(name, dataset, metrics, held_out), f"# {name}", "", description or
            "A VQ-VAE (van den Oord et al., 2017, arXiv:1711.00937) from vqzoo.", "",
            "## Architecture", "",
            f"- {arch}; input {'x'.join(map(str, config.image_shape))}, latent grid "
@@ -78,8 +89,10 @@ def render_card(name: str, config: ModelConfig, description: str = "",
     parts += ["## Lineage", "", "```json", json.dumps(dict(lineage), indent=2, default=str), "```",
               ""]
   if metrics:
-    parts += ["## Measured on the test split", "",
-              "Measured by `vqzoo eval` (code in `vqzoo/training/evaluate.py`) on the full test split; "
+    where = ("the full test split" if dataset else
+             f"the {held_out} images of the folder held out from training")
+    parts += ["## Measured on the test split" if dataset else "## Measured on held-out images", "",
+              f"Measured by `vqzoo eval` (code in `vqzoo/training/metrics.py`) on {where}; "
               "reconstructions clipped to [0, 1]; PSNR = 10 log10(1 / MSE); bits per image = "
               "latent positions x log2 K.", "", metrics_table(metrics), ""]
   for title, body in (extra_sections or {}).items():

@@ -61,6 +61,14 @@ def reseed_unused_codes(model: PretrainedVQVAE, images: np.ndarray, seed: int,
   return jax.device_get(params), jax.device_get(state), int(dead.sum())
 
 
+def _portable(source: dict[str, Any]) -> dict[str, Any]:
+  """A model's source record without machine paths (a directory is named, not located)."""
+  out = {k: v for k, v in source.items() if k not in ("path", "bundled")}
+  if "path" in source:
+    out["directory"] = Path(source["path"]).name
+  return out
+
+
 def _data(base_config, config: FinetuneConfig, dataset: str | None, images_dir: str | None,
           data_dir: str | None):
   """``(train images, held-out images, data record)`` for the lineage."""
@@ -104,6 +112,10 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
       there is an error).
     progress: show progress bars.
     push_to_hub: also publish the result to this Hub repo id.
+
+  In a multi-process run (:func:`vqzoo.training.distributed.initialize` first) every process
+  calls this with the same arguments and trains one model together; only process 0 writes
+  ``out``, the checkpoints and metrics, and pushes.
   """
   base_model = load(base)
   model_config = base_model.config
@@ -127,20 +139,31 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
                  checkpoint_every=config.checkpoint_every)
   # The saved model keeps the base config: re-seeding is a training-time option.
   after = evaluate(model_config, result.params, result.state, eval_images)
-  lineage = {"base": base, "base_source": base_model.source, "data": data_info,
+  base_label = base if "path" not in base_model.source else Path(base).name
+  lineage = {"base": base_label, "base_source": _portable(base_model.source), "data": data_info,
              "finetune": config.to_dict(), "steps": result.step, "reseeded_before": reseeded,
              "reseed_threshold_used": train_config.quantizer.dead_code_threshold,
              "vqzoo_version": __version__}
+  threshold = train_config.quantizer.dead_code_threshold
   card = render_card(
-      out.name, model_config, f"Fine-tuned from `{base}` with vqzoo.", recipe=recipe,
-      metrics=after, dataset=dataset, lineage=lineage,
-      extra_sections={"Before and after fine-tuning": metrics_table(
-          after, {"base model": before, "fine-tuned": after})})
+      out.name, model_config, f"Fine-tuned from `{base_label}` with vqzoo.", recipe=recipe,
+      metrics=after, dataset=dataset, lineage=lineage, held_out=len(eval_images),
+      extra_sections={
+          "Fine-tuning": (f"{result.step} steps; frozen: {', '.join(config.freeze) or 'nothing'}; "
+                          "dead-code re-seeding while fine-tuning: "
+                          + (f"codes used by fewer than {threshold} vectors per batch"
+                             if threshold else "off")
+                          + (f"; {reseeded} unused codes re-seeded before training"
+                             if reseeded else "") + "."),
+          "Before and after fine-tuning": metrics_table(
+              after, {"base model": before, "fine-tuned": after})})
   model = PretrainedVQVAE(model_config, result.params, result.state, card=card)
+  if jax.process_index() != 0:  # a multi-process run: process 0 writes and publishes
+    return FinetuneResult(model, before, after, lineage)
   model.save_pretrained(out)
   atomic_write_bytes(out / "metrics.json", (json.dumps(
       {"before": before, "after": after, "lineage": lineage}, indent=2, default=str) + "\n"
   ).encode())
   if push_to_hub:
-    model.push_to_hub(push_to_hub, commit_message=f"Fine-tuned from {base}")
+    model.push_to_hub(push_to_hub, commit_message=f"Fine-tuned from {base_label}")
   return FinetuneResult(model, before, after, lineage)
