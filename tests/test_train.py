@@ -315,3 +315,10 @@ def test_a_corrupt_checkpoint_is_named_on_resume(tmp_path, mnist_train, damage):
     _run(tmp_path, images, resume=True)
   with pytest.raises(ValueError, match=str(path)):
     train_lib.load_checkpoint(path, _template(TINY))
+
+
+def test_a_wrong_split_name_is_not_reported_as_a_missing_dataset(tfds_dir):
+  with pytest.raises(ValueError, match="no split 'validation'.*test, train"):
+    data_lib.load_images("mnist", "validation", tfds_dir)
+  with pytest.raises(ValueError, match="no split"):
+    data_lib.load_labels("mnist", "valid[:10]", tfds_dir)

@@ -59,16 +59,31 @@ def _data_source(name: str, split: str, data_dir: str | None):
   except ImportError as e:
     raise ImportError(f"Reading TFDS datasets needs the data extra: {DATA_INSTALL_HINT}") from e
   where = data_dir or os.path.expanduser("~/tensorflow_datasets")
-  if not any(Path(where, name.split(":")[0]).glob("*/dataset_info.json")):
+  infos = sorted(Path(where, name.split(":")[0]).glob("*/dataset_info.json"))
+  if not infos:
     raise _not_prepared(name, split, where)
+  splits = _split_names(infos[-1])
+  base_split = split.split("[")[0].split("+")[0].strip()
+  if splits and base_split not in splits:
+    raise ValueError(f"TFDS dataset {name!r} has no split {base_split!r}; its splits are "
+                     f"{', '.join(sorted(splits))} (slices like 'train[:1000]' work too)")
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # TFDS raises assorted types for a missing or partial dataset.
     raise _not_prepared(name, split, where, f" ({type(e).__name__}: {e})") from e
 
 
+def _split_names(info_path: Path) -> set[str]:
+  """The split names a prepared dataset's ``dataset_info.json`` lists (empty if unreadable)."""
+  import json
+  try:
+    return {entry["name"] for entry in json.loads(info_path.read_text()).get("splits", [])}
+  except (OSError, ValueError, KeyError, TypeError):
+    return set()
+
+
 def load_images(name: str, split: str, data_dir: str | os.PathLike | None = None,
-                use_cache: bool = True) -> np.ndarray:
+                use_cache: bool = True, progress: bool = True) -> np.ndarray:
   """All images of a TFDS split as ``[N, H, W, C]`` uint8, decoded once and cached.
 
   Args:
@@ -76,6 +91,7 @@ def load_images(name: str, split: str, data_dir: str | os.PathLike | None = None
     split: e.g. ``"train"``, ``"test"`` or ``"test[:1000]"``.
     data_dir: TFDS data directory; see the module docstring.
     use_cache: read and write the decoded ``.npy`` cache.
+    progress: show a progress bar while decoding (the first time only; then the cache is read).
   """
   resolved = resolve_data_dir(data_dir)
   source = _data_source(name, split, resolved)
@@ -87,8 +103,16 @@ def load_images(name: str, split: str, data_dir: str | os.PathLike | None = None
     images = _read_cache(path, digest, len(source))
     if images is not None:
       return images
-  examples = source.__getitems__(list(range(len(source))))
-  images = np.stack([np.asarray(ex["image"], dtype=np.uint8) for ex in examples])
+  from tqdm.auto import tqdm
+  n, step = len(source), 2000
+  images = []
+  with tqdm(total=n, desc=f"decode {name} {split}", unit="img", leave=False,
+            disable=not progress or n <= step) as bar:
+    for start in range(0, n, step):
+      examples = source.__getitems__(list(range(start, min(n, start + step))))
+      images.extend(np.asarray(ex["image"], dtype=np.uint8) for ex in examples)
+      bar.update(len(examples))
+  images = np.stack(images)
   if images.ndim == 3:
     images = images[..., None]
   if use_cache:

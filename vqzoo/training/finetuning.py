@@ -130,7 +130,8 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
     train_config = dataclasses.replace(model_config, quantizer=dataclasses.replace(
         model_config.quantizer, dead_code_threshold=config.reseed_threshold))
   recipe = config.train_config(dataset or "image-folder", len(train_images))
-  before = evaluate(model_config, base_model.params, base_model.state, eval_images)
+  before = evaluate(model_config, base_model.params, base_model.state, eval_images,
+                    progress=progress)
   out = Path(out)
   result = train(train_config, recipe, workdir or out.with_name(out.name + ".work"),
                  images=train_images, resume=resume, overwrite=overwrite, init_params=params,
@@ -138,7 +139,7 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
                  frozen=config.freeze, progress=progress, log_every=config.log_every,
                  checkpoint_every=config.checkpoint_every)
   # The saved model keeps the base config: re-seeding is a training-time option.
-  after = evaluate(model_config, result.params, result.state, eval_images)
+  after = evaluate(model_config, result.params, result.state, eval_images, progress=progress)
   base_label = base if "path" not in base_model.source else Path(base).name
   lineage = {"base": base_label, "base_source": _portable(base_model.source), "data": data_info,
              "finetune": config.to_dict(), "steps": result.step, "reseeded_before": reseeded,

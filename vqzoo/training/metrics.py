@@ -32,21 +32,23 @@ def _eval_fn(config: ModelConfig):
 
 
 def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
-             batch_size: int = 1000) -> dict[str, float]:
+             batch_size: int = 1000, progress: bool = False) -> dict[str, float]:
   """Measures a model on ``images`` ``[N, H, W, C]`` (uint8, or float in [0, 1]).
 
   Returns:
     ``mse`` (per pixel), ``psnr`` (dB, ``10 log10(1 / mse)``), ``perplexity``
     (of the code histogram over the split), ``codes_used`` (distinct codes),
     ``bits_per_image`` (latent positions x log2 K, the fixed-rate code length),
-    ``num_images``.
+    ``num_images``. ``progress`` shows a progress bar.
   """
   images = to_float_images(images, config.image_shape)
   fn = _eval_fn(config)
   k = config.quantizer.num_embeddings
   counts = np.zeros(k, np.int64)
   total_sq = 0.0
-  for start in range(0, len(images), batch_size):
+  from tqdm.auto import tqdm
+  for start in tqdm(range(0, len(images), batch_size), desc="evaluate", unit="batch",
+                    leave=False, disable=not progress):
     chunk = images[start:start + batch_size]
     sq_err, codes = fn(params, state, chunk)
     total_sq += float(np.sum(np.asarray(sq_err, np.float64)))
