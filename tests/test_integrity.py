@@ -207,3 +207,14 @@ def test_create_model_fresh_or_pretrained_and_from_pretrained_knows_zoo_names():
   by_name = vqzoo.PretrainedVQVAE.from_pretrained(ZOO)  # a zoo name, never the real Hub
   assert time.monotonic() - t0 < 5 and by_name.source["zoo"] == ZOO
   np.testing.assert_array_equal(by_name.codebook, trained.codebook)
+
+
+def test_missing_data_extra_is_one_line_with_the_install_hint(monkeypatch, capsys):
+  import sys
+  from vqzoo.cli import main
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as in the base install
+  for argv in (["eval", ZOO], ["reconstruct", ZOO, "--dataset", "mnist"],
+               ["encode", ZOO, "--dataset", "mnist", "--out", "/tmp/x.npz"]):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install -e '.[data]'" in err, err
