@@ -25,7 +25,7 @@ import os
 import re
 from typing import Any, Mapping
 
-from vqzoo.configs import ModelConfig
+from vqzoo.configs import ModelConfig, PriorConfig
 from vqzoo.pretrained import hub, registry
 from vqzoo.pretrained.integrity import (ARTIFACT_FILES, CARD_NAME, CONFIG_NAME,
                                         PRIOR_CONFIG_NAME, PRIOR_FILES, PRIOR_WEIGHTS_NAME,
@@ -104,33 +104,30 @@ def resolve(spec: str | os.PathLike, revision: str | None = None) -> ModelSource
                  f"hf-hub:owner/name.")
 
 
+def _parse_json_config(data: bytes, where: str, cls: type, what: str) -> Any:
+  try:
+    raw = json.loads(data.decode("utf-8"))
+    if not isinstance(raw, dict):
+      raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
+    return cls.from_dict(raw)
+  except (ValueError, TypeError, AttributeError, OverflowError, RecursionError,
+          UnicodeDecodeError) as e:
+    raise ValueError(f"{where}: not a valid vqzoo {what}: {type(e).__name__}: {e}") from None
+
+
 def parse_config(data: bytes, where: str) -> ModelConfig:
   """``config.json`` bytes -> a validated :class:`ModelConfig`.
 
   Raises:
     ValueError: not JSON, not an object, or a field of the wrong type or range (named).
   """
-  try:
-    raw = json.loads(data.decode("utf-8"))
-    if not isinstance(raw, dict):
-      raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
-    return ModelConfig.from_dict(raw)
-  except (ValueError, TypeError, AttributeError, OverflowError, RecursionError,
-          UnicodeDecodeError) as e:
-    raise ValueError(f"{where}: not a valid vqzoo config: {type(e).__name__}: {e}") from None
+  return _parse_json_config(data, where, ModelConfig, "config")
 
 
-def parse_prior_config(data: bytes, where: str):
-  """``prior.json`` bytes -> a validated :class:`~vqzoo.configs.PriorConfig`."""
-  from vqzoo.configs import PriorConfig
-  try:
-    raw = json.loads(data.decode("utf-8"))
-    if not isinstance(raw, dict):
-      raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
-    return PriorConfig.from_dict(raw)
-  except (ValueError, TypeError, AttributeError, OverflowError, RecursionError,
-          UnicodeDecodeError) as e:
-    raise ValueError(f"{where}: not a valid vqzoo prior config: {type(e).__name__}: {e}") from None
+def parse_prior_config(data: bytes, where: str) -> PriorConfig:
+  """``prior.json`` bytes -> a validated :class:`~vqzoo.configs.PriorConfig` (errors as
+  :func:`parse_config`)."""
+  return _parse_json_config(data, where, PriorConfig, "prior config")
 
 
 def _read_dir(folder: str) -> tuple[dict[str, bytes], str | None]:
