@@ -150,21 +150,27 @@ def _entries() -> list[dict[str, Any]]:
   ]
 
 
-def _prior_recipe(config: ModelConfig, dataset: str) -> PriorRecipe:
+def _prior_recipe(config: ModelConfig, dataset: str, steps: int = 4000) -> PriorRecipe:
   if config.arch == "mlp":
     return PriorRecipe(PriorConfig.for_model(config, num_classes=10),
                        TrainConfig(dataset=dataset, steps=1, batch_size=1))
   # 32 channels and 6 gated layers: 64 samples in well under a second on 2 CPU cores.
   return PriorRecipe(PriorConfig.for_model(config, num_classes=10, hidden=32, num_layers=6),
-                     TrainConfig(dataset=dataset, steps=4000, batch_size=128, learning_rate=2e-3,
+                     TrainConfig(dataset=dataset, steps=steps, batch_size=128, learning_rate=2e-3,
                                  warmup_steps=100, final_lr_fraction=0.05, seed=0))
+
+
+# mnist-conv's plain codebook spreads its codes less evenly (a lower unigram baseline), so its
+# prior gets twice the steps: at 4,000 it measured 183.4 test bits against a 178.6-bit bar.
+PRIOR_STEPS = {"mnist-conv": 8000}
 
 
 def _build_registry() -> dict[str, ZooEntry]:
   pins = _pins()
   table = {}
   for entry in _entries():
-    entry["prior"] = _prior_recipe(entry["config"], entry["recipe"].dataset)
+    entry["prior"] = _prior_recipe(entry["config"], entry["recipe"].dataset,
+                                   PRIOR_STEPS.get(entry["name"], 4000))
     pin = pins.get(entry["name"], {})
     weights = WeightsSpec(repo_id=pin.get("repo_id", f"{HUB_ORG}/{entry['name']}"),
                           revision=pin.get("revision", "main"), sha256=pin.get("sha256"),
