@@ -5,7 +5,13 @@
   python scripts/train.py --variant mnist-conv-ema --bundle      # into vqzoo/weights + model_cards
   python scripts/train.py --variant mnist-mlp --resume            # continue from the checkpoint
   python scripts/train.py --variant mnist-mlp --overwrite         # start afresh over it
-  python scripts/train.py --variant mnist-mlp --distributed       # multi-host: jax.distributed
+  python scripts/train.py --variant mnist-mlp --cpu-devices 2     # 2 CPU devices (replicas)
+
+Several processes (hosts) train one model: start the same command in each, adding
+  --coordinator-address HOST:PORT --num-processes N --process-id I
+(I = 0 .. N-1; HOST:PORT is process 0's), or --distributed to take these from the environment
+(VQZOO_* or JAX_* variables) or from the cluster (SLURM, ...). Each step spans the devices of all
+processes; process 0 writes the checkpoint, metrics, --out and --bundle and reports the bar.
 
 A workdir that holds a checkpoint needs --resume (continue it) or --overwrite (delete it and
 its metrics); --resume needs one. A resumed run must use the recipe (and --steps) that wrote the
@@ -13,7 +19,9 @@ checkpoint, unless --extend-schedule allows a new --steps.
 
 Exit status: 0 when the trained model meets the variant's quality bar, 1 when it misses it
 (expected for a short --steps run), 2 for a usage error (including a workdir that does not fit
---resume/--overwrite, or a recipe that differs from the checkpoint's).
+--resume/--overwrite, or a recipe that differs from the checkpoint's). Processes other than 0
+exit 0 once training is done. In a multi-process run a process that fails (a peer died, say)
+exits at once with status 1 (2 for a usage error); the others then fail within seconds.
 """
 
 import argparse
@@ -26,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import zoo_tools  # noqa: E402
 
 from vqzoo.pretrained import registry  # noqa: E402
+from vqzoo.training import distributed  # noqa: E402
 
 
 def main(argv=None):
@@ -47,17 +56,22 @@ def main(argv=None):
   parser.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
                       help="steps between checkpoints (and at the end); default %(default)s")
   parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
-  parser.add_argument("--distributed", action="store_true",
-                      help="call jax.distributed.initialize() first (multi-host; see README)")
   parser.add_argument("--no-progress", action="store_true")
+  distributed.add_flags(parser)
   args = parser.parse_args(argv)
   if args.resume and args.overwrite:
     parser.error("--resume and --overwrite: pass one or the other")
   if args.checkpoint_every < 1:
     parser.error(f"--checkpoint-every: expected an integer >= 1, got {args.checkpoint_every}")
-  if args.distributed:
-    import jax
-    jax.distributed.initialize()
+  try:  # before anything touches a device
+    multi_process = distributed.start_from_flags(args, registry.get_entry(args.variant).config.arch)
+  except ValueError as e:
+    parser.error(str(e))
+  with distributed.fail_fast(multi_process):  # a failed process ends now, its peers soon after
+    return _run(args, parser)
+
+
+def _run(args, parser):
   workdir = args.workdir or f"runs/{args.variant}"
   try:
     model = zoo_tools.train_variant(
@@ -66,6 +80,8 @@ def main(argv=None):
         overwrite=args.overwrite, extend_schedule=args.extend_schedule)
   except (FileExistsError, FileNotFoundError, ValueError) as e:
     parser.error(str(e))  # the workdir, the data or the recipe does not fit: exit status 2
+  if not distributed.is_main_process():
+    return 0  # process 0 measures, saves and reports
   metrics = zoo_tools.measure_variant(args.variant, model, data_dir=args.data_dir)
   print(json.dumps({"variant": args.variant, **metrics}, indent=2))
   if args.out:

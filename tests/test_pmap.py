@@ -72,3 +72,24 @@ def test_pmapped_train_step_keeps_replicas_identical(mnist_train):
   first = jax.tree_util.tree_leaves(ts.params)[0]
   assert not np.allclose(jax.tree_util.tree_leaves(rts.params)[0][0], first)  # it did train
   assert np.all(np.isfinite(np.asarray(metrics["loss"])))
+
+
+def test_the_replica_check_finds_a_single_differing_bit():
+  devices = jax.local_devices()[:4]
+  check = train_lib.compile_replica_check(devices)
+  tree = {"w": np.zeros((4, 3, 2), np.float32), "n": np.arange(4)[:, None] * 0}
+  prints = check(tree)
+  assert prints.shape == (4,) and len(set(prints.tolist())) == 1
+  tree["w"][2, 1, 0] = -0.0  # equal as a float, one bit apart
+  prints = check(tree)
+  assert prints[2] != prints[0] and prints[0] == prints[1] == prints[3]
+  with pytest.raises(RuntimeError, match="replicas diverged by step 7.*process 0"):
+    train_lib._check_replicas(check, tree, 7, devices)
+
+
+def test_each_replica_gets_its_rows_of_the_global_batch(mnist_train):
+  recipe = TrainConfig(steps=3, batch_size=8, seed=1)
+  batch = next(train_lib.data_lib.batches(mnist_train[:64], 8, 1))
+  for replicas in ([0, 1, 2, 3], [1, 3], [2]):
+    local = next(train_lib._local_batches(mnist_train[:64], recipe, 0, replicas, 4))
+    np.testing.assert_array_equal(local, np.stack([batch[2 * r:2 * r + 2] for r in replicas]))

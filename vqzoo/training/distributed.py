@@ -18,10 +18,12 @@ connection error at once; a process that stops answering is declared dead after
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import os
 import sys
-from typing import Mapping, NamedTuple
+import traceback
+from typing import Iterator, Mapping, NamedTuple
 
 import jax
 
@@ -263,3 +265,29 @@ def exit_now(code: int) -> None:
     except Exception:  # a closed stream must not keep the process alive
       pass
   os._exit(code)
+
+
+@contextlib.contextmanager
+def fail_fast(multi_process: bool = True) -> Iterator[None]:
+  """For an entry point's body: in a multi-process run, a failure ends this process at once.
+
+  A ``SystemExit`` (a usage error) keeps its status; any other exception prints its
+  traceback and exits with status 1, through :func:`exit_now`. The peers then fail within
+  seconds (their next collective loses this process) instead of all waiting out the
+  heartbeat timeout. Without ``multi_process`` this does nothing.
+  """
+  if not multi_process:
+    yield
+    return
+  try:
+    yield
+  except SystemExit as e:
+    code = e.code
+    if not isinstance(code, int):
+      if code is not None:
+        print(code, file=sys.stderr)
+      code = 0 if code is None else 1
+    exit_now(code)
+  except BaseException:  # noqa: B036 -- whatever failed, end now
+    traceback.print_exc()
+    exit_now(1)

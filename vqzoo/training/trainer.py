@@ -1,13 +1,23 @@
-"""Training: optax Adam with warmup + cosine decay, pmapped over local devices.
+"""Training: optax Adam with warmup + cosine decay, data-parallel over every device of the run.
 
-One code path for one device or many: the step is always ``jax.pmap``-ed over the local
-devices with ``pmean``-ed gradients and cross-replica codebook statistics, so a single CPU runs
-exactly what an 8-GPU host runs, on one shard. The model is a :class:`~vqzoo.ModelConfig` or
-any zero-argument function that makes a :class:`vqzoo.nn.VQVAE` (your own encoder/decoder).
+One code path for one device or many, one process or many: the step always runs as
+``jax.pmap`` runs it (``jax.shard_map`` over a one-axis mesh, compiled by ``jax.jit`` with
+:mod:`vqzoo.cpu_tuning`'s options), over the local devices of a single process or over the
+devices of all processes of a multi-process run (:mod:`vqzoo.training.distributed`), with
+``pmean``-ed gradients and codebook statistics, code counts and dead-code re-seeding reduced
+across all replicas: a single CPU runs exactly what many hosts run, on one shard. Each process feeds only its replicas' rows
+of every global batch; only process 0 writes checkpoints and metrics; every process can resume
+from the checkpoint. That the replicas stay identical is checked, not assumed: a fingerprint of
+every replica's state is compared at the first step, at every logged step and before every
+checkpoint.
+
+The model is a :class:`~vqzoo.ModelConfig` or any zero-argument function that makes a
+:class:`vqzoo.nn.VQVAE` (your own encoder/decoder).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from vqzoo import cpu_tuning
 from vqzoo.configs import ModelConfig, TrainConfig
@@ -41,11 +52,11 @@ _STALE_TEMP = re.compile(
 class TrainState(NamedTuple):
   """Everything a run needs to continue bit-exactly."""
 
-  params: hk.Params
-  state: hk.State
-  opt_state: optax.OptState
-  step: jax.Array
-  rng: jax.Array
+  params: dict  # hk.Params
+  state: dict  # hk.State
+  opt_state: object  # optax.OptState
+  step: object  # int32 scalar array
+  rng: object  # PRNG key
 
 
 def _check_frozen(frozen: Iterable[str]) -> set[str]:
@@ -278,31 +289,189 @@ class TrainResult:
 
 
 def replicate(tree: Any, num_devices: int) -> Any:
-  """Stacks a leading device axis onto every leaf (host arrays; pmap places them)."""
+  """Stacks a leading device axis onto every leaf (host arrays; the compiled step places them)."""
   return jax.tree_util.tree_map(
       lambda x: np.broadcast_to(np.asarray(x), (num_devices, *np.shape(x))).copy(), tree)
 
 
+def _first_local_replica(x: Any) -> Any:
+  """Replica 0 of this process: of a host array, or of a (possibly global) ``jax.Array``."""
+  if isinstance(x, jax.Array):
+    shard = min(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return shard.data[0]
+  return x[0]
+
+
 def unreplicate(tree: Any) -> Any:
-  """Replica 0 of a :func:`replicate`-d tree."""
-  return jax.tree_util.tree_map(lambda x: x[0], tree)
+  """This process's first replica of a :func:`replicate`-d tree (or of a step's output)."""
+  return jax.tree_util.tree_map(_first_local_replica, tree)
+
+
+def _per_replica(fn: Callable, devices: Sequence[Any]) -> Callable:
+  """``fn`` on every device's slice of a leading replica axis: ``jax.pmap``'s semantics.
+
+  ``jax.shard_map`` over a one-axis :class:`jax.sharding.Mesh` of ``devices`` (the replica
+  axis :data:`AXIS`), each leaf's leading axis split one row per device; ``fn`` sees a row
+  without it and its collectives over :data:`AXIS` span every device, of every process.
+  This is how ``jax.pmap`` itself is built in this JAX; building it here lets the step be
+  compiled with :mod:`vqzoo.cpu_tuning`'s options in multi-process runs too.
+  """
+  mesh = jax.sharding.Mesh(np.asarray(devices, dtype=object), (AXIS,))
+  spec = jax.sharding.PartitionSpec(AXIS)
+
+  def body(*args):
+    args = jax.tree_util.tree_map(lambda x: jnp.squeeze(x, 0), args)
+    return jax.tree_util.tree_map(lambda x: jnp.expand_dims(x, 0), fn(*args))
+  return jax.shard_map(body, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+
+
+def _replica_sharding(devices: Sequence[Any]) -> jax.sharding.NamedSharding:
+  mesh = jax.sharding.Mesh(np.asarray(devices, dtype=object), (AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
+def _to_global(devices: Sequence[Any]) -> Callable[[Any], Any]:
+  """``convert(tree)``: host-local ``[n_local, ...]`` leaves as global ``[n_dev, ...]`` arrays.
+
+  Row ``i`` of a leaf goes to this process's ``i``-th device in ``devices``; leaves that are
+  already global arrays over ``devices`` (a step's output) pass through.
+  """
+  sharding = _replica_sharding(devices)
+  mine = [d for d in devices if d.process_index == jax.process_index()]
+  all_here = len(mine) == len(devices)
+
+  def convert(x):
+    if isinstance(x, jax.Array) and (x.sharding is sharding or x.sharding == sharding):
+      return x
+    if all_here and isinstance(x, np.ndarray):
+      return x  # the compiled function places it (faster than doing it here)
+    x = np.asarray(x)
+    if x.shape[:1] != (len(mine),):
+      raise ValueError(f"expected a leading axis of {len(mine)} (this process's devices), got "
+                       f"shape {x.shape}")
+    rows = [jax.device_put(x[i:i + 1], d) for i, d in enumerate(mine)]
+    return jax.make_array_from_single_device_arrays((len(devices), *x.shape[1:]), sharding, rows)
+
+  def convert_tree(tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    if all(getattr(x, "sharding", None) is sharding for x in leaves):
+      return tree  # a step's output, as every step after the first gets: nothing to do
+    return treedef.unflatten([convert(x) for x in leaves])
+  return convert_tree
 
 
 def compile_step(model: ModelSpec, optimizer: optax.GradientTransformation,
                  devices: Sequence[Any], frozen: Iterable[str] = ()) -> Callable:
-  """The train step ``jax.pmap``-ed over ``devices`` with the replica axis (one device included).
+  """The train step over ``devices`` with the replica axis (one device included), like pmap.
 
-  Takes a :func:`replicate`-d state and batches ``[n_dev, B / n_dev, ...]``; donates the state.
-  Compiled with :mod:`vqzoo.cpu_tuning`'s options; one code path for a laptop and a
-  multi-device host.
+  ``step(replicated_state, images) -> (state, metrics)`` takes a :func:`replicate`-d state
+  (host arrays ``[n_local, ...]``, or the state a previous call returned) and batches
+  ``[n_local, B / n_dev, ...]``: one row per device of ``devices`` that belongs to this
+  process, in their order in ``devices``. It returns global arrays over ``devices``
+  (:func:`unreplicate` reads them) and donates the state. In a multi-process run ``devices``
+  spans every process's devices (:func:`step_devices`), and the reductions span them all.
+  Compiled with :mod:`vqzoo.cpu_tuning`'s options; one code path for a laptop and many hosts.
   """
-  return cpu_tuning.pmap(make_train_step(model, optimizer, AXIS, frozen), axis_name=AXIS,
-                         devices=list(devices), donate_argnums=(0,))
+  devices = list(devices)
+  sharding = _replica_sharding(devices)
+  compiled = cpu_tuning.jit(_per_replica(make_train_step(model, optimizer, AXIS, frozen), devices),
+                            in_shardings=sharding, out_shardings=sharding, donate_argnums=(0,))
+  to_global = _to_global(devices)
+  return lambda rts, images: compiled(to_global(rts), to_global(images))
+
+
+def step_devices(devices: Sequence[Any] | None = None) -> tuple[list[Any], list[int]]:
+  """The devices one step spans, in replica order, and the replica indices of this process's.
+
+  Default: all local devices of a single process; all devices of all processes (ordered by
+  process, then id) in a multi-process run.
+
+  Raises:
+    ValueError: a device is listed twice, none belongs to this process, or (multi-process)
+      some process has none: every process must take part in every step.
+  """
+  if devices is None:
+    devices = jax.devices() if jax.process_count() > 1 else jax.local_devices()
+    devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+  devices = list(devices)
+  if len(set(devices)) != len(devices):
+    raise ValueError(f"devices: each device at most once, got {devices}")
+  mine = [i for i, d in enumerate(devices) if d.process_index == jax.process_index()]
+  if not mine:
+    raise ValueError(f"devices: none of {devices} belongs to this process "
+                     f"({jax.process_index()})")
+  if jax.process_count() > 1:
+    missing = set(range(jax.process_count())) - {d.process_index for d in devices}
+    if missing:
+      raise ValueError(
+          f"devices: a multi-process run steps over devices of every process, but processes "
+          f"{sorted(missing)} have none among {devices} (default: all of jax.devices())")
+  return devices, mine
+
+
+def _bits(x: jax.Array) -> jax.Array:
+  """``x``'s bytes as a flat ``uint32`` array (zero-padded), for fingerprints."""
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  x = x.reshape(-1)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  size = x.dtype.itemsize
+  if size == 4:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  if size == 8:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16}[size]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def fingerprint(tree: Any) -> jax.Array:
+  """A ``uint32`` hash of every bit of ``tree``'s leaves (wrapping sums, position-weighted).
+
+  Equal trees give equal fingerprints; any change of any bit changes it but for a 2^-32
+  chance. Cheap: one multiply-add per element.
+  """
+  h = jnp.uint32(0x811C9DC5)
+  for leaf in jax.tree_util.tree_leaves(tree):
+    bits = _bits(leaf)
+    weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+    h = h * jnp.uint32(0x01000193) + jnp.sum(bits * weights, dtype=jnp.uint32)
+  return h
+
+
+def compile_replica_check(devices: Sequence[Any]) -> Callable:
+  """``check(state) -> [n_dev]`` uint32: every replica's :func:`fingerprint`, in device order.
+
+  Over ``devices`` like :func:`compile_step` and taking its output: a collective (in a
+  multi-process run every process calls it at the same steps).
+  """
+  devices = list(devices)
+  sharding = _replica_sharding(devices)
+  compiled = jax.jit(_per_replica(lambda ts: jax.lax.all_gather(fingerprint(ts), AXIS), devices),
+                     in_shardings=sharding, out_shardings=sharding)
+  to_global = _to_global(devices)
+  return lambda rts: np.asarray(_first_local_replica(compiled(to_global(rts))))
+
+
+def _check_replicas(check: Callable, rts: TrainState, step: int, devices: Sequence[Any]) -> None:
+  """Raises ``RuntimeError`` unless every replica of ``rts`` is bit-for-bit the same."""
+  prints = check(rts)
+  if np.all(prints == prints[0]):
+    return
+  groups: dict[int, list[str]] = {}
+  for value, device in zip(prints.tolist(), devices):
+    groups.setdefault(value, []).append(f"{device} (process {device.process_index})")
+  detail = "; ".join(f"{value:#010x} on {', '.join(where)}" for value, where in groups.items())
+  raise RuntimeError(
+      f"the model replicas diverged by step {step}: their parameters, state or optimiser state "
+      f"are no longer identical (fingerprints: {detail}). A reduction did not span every "
+      "replica: were the processes started with different code, data, recipe or checkpoint?")
 
 
 def _host_metrics(metrics: Any) -> dict[str, float]:
-  """Host copy of replica 0's metrics."""
-  return {k: float(np.asarray(v).reshape(-1)[0]) for k, v in metrics.items()}
+  """Host copy of this process's first replica's metrics (the same on every replica)."""
+  return {k: float(np.asarray(_first_local_replica(v))) for k, v in metrics.items()}
 
 
 def _all_finite(tree: Any) -> bool:
@@ -328,17 +497,42 @@ def _non_finite(what: str, step: int, last_finite: int, ckpt_path: Path) -> Floa
                             "rate or check the data.")
 
 
-def _local_batches(images: np.ndarray, recipe: TrainConfig, start: int, n_dev: int
-                   ) -> Iterator[np.ndarray]:
-  """This process's share of each global batch, as ``[n_dev, B / (hosts * n_dev), ...]``."""
-  hosts, index = jax.process_count(), jax.process_index()
-  if recipe.batch_size % (hosts * n_dev):
-    raise ValueError(f"batch_size: expected a multiple of {hosts * n_dev} (hosts x local "
-                     f"devices), got {recipe.batch_size}")
-  share = recipe.batch_size // hosts
+@contextlib.contextmanager
+def _peer_failures(ckpt_path: Path, step: Callable[[], int]) -> Iterator[None]:
+  """In a multi-process run, turns a failed collective into an error that says what to do."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    detail = re.sub(r"(Error dispatching computation: )+", "", str(e)).strip()[:300]
+    at = checkpoint_step(ckpt_path)
+    saved = (f"the checkpoint {ckpt_path} (if this process can see it) is from step {at}"
+             if at is not None else f"no checkpoint {ckpt_path} can be read here")
+    raise RuntimeError(
+        f"process {jax.process_index()} of {jax.process_count()}: a step's cross-process "
+        f"collective failed near step {step() + 1} ({type(e).__name__}: {detail}); "
+        f"another process most likely died or was killed (see its log). {saved}: restart every "
+        "process with --resume (resume=True) to continue from it") from e
+
+
+def _local_batches(images: np.ndarray, recipe: TrainConfig, start: int, replicas: Sequence[int],
+                   n_dev: int) -> Iterator[np.ndarray]:
+  """This process's rows of each global batch, ``[len(replicas), B / n_dev, ...]``.
+
+  Replica ``r`` of ``n_dev`` gets rows ``[r * B / n_dev, (r + 1) * B / n_dev)`` of every
+  global batch, whichever process it runs in: the global batches are those of one process
+  on one device.
+  """
+  if recipe.batch_size % n_dev:
+    raise ValueError(f"batch_size: expected a multiple of {n_dev} (the devices of all "
+                     f"processes), got {recipe.batch_size}")
+  rows = recipe.batch_size // n_dev
   for batch in data_lib.batches(images, recipe.batch_size, recipe.seed, start):
-    local = batch[index * share:(index + 1) * share]
-    yield local.reshape(n_dev, share // n_dev, *local.shape[1:])
+    if len(replicas) == n_dev:  # every replica is here: a view, no copy
+      yield batch.reshape(n_dev, rows, *batch.shape[1:])
+    else:
+      yield np.stack([batch[r * rows:(r + 1) * rows] for r in replicas])
 
 
 def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
@@ -355,6 +549,13 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
   holds one line per logged step of the run the checkpoint continues: on resume, lines logged
   after the checkpoint's step are dropped (they are logged again); a fresh run starts it empty.
 
+  In a multi-process run (:func:`vqzoo.training.distributed.initialize` first) every process
+  calls this with the same arguments: one step spans the devices of all processes, each
+  process feeding its replicas' rows of every global batch. Only process 0 writes to
+  ``workdir`` (checkpoint, metrics, clean-up); with ``resume`` every process reads the
+  checkpoint, so ``workdir`` must be on a shared file system (or hold a copy of it on every
+  host). All processes return the same result.
+
   Args:
     model: a :class:`ModelConfig`, or a zero-argument function making a
       :class:`vqzoo.nn.VQVAE` (give its quantizer ``cross_replica_axis="batch"`` to train on
@@ -370,8 +571,9 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
     frozen: parts among ``("encoder", "decoder", "codebook")`` that do not train.
     checkpoint_every: steps between atomic checkpoints (and at the end).
     log_every: steps between metric lines, progress-bar updates and NaN checks.
-    progress: show a tqdm progress bar.
-    devices: devices to pmap over (default: all local devices).
+    progress: show a tqdm progress bar (process 0 only).
+    devices: devices to pmap over, in replica order (default: all local devices; in a
+      multi-process run all devices of all processes, see :func:`step_devices`).
     until_step: stop (with a checkpoint) at this step instead of ``recipe.steps``; a later
       call with ``resume=True`` continues on the same schedule.
     overwrite: without ``resume``, delete ``workdir``'s checkpoint and metrics (if any) and
@@ -391,6 +593,9 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
     FloatingPointError: the loss (or another metric, or the parameters at a checkpoint)
       became NaN or Inf; the message gives the step and the step of the checkpoint left in
       ``workdir``, if there is one.
+    RuntimeError: the replicas are no longer identical (checked at the first step, every
+      logged step and before every checkpoint), or, in a multi-process run, a collective
+      failed (another process died); the message says which checkpoint is left.
   """
   from tqdm.auto import tqdm
 
@@ -400,8 +605,11 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
     raise ValueError(f"checkpoint_every and log_every: expected integers >= 1, got "
                      f"{checkpoint_every} and {log_every}")
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  _remove_stale_temp_files(workdir)
+  devices, replicas = step_devices(devices)
+  writer = jax.process_index() == 0  # the one process that writes to workdir
+  if writer:
+    workdir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_files(workdir)
   ckpt_path, metrics_path = workdir / CHECKPOINT_NAME, workdir / METRICS_NAME
   if resume:
     if not ckpt_path.exists():
@@ -414,8 +622,6 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
         f"{workdir} already holds a checkpoint ({ckpt_path}); pass resume=True (--resume) to "
         "continue it, or overwrite=True (--overwrite) to delete it and its metrics and start "
         "afresh")
-  devices = list(devices or jax.local_devices())
-  n_dev = len(devices)
   if images is None:
     images = data_lib.load_images(recipe.dataset, recipe.split, data_dir)
   if isinstance(model, ModelConfig) and tuple(images.shape[1:]) != model.image_shape:
@@ -426,27 +632,35 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
   if resume:
     ts = _restore(ckpt_path, flat, ts)
     del flat
-  elif overwrite:
+  elif overwrite and writer:
     ckpt_path.unlink(missing_ok=True)
     metrics_path.unlink(missing_ok=True)
   start = int(ts.step)
-  _truncate_metrics(metrics_path, start)
+  if writer:
+    _truncate_metrics(metrics_path, start)
+  batch_iter = _local_batches(images, recipe, start, replicas, len(devices))
+  if jax.process_count() > 1:  # every process has checked the workdir before process 0 writes
+    multihost_utils.sync_global_devices("vqzoo.train: start")
   step_fn = compile_step(model, optimizer, devices, frozen)
-  rts = replicate(jax.device_get(ts), n_dev)
-  batch_iter = _local_batches(images, recipe, start, n_dev)
+  check = compile_replica_check(devices)
+  rts = replicate(jax.device_get(ts), len(replicas))
   last: dict[str, float] = {}
-  bar = tqdm(total=recipe.steps, initial=start, disable=not progress, desc="train",
+  bar = tqdm(total=recipe.steps, initial=start, disable=not (progress and writer), desc="train",
              dynamic_ncols=True)
   stop = recipe.steps if until_step is None else min(until_step, recipe.steps)
-  if stop <= start and (not resume or extend_schedule):  # e.g. until_step=0: still checkpoint
+  if stop <= start and (not resume or extend_schedule) and writer:  # e.g. until_step=0
     save_checkpoint(ckpt_path, ts, recipe)
   last_finite = start  # the last step whose metrics were checked (or the starting state)
-  with open(metrics_path, "a") as log_file:
+  step = start
+  with open(metrics_path if writer else os.devnull, "a") as log_file, \
+      _peer_failures(ckpt_path, lambda: step):
     for step in range(start, stop):
       rts, metrics = step_fn(rts, next(batch_iter))
       done = step + 1
       log = done % log_every == 0 or done == stop
       save = done % checkpoint_every == 0 or done == stop
+      if log or save or step == start:
+        _check_replicas(check, rts, done, devices)
       if log or save:
         values = _host_metrics(metrics)
         if not all(math.isfinite(v) for v in values.values()):
@@ -465,7 +679,8 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
         if not _all_finite((host.params, host.state)):
           bar.close()
           raise _non_finite("parameters or state", done, done - 1, ckpt_path)
-        save_checkpoint(ckpt_path, host, recipe)
+        if writer:
+          save_checkpoint(ckpt_path, host, recipe)
   bar.close()
   final = jax.device_get(unreplicate(rts))
   return TrainResult(final.params, final.state, int(final.step), last)
