@@ -37,7 +37,7 @@ HEARTBEAT_TIMEOUT_S = 30
 SHUTDOWN_TIMEOUT_S = 300
 # CPU devices per process for the entry points, by architecture, measured on a 2-core host
 # (benchmarks/cpu_devices.py, BENCHMARKS.md "CPU cores as devices").
-DEFAULT_CPU_DEVICES = {"conv": 2, "mlp": 1}
+DEFAULT_CPU_DEVICES = {"conv": 1, "mlp": 1}
 
 
 class Cluster(NamedTuple):
