@@ -141,7 +141,7 @@ def test_cli_fit_prior_then_sample(tmp_path, tfds_dir, capsys):
   out = tmp_path / "with-prior"
   assert cli_main(["fit-prior", BASE, "--dataset", "mnist", "--split", "train[:1000]",
                    "--steps", "8", "--batch-size", "32", "--hidden", "8", "--layers", "1",
-                   "--out", str(out), "--data-dir", tfds_dir, "--no-progress"]) == 0
+                   "--out", str(out), "--data-dir", tfds_dir, "--no-progress", "--json"]) == 0
   metrics = json.loads(capsys.readouterr().out)
   assert metrics["uniform_bits"] == pytest.approx(49 * 7)
   assert vqzoo.load(str(out)).prior.num_classes == 10

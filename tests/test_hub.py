@@ -237,7 +237,10 @@ def test_failing_hub_fails_within_30_s_with_the_default_timeouts(hub, tmp_path, 
   assert elapsed < 30, f"took {elapsed:.1f} s"
   message = str(e.value)
   assert "\n" not in message and "someone/tiny" in message
-  assert ("500" in message) if mode == "500" else ("within" in message or "time" in message.lower())
+  if mode == "500":
+    assert "500" in message, message
+  else:  # a timeout, the deadline, or (retries used up) an unreachable Hub
+    assert any(w in message.lower() for w in ("within", "time", "could not be reached")), message
   if match is weights_get:
     assert any(m == "GET" and p.endswith(WEIGHTS_NAME) for m, p, _ in hub.requests)
   # No complete weights file was stored (a hung download may leave an *.incomplete part).

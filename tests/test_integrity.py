@@ -70,7 +70,8 @@ def serialization_sha(data: bytes) -> str:
 
 def test_zoo_manifest_digest_is_the_digest_of_its_file_pins():
   entry = registry.get_entry(ZOO)
-  assert set(entry.weights.files) == {"config.json", "model.safetensors"}
+  assert set(entry.weights.files) == {"config.json", "model.safetensors", "prior.json",
+                                      "prior.safetensors"}
   assert entry.weights.manifest_sha256 == manifest_digest(entry.weights.files)
   assert vqzoo.load(ZOO).source["manifest_sha256"] == entry.weights.manifest_sha256
 
