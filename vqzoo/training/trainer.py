@@ -654,8 +654,13 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
   step = start
   with open(metrics_path if writer else os.devnull, "a") as log_file, \
       _peer_failures(ckpt_path, lambda: step):
+    in_flight = None  # the previous step's metrics: the bar counts completed steps
     for step in range(start, stop):
       rts, metrics = step_fn(rts, next(batch_iter))
+      if in_flight is not None:
+        jax.block_until_ready(in_flight)
+        bar.update(1)
+      in_flight = metrics
       done = step + 1
       log = done % log_every == 0 or done == stop
       save = done % checkpoint_every == 0 or done == stop
@@ -673,7 +678,6 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
         log_file.flush()
         bar.set_postfix(loss=f"{last['loss']:.4f}", mse=f"{last['mse']:.4f}",
                         ppl=f"{last['perplexity']:.1f}")
-      bar.update(1)
       if save:
         host = jax.device_get(unreplicate(rts))
         if not _all_finite((host.params, host.state)):
@@ -681,6 +685,9 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
           raise _non_finite("parameters or state", done, done - 1, ckpt_path)
         if writer:
           save_checkpoint(ckpt_path, host, recipe)
+  if in_flight is not None:
+    jax.block_until_ready(in_flight)
+    bar.update(1)
   bar.close()
   final = jax.device_get(unreplicate(rts))
   return TrainResult(final.params, final.state, int(final.step), last)
