@@ -516,4 +516,21 @@ def hub(monkeypatch, tmp_path):
   try:
     yield server
   finally:
+    finish_abandoned_operations(server)
     server.stop()
+
+
+def finish_abandoned_operations(server: HubServer, timeout_s: float = 30.0) -> None:
+  """Heals ``server`` and waits for Hub operations a test abandoned at its deadline.
+
+  ``vqzoo`` leaves an operation that ran past its deadline to finish in a daemon thread. Were
+  the server stopped under it, its retries would meet a refused connection, and the
+  ``huggingface_hub`` client answers that by closing its shared HTTP client, breaking the
+  next test's requests in flight. Healed, the server lets it end at once.
+  """
+  server.set_failure(None)
+  server._release.set()
+  end = time.monotonic() + timeout_s
+  for thread in threading.enumerate():
+    if thread.name.startswith("vqzoo-hub:"):
+      thread.join(max(0.0, end - time.monotonic()))
