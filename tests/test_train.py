@@ -322,3 +322,35 @@ def test_a_wrong_split_name_is_not_reported_as_a_missing_dataset(tfds_dir):
     data_lib.load_images("mnist", "validation", tfds_dir)
   with pytest.raises(ValueError, match="no split"):
     data_lib.load_labels("mnist", "valid[:10]", tfds_dir)
+
+
+def test_the_progress_bar_counts_completed_steps(tmp_path, mnist_train, monkeypatch):
+  """Each tick of the bar comes after that step's results were waited for, not at dispatch."""
+  import tqdm.auto
+  waited = []  # every block_until_ready the loop makes
+  ticks = []  # (bar position after the tick, waits made before it)
+  real_wait = jax.block_until_ready
+
+  def wait(tree):
+    waited.append(1)
+    return real_wait(tree)
+
+  class Bar:
+    def __init__(self, *args, total=None, initial=0, **kwargs):
+      self.n, self.total = initial, total
+
+    def update(self, k=1):
+      self.n += k
+      ticks.append((self.n, len(waited)))
+
+    def set_postfix(self, **kwargs):
+      pass
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+  monkeypatch.setattr(jax, "block_until_ready", wait)
+  _run(tmp_path, mnist_train[:2048], progress=True)
+  assert [n for n, _ in ticks] == list(range(1, TINY.steps + 1))
+  assert all(waits >= n for n, waits in ticks), ticks
