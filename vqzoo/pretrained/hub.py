@@ -22,6 +22,7 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_DEADLINE_S = 25.0
 # Branch and tag names (no "..", no leading or trailing "/"), PR refs, or full commit ids.
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 _REVISION = re.compile(r"[0-9a-f]{40}|refs/pr/[0-9]+|"
                        r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
 
@@ -125,15 +126,21 @@ def download(repo_id: str, filename: str, *, revision: str | None, cache_dir: st
   """``(cache path, verified bytes)`` of ``filename`` in ``repo_id@revision``.
 
   With ``optional``, a file the repo does not have (or, offline, that the cache does not hold)
-  gives ``None``; other failures raise.
+  gives ``None``; other failures raise. A file the cache already knows to be absent at a commit
+  ``revision`` gives ``None`` without asking the Hub (the client would retry an unreachable Hub
+  for about 20 s before falling back to the cache).
 
   Raises:
     IntegrityError: the bytes do not match the id the Hub announced (the entry is evicted).
     HubError, FileNotFoundError: see :func:`with_deadline`.
   """
-  from huggingface_hub import hf_hub_download
+  from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, try_to_load_from_cache
   check_revision(revision)
   what = f"{repo_id}@{revision or 'main'}/{filename}"
+  if (optional and not force_download and revision is not None and _COMMIT.fullmatch(revision)
+      and try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir,
+                                 revision=revision) is _CACHED_NO_EXIST):
+    return None
 
   def fetch() -> str:
     return hf_hub_download(repo_id=repo_id, filename=filename, revision=revision,

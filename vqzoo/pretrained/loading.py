@@ -174,13 +174,16 @@ def _read_hub(repo_id: str, revision: str | None, **hub_kwargs: Any) -> _HubFile
   files, paths = {}, {}
   for name in ARTIFACT_FILES:
     paths[name], files[name] = hub.download(repo_id, name, revision=revision, **hub_kwargs)
+  # The optional files come from the weights' commit: one consistent snapshot, and a file the
+  # cache knows to be absent there is not asked for again.
+  commit = hub.commit_of(paths[WEIGHTS_NAME])
   for name in PRIOR_FILES:
-    got = hub.download(repo_id, name, revision=revision, optional=True, **hub_kwargs)
+    got = hub.download(repo_id, name, revision=commit or revision, optional=True, **hub_kwargs)
     if got is not None:
       paths[name], files[name] = got
-  card = hub.download(repo_id, CARD_NAME, revision=revision, optional=True, **hub_kwargs)
-  record = {"repo_id": repo_id, "revision": revision or "main",
-            "commit": hub.commit_of(paths[WEIGHTS_NAME])}
+  card = hub.download(repo_id, CARD_NAME, revision=commit or revision, optional=True,
+                      **hub_kwargs)
+  record = {"repo_id": repo_id, "revision": revision or "main", "commit": commit}
   return _HubFiles(files, paths, None if card is None else card[1].decode("utf-8", "replace"),
                    record)
 
