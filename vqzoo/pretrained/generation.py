@@ -58,8 +58,8 @@ class Generation:
     self.config = config
     self._sample = sample_codes(config, jit=cpu_tuning.jit)
     bits = prior_bits(config).apply
-    self._bits = jax.jit(lambda p, c, l: bits(p, None, c, l))
-    self._bits_unconditional = jax.jit(lambda p, c: bits(p, None, c))
+    self._bits = cpu_tuning.jit(lambda p, c, l: bits(p, None, c, l))
+    self._bits_unconditional = cpu_tuning.jit(lambda p, c: bits(p, None, c))
 
   def sample_codes(self, params: Any, num_samples: int, seed: int, temperature: float,
                    label: Any) -> np.ndarray:

@@ -199,12 +199,13 @@ def sample_unigram(train_codes: np.ndarray, num: int, num_embeddings: int, seed:
 
 
 def prior_nll(model: Any, test_codes: np.ndarray, test_labels: np.ndarray | None,
-              train_codes: np.ndarray) -> dict[str, float]:
+              train_codes: np.ndarray, marginal: bool = True) -> dict[str, float]:
   """Mean bits per image of the test codes: the prior's and two baselines'.
 
   Returns:
     ``prior_bits`` (given the true labels for a class-conditional prior),
-    ``prior_bits_marginal`` (class-conditional priors: labels summed out),
+    ``prior_bits_marginal`` (class-conditional priors with ``marginal``: labels summed out,
+    one pass over the codes per class),
     ``uniform_bits`` (positions x log2 K) and ``unigram_bits``.
   """
   k = model.config.quantizer.num_embeddings
@@ -213,7 +214,7 @@ def prior_nll(model: Any, test_codes: np.ndarray, test_labels: np.ndarray | None
   out = {"prior_bits": float(np.mean(_batched(model.prior_bits, test_codes, labels))),
          "uniform_bits": positions * math.log2(k),
          "unigram_bits": float(np.mean(unigram_bits(train_codes, test_codes, k)))}
-  if model.prior.num_classes:
+  if model.prior.num_classes and marginal:
     out["prior_bits_marginal"] = float(np.mean(_batched(model.prior_bits, test_codes, None)))
   return out
 
