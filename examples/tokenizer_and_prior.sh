@@ -7,7 +7,8 @@ mkdir -p "$out"
 # Fashion-MNIST images -> codes (with labels and the model's digest) -> images again.
 vqzoo encode fashion-mnist-conv-ema --dataset "fashion_mnist:$split" --out "$out/codes.npz"
 vqzoo decode fashion-mnist-conv-ema "$out/codes.npz" --out "$out/decoded.png"
-# Fit a class-conditional prior over the model's codes and sample from it.
-vqzoo fit-prior fashion-mnist-conv-ema --dataset fashion_mnist --split "train" --steps "$steps" \
-  --out "$out/with-prior"
+# Fit a class-conditional prior over the model's training codes, measure it on SPLIT's codes,
+# and sample from it.
+vqzoo fit-prior fashion-mnist-conv-ema --dataset fashion_mnist --split train \
+  --eval-split "$split" --steps "$steps" --out "$out/with-prior"
 vqzoo sample "$out/with-prior" --n 32 --label 7 --out "$out/sneakers.png"

@@ -140,10 +140,18 @@ def test_pixelcnn_fit_learns_and_resumes_bit_exactly(tmp_path, mnist_test):
 def test_cli_fit_prior_then_sample(tmp_path, tfds_dir, capsys):
   out = tmp_path / "with-prior"
   assert cli_main(["fit-prior", BASE, "--dataset", "mnist", "--split", "train[:1000]",
-                   "--steps", "8", "--batch-size", "32", "--hidden", "8", "--layers", "1",
-                   "--out", str(out), "--data-dir", tfds_dir, "--no-progress", "--json"]) == 0
+                   "--eval-split", "test[:300]", "--steps", "8", "--batch-size", "32",
+                   "--hidden", "8", "--layers", "1", "--out", str(out), "--data-dir", tfds_dir,
+                   "--no-progress", "--json"]) == 0
   metrics = json.loads(capsys.readouterr().out)
   assert metrics["uniform_bits"] == pytest.approx(49 * 7)
+  assert metrics["eval_split"] == "test[:300]"
+  model = vqzoo.load(str(out))
+  from vqzoo.training.data import load_images, load_labels
+  from vqzoo.training.prior_fitting import encode_images
+  codes = encode_images(model, load_images("mnist", "test[:300]", tfds_dir), progress=False)
+  assert metrics["prior_bits"] == pytest.approx(
+      model.prior_bits(codes, load_labels("mnist", "test[:300]", tfds_dir)).mean(), rel=1e-5)
   assert vqzoo.load(str(out)).prior.num_classes == 10
   grid = tmp_path / "s.png"
   assert cli_main(["sample", str(out), "--n", "8", "--label", "3", "--out", str(grid)]) == 0

@@ -282,11 +282,12 @@ def cmd_fit_prior(args):
                        seed=args.seed)
   _, metrics = fit_model_prior(args.name, args.out, recipe, dataset=args.dataset,
                                images_dir=args.images, data_dir=args.data_dir,
-                               conditional=not args.unconditional, hidden=args.hidden,
+                               eval_split=args.eval_split, conditional=not args.unconditional, hidden=args.hidden,
                                num_layers=args.layers, workdir=args.workdir, resume=args.resume,
                                progress=not args.no_progress)
   _emit(args, {"out": args.out, **metrics},
-        f"prior saved with the model in {args.out}: test {metrics['prior_bits']:.1f} bits per "
+        f"prior saved with the model in {args.out}: {metrics['eval_split']} "
+        f"{metrics['prior_bits']:.1f} bits per "
         f"image (unigram {metrics['unigram_bits']:.1f}, uniform {metrics['uniform_bits']:.1f})")
 
 
@@ -375,6 +376,8 @@ def _add_prior_parsers(sub) -> None:
   src.add_argument("--dataset", help="TFDS dataset whose codes (and labels) to fit")
   src.add_argument("--images", help="folder of PNG/JPEG images (unconditional prior)")
   f.add_argument("--split", default="train", help="TFDS split to fit (default train)")
+  f.add_argument("--eval-split", default="test",
+                 help="TFDS split the prior is measured on (default test)")
   f.add_argument("--unconditional", action="store_true", help="ignore the dataset's labels")
   f.add_argument("--steps", type=_positive_int, default=4000, help="default 4000")
   f.add_argument("--batch-size", type=_positive_int, default=128, help="default 128")

@@ -226,7 +226,8 @@ def _batched(fn, codes: np.ndarray, labels: np.ndarray | None, size: int = 1000)
 
 def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
                     dataset: str | None = None, images_dir: str | None = None,
-                    data_dir: str | None = None, conditional: bool = True, hidden: int = 32,
+                    data_dir: str | None = None, eval_split: str = "test",
+                    conditional: bool = True, hidden: int = 32,
                     num_layers: int = 6, workdir: str | os.PathLike | None = None,
                     resume: bool = False, progress: bool = True) -> tuple[Any, dict[str, Any]]:
   """Fits a prior to any model's codes and saves the model with it to ``out``.
@@ -236,13 +237,14 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
     out: output model directory (the model's files plus ``prior.json``, ``prior.safetensors``).
     recipe: steps, batch size, learning rate and seed (``recipe.split`` for a dataset).
     dataset: a TFDS dataset (its ``recipe.split``; labels condition the prior unless
-      ``conditional`` is off; the test split measures it), or
+      ``conditional`` is off; ``eval_split`` measures it), or
     images_dir: a folder of images (unconditional; 10% held out to measure it).
     hidden, num_layers: PixelCNN size (conv models).
     workdir: checkpoints (default ``OUT.work``); ``resume`` continues there.
 
   Returns:
-    ``(model with its prior, metrics)``: test bits per image beside the baselines.
+    ``(model with its prior, metrics)``: bits per image of the held-out codes beside the
+    baselines, and ``eval_split`` (a TFDS split, or ``"held-out"`` for an image folder).
   """
   from vqzoo.pretrained import load
   from vqzoo.training.data import load_images, load_labels
@@ -253,15 +255,16 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
   labels = test_labels = None
   if dataset is not None:
     images = load_images(dataset, recipe.split, data_dir)
-    test_images = load_images(dataset, "test", data_dir)
+    test_images = load_images(dataset, eval_split, data_dir)
     if conditional:
       labels = load_labels(dataset, recipe.split, data_dir)
-      test_labels = load_labels(dataset, "test", data_dir)
+      test_labels = load_labels(dataset, eval_split, data_dir)
   else:
     everything, _ = load_image_folder(images_dir, model.config.image_shape)
     images, test_images = split_holdout(everything, 0.1, recipe.seed)
-    if len(test_images) == 0:
-      test_images = images
+    eval_split = "held-out"
+    if len(test_images) == 0:  # too few images to hold any out
+      test_images, eval_split = images, "fitted"
   num_classes = 0 if labels is None else int(labels.max()) + 1
   config = PriorConfig.for_model(model.config, num_classes=num_classes, hidden=hidden,
                                  num_layers=num_layers)
@@ -275,4 +278,4 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
   metrics = prior_nll(model, encode_images(model, test_images, progress=progress), test_labels,
                       codes)
   model.save_pretrained(out)
-  return model, metrics
+  return model, {**metrics, "eval_split": eval_split}
