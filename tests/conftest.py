@@ -5,7 +5,10 @@ XLA:CPU aborts the whole process when the threads of a collective do not all arr
 exceed. The suite raises that limit so a slow collective is slow, never a crash.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 # Must happen before JAX initialises its backends.
@@ -14,6 +17,14 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_cpu_collective_call_terminate_timeout_seconds=3600"
                            " --xla_cpu_collective_timeout_seconds=3600").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Many tests compile the same small models again (a fresh run, then its resume; each CLI
+# subprocess): a persistent compilation cache for this session only compiles each once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="vqzoo-test-jax-cache-")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_TFDS = REPO.parent / "shared" / "datasets" / "tensorflow_datasets"
