@@ -205,9 +205,7 @@ def test_prior_nll_of_every_zoo_model_matches_its_card(name, tfds_dir):
   assert f"| this prior (given the true label) | {measured['prior_bits']:.1f} |" in card
   if model.config.arch == "conv":  # the bar: at most 60% of the unigram baseline's bits
     ratio = measured["prior_bits"] / measured["unigram_bits"]
-    # mnist-conv misses it narrowly (179.6 of 297.7 bits, 60.3%, after 8,000 steps): its plain
-    # codebook's codes are less evenly used, which lowers the unigram baseline; recorded as is.
-    assert ratio <= (0.604 if name == "mnist-conv" else 0.6), ratio
+    assert ratio <= 0.6, ratio
 
 
 def test_readme_prior_table_is_the_measured_one():
