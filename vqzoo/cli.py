@@ -282,7 +282,8 @@ def cmd_fit_prior(args):
                        seed=args.seed)
   _, metrics = fit_model_prior(args.name, args.out, recipe, dataset=args.dataset,
                                images_dir=args.images, data_dir=args.data_dir,
-                               eval_split=args.eval_split, conditional=not args.unconditional, hidden=args.hidden,
+                               eval_split=args.eval_split,
+                               conditional=not args.unconditional, hidden=args.hidden,
                                num_layers=args.layers, workdir=args.workdir, resume=args.resume,
                                progress=not args.no_progress)
   _emit(args, {"out": args.out, **metrics},

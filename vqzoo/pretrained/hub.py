@@ -134,6 +134,7 @@ def download(repo_id: str, filename: str, *, revision: str | None, cache_dir: st
     IntegrityError: the bytes do not match the id the Hub announced (the entry is evicted).
     HubError, FileNotFoundError: see :func:`with_deadline`.
   """
+  # try_to_load_from_cache documents _CACHED_NO_EXIST as its "known absent" answer.
   from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, try_to_load_from_cache
   check_revision(revision)
   what = f"{repo_id}@{revision or 'main'}/{filename}"
