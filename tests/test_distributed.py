@@ -90,9 +90,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory) -> Path:
-  """A persistent compilation cache the workers share: the first run compiles, the rest load."""
-  return tmp_path_factory.mktemp("jax-cache")
+def jax_cache() -> Path:
+  """The suite's persistent compilation cache (conftest), which the workers share too: the
+  first run compiles, the rest load."""
+  return Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 def _env(cache: Path, cpu_devices: int | None = None) -> dict:

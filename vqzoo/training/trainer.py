@@ -316,13 +316,13 @@ def _per_replica(fn: Callable, devices: Sequence[Any]) -> Callable:
   This is how ``jax.pmap`` itself is built in this JAX; building it here lets the step be
   compiled with :mod:`vqzoo.cpu_tuning`'s options in multi-process runs too.
   """
-  mesh = jax.sharding.Mesh(np.asarray(devices, dtype=object), (AXIS,))
-  spec = jax.sharding.PartitionSpec(AXIS)
+  sharding = _replica_sharding(devices)
 
   def body(*args):
     args = jax.tree_util.tree_map(lambda x: jnp.squeeze(x, 0), args)
     return jax.tree_util.tree_map(lambda x: jnp.expand_dims(x, 0), fn(*args))
-  return jax.shard_map(body, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+  return jax.shard_map(body, mesh=sharding.mesh, in_specs=sharding.spec,
+                       out_specs=sharding.spec, check_vma=False)
 
 
 def _replica_sharding(devices: Sequence[Any]) -> jax.sharding.NamedSharding:
