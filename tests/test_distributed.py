@@ -46,7 +46,8 @@ def _worker(argv) -> int:
 
 def _train(args) -> int:
   import jax
-  from vqzoo.configs import ConvConfig, MLPConfig, ModelConfig, QuantizerConfig, TrainConfig
+  from vqzoo.configs import (ConvConfig, MLPConfig, ModelConfig, QuantizerConfig, RunConfig,
+                             TrainConfig)
   from vqzoo.pretrained import serialization
   from vqzoo.training import data, trainer
   configs = {
@@ -68,10 +69,10 @@ def _train(args) -> int:
         ts = trainer.init_train_state(configs[arch], trainer.make_optimizer(recipe), recipe.seed)
         params, state = jax.device_get((ts.params, ts.state))
         path.write_bytes(serialization.to_bytes(params, state))
-    result = trainer.train(configs[arch], recipe, Path(args.workdir) / arch, images=images,
-                           resume=args.resume, progress=False, log_every=CHECKPOINT_EVERY,
-                           checkpoint_every=CHECKPOINT_EVERY, init_params=params,
-                           init_state=state)
+    run = RunConfig(resume=args.resume, progress=False, log_every=CHECKPOINT_EVERY,
+                    checkpoint_every=CHECKPOINT_EVERY)
+    result = trainer.train(configs[arch], recipe, Path(args.workdir) / arch, images, run=run,
+                           init=None if params is None else (params, state))
     leaves = jax.tree_util.tree_flatten_with_path((result.params, result.state))[0]
     np.savez(Path(args.dump) / f"{arch}-p{jax.process_index()}.npz",
              **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
