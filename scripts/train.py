@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import zoo_tools  # noqa: E402
 
+from vqzoo import cli_devices  # noqa: E402
 from vqzoo.configs import RunConfig  # noqa: E402
 from vqzoo.pretrained import registry  # noqa: E402
 from vqzoo.training import distributed  # noqa: E402
@@ -58,7 +59,7 @@ def main(argv=None):
                       help="steps between checkpoints (and at the end); default %(default)s")
   parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
   parser.add_argument("--no-progress", action="store_true")
-  distributed.add_flags(parser)
+  cli_devices.add_flags(parser)
   args = parser.parse_args(argv)
   try:
     run = RunConfig(resume=args.resume, overwrite=args.overwrite,
@@ -68,10 +69,10 @@ def main(argv=None):
     parser.error(str(e).replace("resume and overwrite", "--resume and --overwrite")
                  .replace("checkpoint_every", "--checkpoint-every"))
   try:  # before anything touches a device
-    multi_process = distributed.start_from_flags(args, registry.get_entry(args.variant).config.arch)
+    multi_process = cli_devices.start_from_flags(args, registry.get_entry(args.variant).config.arch)
   except ValueError as e:
     parser.error(str(e))
-  with distributed.fail_fast(multi_process):  # a failed process ends now, its peers soon after
+  with cli_devices.fail_fast(multi_process, prog="train.py"):  # a failed process ends now, its peers soon after
     return _run(args, parser, run)
 
 

@@ -10,8 +10,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def assert_trees_equal(a, b) -> None:
   """Bit-for-bit equality of two pytrees' leaves (same structure, same values)."""
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
   la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-  assert len(la) == len(lb)
   for x, y in zip(la, lb):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 

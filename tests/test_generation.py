@@ -17,6 +17,7 @@ from vqzoo.pretrained.generation import NoPriorError
 from vqzoo.pretrained.integrity import PRIOR_WEIGHTS_NAME, manifest_digest
 from vqzoo.training.prior_fitting import fit_prior
 
+from _util import assert_trees_equal
 from hub_server import hub  # noqa: F401  (the fixture)
 
 BASE = "mnist-conv-ema"
@@ -140,8 +141,7 @@ def test_pixelcnn_fit_learns_and_resumes_bit_exactly(tmp_path, mnist_test):
               workdir=tmp_path / "b", run=RunConfig(progress=False, resume=True))
   resumed = fit_prior(config, recipe, codes, workdir=tmp_path / "b",
                       run=RunConfig(progress=False, resume=True))
-  for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(resumed)):
-    np.testing.assert_array_equal(a, b)
+  assert_trees_equal(straight, resumed)
 
 
 def test_cli_fit_prior_then_sample(tmp_path, tfds_dir, capsys):

@@ -3,11 +3,10 @@
 import json
 import runpy
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from _util import REPO  # noqa: E402
 SCRIPTS = ["scripts/train.py", "scripts/evaluate.py", "scripts/finetune.py",
            "scripts/push_to_hub.py"]
 

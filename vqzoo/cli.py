@@ -234,10 +234,11 @@ def _base_arch(base: str) -> str | None:
 
 
 def cmd_finetune(args):
+  from vqzoo import cli_devices
   from vqzoo.configs import FinetuneConfig, RunConfig, TrainConfig
   from vqzoo.training import distributed
   from vqzoo.training.finetuning import finetune
-  multi_process = distributed.start_from_flags(args, _base_arch(args.base))  # before any device
+  multi_process = cli_devices.start_from_flags(args, _base_arch(args.base))  # before any device
   recipe = TrainConfig(
       dataset=args.dataset or "image-folder", split=args.split, steps=args.steps,
       batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
@@ -248,17 +249,11 @@ def cmd_finetune(args):
       reseed_threshold=args.reseed_threshold)
   run = RunConfig(resume=args.resume, overwrite=args.overwrite, checkpoint_every=500,
                   progress=not args.no_progress)
-  try:
+  # A failed process of a multi-process run exits now, not at JAX's exit-time barrier.
+  with cli_devices.fail_fast(multi_process, prog="vqzoo finetune"):
     result = finetune(args.base, args.out, config, dataset=args.dataset, images_dir=args.images,
                       data_dir=args.data_dir, workdir=args.workdir, run=run,
                       push_to_hub=args.push_to_hub)
-  except BaseException as e:  # noqa: B036
-    if not multi_process:
-      raise
-    # Exit now, not at JAX's exit-time barrier, which waits for peers that may be dead.
-    usage = isinstance(e, (ValueError, KeyError, OSError, FloatingPointError))
-    print(f"vqzoo finetune: error: {e}", file=sys.stderr)
-    distributed.exit_now(2 if usage else 1)
   if not distributed.is_main_process():
     return 0  # process 0 reports
   print(json.dumps({"out": args.out, "before": result.metrics_before,
@@ -452,8 +447,8 @@ def _add_finetune_parser(sub) -> None:
   p.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
   p.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the result")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  from vqzoo.training import distributed
-  distributed.add_flags(p)
+  from vqzoo import cli_devices
+  cli_devices.add_flags(p)
   p.set_defaults(fn=cmd_finetune)
 
 

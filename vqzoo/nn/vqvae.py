@@ -17,7 +17,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from vqzoo.configs import PARTS, ModelConfig
+from vqzoo.configs import PARTS, ModelConfig  # noqa: F401  (PARTS: re-exported by vqzoo.nn)
 from vqzoo.nn import nets, quantizers
 
 ModuleOrFactory = Union[hk.Module, Callable[[], hk.Module]]
