@@ -19,11 +19,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import zoo_tools  # noqa: E402
 
+from vqzoo import compilation_cache  # noqa: E402
 from vqzoo.configs import RunConfig  # noqa: E402
 from vqzoo.pretrained import registry  # noqa: E402
 
 
 def main(argv=None) -> int:
+  compilation_cache.enable()  # vqzoo's own process: compile each step once
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--variant", required=True, choices=registry.list_models())

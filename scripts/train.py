@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import zoo_tools  # noqa: E402
 
+from vqzoo import compilation_cache  # noqa: E402
 from vqzoo import cli_devices  # noqa: E402
 from vqzoo.configs import RunConfig  # noqa: E402
 from vqzoo.pretrained import registry  # noqa: E402
@@ -40,6 +41,7 @@ from vqzoo.training import distributed  # noqa: E402
 
 
 def main(argv=None):
+  compilation_cache.enable()  # vqzoo's own process: compile each step once
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawTextHelpFormatter)
   parser.add_argument("--variant", required=True, choices=registry.list_models())

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 
+from vqzoo import compilation_cache
 from vqzoo.configs import RunConfig
 from vqzoo.io import atomic_write_bytes
 from vqzoo.pretrained.integrity import sha256_bytes
@@ -27,6 +28,7 @@ DEFAULT_STEPS = {"mnist": 3000, "fashion_mnist": 6000}
 
 
 def main(argv=None) -> int:
+  compilation_cache.enable()  # vqzoo's own process: compile each step once
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawTextHelpFormatter)
   parser.add_argument("--dataset", required=True, choices=classifier.DATASETS)
