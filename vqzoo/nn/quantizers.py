@@ -7,7 +7,8 @@ Both follow van den Oord et al. (2017) and the loss specification:
 
 and pass gradients to the encoder with the straight-through estimator
 ``z_q = z_e + sg[e - z_e]``. Nearest codes come from one matrix product,
-``||z||^2 - 2 z.e + ||e||^2``, never an ``[N, K, D]`` broadcast.
+``||z||^2 - 2 z.e + ||e||^2``, never an ``[N, K, D]`` broadcast. The minimum is taken by
+:meth:`vqzoo.nn.hooks.CodeSearch.argmin_rows`, a hook a backend may replace.
 
 Each quantizer owns all of its state, including dead-code re-seeding. The EMA codebook lives in
 state and re-seeds itself. The plain codebook is a parameter, which a module cannot rewrite, so
@@ -27,6 +28,8 @@ import chex
 import haiku as hk
 import jax
 import jax.numpy as jnp
+
+from vqzoo.nn import hooks
 
 Reseeds = Mapping[str, Mapping[str, jax.Array]]
 
@@ -119,7 +122,7 @@ def apply_reseeds(params: hk.Params, reseeds: Reseeds) -> hk.Params:
   return out
 
 
-class _Quantizer(hk.Module):
+class _Quantizer(hooks.CodeSearch):
   """Shared search, losses and statistics of both quantizers."""
 
   def __init__(self, num_embeddings: int, embedding_dim: int, commitment_cost: float,
@@ -157,11 +160,6 @@ class _Quantizer(hk.Module):
   def lookup(self, codes: jax.Array) -> jax.Array:
     """int codes ``[...]`` -> code vectors ``[..., D]``."""
     return self.codebook()[codes]
-
-  def argmin_rows(self, distances: jax.Array) -> jax.Array:
-    """``[N, K] -> [N]`` int32 index of each row's first minimum (a method, so a backend can
-    substitute a faster search: :mod:`vqzoo.cpu_tuning`)."""
-    return jnp.argmin(distances, axis=1).astype(jnp.int32)
 
   def _check(self, z_e):
     if z_e.ndim < 1 or z_e.shape[-1] != self.embedding_dim:
