@@ -195,7 +195,8 @@ def test_user_modules_plug_into_the_vqvae_with_either_quantizer():
 
   for quantizer in (VectorQuantizer, VectorQuantizerEMA):
     factory = lambda: VQVAE(Encoder(name="my_encoder"), Decoder(name="my_decoder"),
-                            quantizer(16, 8, 0.25, name="codes"), name="mine")
+                            quantizer(embedding_dim=8, num_embeddings=16, commitment_cost=0.25,
+                                      name="codes"), name="mine")
     model = build(factory)
     x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
     params, state = model.init(jax.random.PRNGKey(1), x, True)

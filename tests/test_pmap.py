@@ -22,7 +22,8 @@ def eight_devices():
 
 def _ema_step(axis_name):
   def f(z):
-    return VectorQuantizerEMA(K, D, 0.25, decay=0.9, cross_replica_axis=axis_name, name="q")(z, True)
+    return VectorQuantizerEMA(embedding_dim=D, num_embeddings=K, commitment_cost=0.25, decay=0.9,
+                              cross_replica_axis=axis_name, name="q")(z, True)
   return hk.transform_with_state(f)
 
 

@@ -159,7 +159,8 @@ def test_user_defined_encoder_and_decoder_train_through_the_public_api(tmp_path,
 
   def factory():
     return VQVAE(TwoLayerEncoder(name="enc"), TwoLayerDecoder(name="dec"),
-                 quantizer(64, 16, 0.25, dead_code_threshold=0.5, cross_replica_axis="batch"))
+                 quantizer(embedding_dim=16, num_embeddings=64, commitment_cost=0.25,
+                           dead_code_threshold=0.5, cross_replica_axis="batch"))
 
   recipe = TrainConfig(steps=120, batch_size=64, learning_rate=2e-3, warmup_steps=10)
   result = train(factory, recipe, tmp_path, images=mnist_train[:8192], progress=False,

@@ -7,7 +7,8 @@ arguments or tunes for a backend.
     import haiku as hk, vqzoo.nn as vnn
     model = vnn.build(vnn.ModelConfig(arch="conv"))             # hk.TransformedWithState
     def forward(x, is_training):                                # or your own modules
-      return vnn.VQVAE(MyEncoder(), MyDecoder(), vnn.VectorQuantizerEMA(128, 16, 0.25))(x, is_training)
+      quantizer = vnn.VectorQuantizerEMA(embedding_dim=16, num_embeddings=128, commitment_cost=0.25)
+      return vnn.VQVAE(MyEncoder(), MyDecoder(), quantizer)(x, is_training)
 """
 
 from vqzoo.configs import ConvConfig, MLPConfig, ModelConfig, PriorConfig, QuantizerConfig

@@ -1,6 +1,6 @@
 """The VQ-VAE module, :func:`build` and the codec functions of :func:`build_codec`.
 
-Loss (the loss specification's, with MSE as the reconstruction term)::
+Loss (van den Oord et al. 2017, with MSE as the reconstruction term)::
 
     total = mean (x - D(z_q))^2  +  mean (sg[z_e] - e)^2  +  beta * mean (z_e - sg[e])^2
 
