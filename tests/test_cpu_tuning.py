@@ -117,16 +117,28 @@ def test_the_code_search_hook_is_found_by_type_not_by_name():
   assert hooks.CODE_SEARCH_METHOD == "argmin_rows"
 
 
+def test_slice_and_chunk_sizes_of_the_measured_shapes():
+  assert cpu_tuning.slice_rows((28, 28, 1), np.float32) == 64
+  assert cpu_tuning.slice_rows((28, 28, 1), jnp.bfloat16) == 128
+  assert cpu_tuning.slice_rows((7, 7, 16), np.float32) == 64
+  assert cpu_tuning.slice_rows((32, 32, 3), np.float32) == cpu_tuning.MIN_SLICE_ROWS == 32
+  assert cpu_tuning.slice_rows((8, 8, 64), np.float32) == 32
+  chunks = lambda shape: len(next(cpu_tuning.inference_chunks(np.zeros((1000, *shape)), shape,
+                                                              "conv")))
+  assert chunks((28, 28, 1)) == 128 and chunks((32, 32, 3)) == 32
+
+
 @pytest.mark.parametrize("row_shape", [(28, 28, 1), (32, 32, 3), (7, 7, 16), (8, 8, 64)])
-def test_slices_and_chunks_follow_the_input_shape_and_dtype(row_shape):
+def test_slices_and_chunks_follow_the_input_shape_and_dtype(row_shape, monkeypatch):
+  monkeypatch.setattr(cpu_tuning, "MIN_SLICE_ROWS", 1)  # the byte budget alone
   rows = cpu_tuning.slice_rows(row_shape, np.float32)
   assert rows >= 1
-  assert cpu_tuning.slice_rows(row_shape, jnp.bfloat16) >= rows  # smaller rows, no fewer of them
+  assert cpu_tuning.slice_rows(row_shape, jnp.bfloat16) in (2 * rows, 2 * rows + 1)
   bigger = (row_shape[0] * 2, row_shape[1] * 2, row_shape[2])
   assert cpu_tuning.slice_rows(bigger, np.float32) < rows or rows == 1
   batch = np.zeros((1000, *row_shape), np.float32)
   sizes = [len(c) for c in cpu_tuning.inference_chunks(batch, row_shape, "conv")]
-  assert sum(sizes) == 1000 and sizes[0] == cpu_tuning.CHUNK_SLICES * rows
+  assert sum(sizes) == 1000 and sizes[0] == cpu_tuning.CHUNK_BYTES // (4 * np.prod(row_shape))
   assert [len(c) for c in cpu_tuning.inference_chunks(batch, row_shape, "mlp")] == [1000]
   with cpu_tuning.disabled():
     assert [len(c) for c in cpu_tuning.inference_chunks(batch, row_shape, "conv")] == [1000]

@@ -53,10 +53,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 CPU_COMPILER_OPTIONS = {YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-# Batch slicing (3) and inference chunks (4): see slice_rows and inference_chunks.
+# Batch slicing (3), measured for 28x28x1 and 32x32x3 images (BENCHMARKS.md): a slice holds
+# SLICE_BYTES of a module's input (64 rows of 28x28x1 float32) but no fewer than MIN_SLICE_ROWS
+# rows (smaller slices lose more to per-operation overhead than they gain in cache), and a call
+# makes at most MAX_SLICES slices.
 SLICE_BYTES = 64 * 28 * 28 * 4
+MIN_SLICE_ROWS = 32
 MAX_SLICES = 16
-CHUNK_SLICES = 2
+# Inference chunks (4): bytes of float32 images per host chunk (two encoder slices).
+CHUNK_BYTES = 2 * SLICE_BYTES
 # Distance matrices up to this many entries (4 MiB of float32) use the two-reduction search.
 TWO_PASS_MAX_DISTANCES = 1 << 20
 # hk.Conv2D layers with at most this fan-in (kh * kw * C) run as matrix products.
@@ -167,8 +172,20 @@ def apply_in_slices(fn: Callable[[jax.Array], jax.Array], x: jax.Array, max_rows
 
 
 def slice_rows(row_shape: Sequence[int], dtype: Any) -> int:
-  """Rows per slice for an :class:`~vqzoo.nn.hooks.IndependentRows` module's input rows."""
-  return max(1, SLICE_BYTES // max(1, math.prod(row_shape) * np.dtype(dtype).itemsize))
+  """Rows per slice of an :class:`~vqzoo.nn.hooks.IndependentRows` module's input.
+
+  Args:
+    row_shape: the shape of one input row (``x.shape[1:]``), e.g. ``(28, 28, 1)`` for images or
+      ``(7, 7, 16)`` for a decoder's latents.
+    dtype: the input's dtype.
+
+  Returns:
+    ``SLICE_BYTES // bytes per row``, at least ``MIN_SLICE_ROWS``: 64 rows of 28x28x1 float32
+    images (or of 7x7x16 latents), 128 of bfloat16 28x28x1, 32 of 32x32x3 (where 16 would
+    fill ``SLICE_BYTES``).
+  """
+  row_bytes = max(1, math.prod(row_shape) * np.dtype(dtype).itemsize)
+  return max(MIN_SLICE_ROWS, SLICE_BYTES // row_bytes, 1)
 
 
 # ----------------------------------------------------------------------------- 5. code search
@@ -236,13 +253,13 @@ def inference_chunks(batch: np.ndarray, image_shape: Sequence[int], arch: str
                      ) -> Iterator[np.ndarray]:
   """Trick 4: ``[B, ...]`` in the slices a loaded model dispatches back to back.
 
-  Conv models on the CPU: chunks of ``CHUNK_SLICES`` encoder slices of ``image_shape`` float32
-  images (:func:`slice_rows`); otherwise one call.
+  Conv models on the CPU: chunks of :data:`CHUNK_BYTES` of float32 images of ``image_shape``
+  (128 images of 28x28x1, 32 of 32x32x3); otherwise one call.
   """
   if arch != "conv" or not enabled():
     yield batch
     return
-  size = CHUNK_SLICES * slice_rows(image_shape, np.float32)
+  size = max(1, CHUNK_BYTES // (math.prod(image_shape) * 4))
   if len(batch) == 0:
     yield batch
   for i in range(0, len(batch), size):
