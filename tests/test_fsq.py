@@ -127,7 +127,7 @@ def test_counts_are_summed_over_the_replica_axis():
 
 
 def test_bad_levels_and_inputs_are_refused():
-  for levels in [(), (8, 1), (2.5, 3), (2 ** 16, 2 ** 16)]:
+  for levels in [(), (8, 2), (2.5, 3), (2 ** 16, 2 ** 16)]:
     with pytest.raises(ValueError, match="levels"):
       hk.transform(lambda: FSQ(levels)).init(None)
   with pytest.raises(ValueError, match=r"\[\.\.\., 4\]"):

@@ -29,8 +29,10 @@ _EPS = 1e-3
 
 def _check_levels(levels: Sequence[int]) -> tuple[int, ...]:
   levels = tuple(levels)
-  if not levels or not all(isinstance(l, (int, np.integer)) and l >= 2 for l in levels):
-    raise ValueError(f"levels: expected a non-empty sequence of integers >= 2, got {levels}")
+  # Two levels would need the even-level offset on a two-value grid: nearly every input would
+  # round to the same side, so 3 is the least (as vector-quantize-pytorch's default bound).
+  if not levels or not all(isinstance(l, (int, np.integer)) and l >= 3 for l in levels):
+    raise ValueError(f"levels: expected a non-empty sequence of integers >= 3, got {levels}")
   if math.prod(levels) > np.iinfo(np.int32).max:
     raise ValueError(f"levels: prod(levels) = {math.prod(levels)} does not fit in int32")
   return tuple(int(l) for l in levels)
@@ -85,8 +87,8 @@ class FSQ(hk.Module):
   """Finite scalar quantizer: no parameters, no state, no auxiliary loss.
 
   Args:
-    levels: ``L_i``, the number of values of each dimension, e.g. ``(8, 5, 5, 5)`` (1,000
-      codes); the input's last axis has ``len(levels)`` entries.
+    levels: ``L_i >= 3``, the number of values of each dimension, e.g. ``(8, 5, 5, 5)``
+      (1,000 codes); the input's last axis has ``len(levels)`` entries.
     cross_replica_axis: ``pmap``/``shard_map`` axis to sum the code counts over.
     name: module name.
 
