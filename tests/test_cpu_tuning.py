@@ -1,24 +1,29 @@
-"""vqzoo.cpu_tuning: every CPU trick computes what the plain model computes."""
+"""vqzoo.cpu_tuning: every CPU trick computes what the plain model computes, through nn's hooks."""
 
+import os
+
+import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from vqzoo import cpu_tuning as compilation
+from vqzoo import cpu_tuning
+from vqzoo.nn import hooks
 
 
 def test_cpu_options_known_to_this_jaxlib_and_applied():
   # CI runs on the CPU with the pinned jaxlib: the option must exist there, or the fast
   # convolution path silently disappears.
-  assert compilation.compiler_options() == compilation.CPU_COMPILER_OPTIONS
+  assert cpu_tuning.compiler_options() == cpu_tuning.CPU_COMPILER_OPTIONS
 
 
 def test_user_flags_and_opt_out_win(monkeypatch):
-  monkeypatch.setenv("XLA_FLAGS", f"--{compilation.YNN_OPTION}=")
-  assert compilation.compiler_options() is None
+  monkeypatch.setenv("XLA_FLAGS", f"--{cpu_tuning.YNN_OPTION}=")
+  assert cpu_tuning.compiler_options() is None
   monkeypatch.delenv("XLA_FLAGS")
   monkeypatch.setenv("VQZOO_XLA_DEFAULTS", "1")
-  assert compilation.compiler_options() is None
+  assert cpu_tuning.compiler_options() is None
 
 
 def _conv(x, w):
@@ -26,14 +31,114 @@ def _conv(x, w):
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def test_jit_and_pmap_compute_what_jax_computes():
+def test_jit_computes_what_jax_computes():
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(2, 4, 7, 7, 8)).astype(np.float32)
+  x = rng.normal(size=(4, 7, 7, 8)).astype(np.float32)
   w = rng.normal(size=(3, 3, 8, 16)).astype(np.float32)
-  expected = np.stack([np.asarray(jax.jit(_conv)(xi, w)) for xi in x])
-  np.testing.assert_allclose(compilation.jit(_conv)(x[0], w), expected[0], rtol=1e-4, atol=1e-4)
-  pmapped = compilation.pmap(_conv, in_axes=(0, None), devices=jax.local_devices()[:2])
-  for _ in range(2):  # the second call reuses the executable compiled by the first
-    np.testing.assert_allclose(pmapped(x, w), expected, rtol=1e-4, atol=1e-4)
-  # A new shape compiles a new executable instead of failing on the cached one.
-  np.testing.assert_allclose(pmapped(x[:, :2], w), expected[:, :2], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(cpu_tuning.jit(_conv)(x, w), jax.jit(_conv)(x, w),
+                             rtol=1e-4, atol=1e-4)
+  assert not hasattr(cpu_tuning, "pmap")
+
+
+def test_disabled_leaves_the_environment_alone_and_nests():
+  before = dict(os.environ)
+  assert cpu_tuning.enabled()
+  with cpu_tuning.disabled():
+    assert not cpu_tuning.enabled() and cpu_tuning.compiler_options() is None
+    assert dict(os.environ) == before
+    with cpu_tuning.disabled():
+      assert not cpu_tuning.enabled()
+    assert not cpu_tuning.enabled()
+  assert cpu_tuning.enabled() and dict(os.environ) == before
+
+
+class _Rows(hooks.IndependentRows):
+  def __call__(self, x):
+    return hk.Linear(3, name="lin")(x) * 2.0
+
+
+class _NamedLikeAHook(hk.Module):
+  """Has the hooks' names but does not inherit them: no trick may apply."""
+  independent_rows = True
+
+  def __call__(self, x):
+    return hk.Linear(3, name="lin")(x)
+
+  def argmin_rows(self, distances):
+    return jnp.argmax(distances, axis=1).astype(jnp.int32)  # deliberately not a minimum
+
+
+def _jaxpr(fn, *args):
+  f = hk.transform(fn)
+  params = f.init(jax.random.PRNGKey(0), *args)
+  return params, str(jax.make_jaxpr(lambda p: f.apply(p, None, *args))(params))
+
+
+def test_only_modules_that_inherit_a_hook_are_sliced_and_none_is_written_on():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(40, 5)), jnp.float32)
+  made = []
+
+  def forward(cls):
+    def f(x):
+      made.append(cls())
+      return made[-1](x)
+    return f
+
+  small = lambda shape, dtype: 8  # 5 slices of 8 rows
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(cpu_tuning, "slice_rows", small)
+    for cls, slices in ((_Rows, 5), (_NamedLikeAHook, 0)):
+      params, plain = _jaxpr(forward(cls), x)
+      attrs = set(vars(made[-1]))
+      _, tuned = _jaxpr(cpu_tuning.tuned(forward(cls)), x)
+      assert set(vars(made[-1])) == attrs  # nothing written onto the module
+      assert tuned.count("dot_general") == plain.count("dot_general") * max(slices, 1)
+      tuned_out = hk.transform(cpu_tuning.tuned(forward(cls))).apply(params, None, x)
+      np.testing.assert_allclose(tuned_out, hk.transform(forward(cls)).apply(params, None, x),
+                                 rtol=1e-6)
+
+
+def test_the_code_search_hook_is_found_by_type_not_by_name():
+  d = jnp.asarray(np.random.default_rng(2).normal(size=(6, 9)), jnp.float32)
+
+  class Search(hooks.CodeSearch):
+    def __call__(self, d):
+      return self.argmin_rows(d)
+
+  want = np.argmin(np.asarray(d), axis=1)
+  for cls, expected in ((Search, want), (_NamedLikeAHook, np.argmax(np.asarray(d), axis=1))):
+    f = lambda d: cls().argmin_rows(d)
+    for fn in (f, cpu_tuning.tuned(f)):
+      np.testing.assert_array_equal(hk.transform(fn).apply({}, None, d), expected)
+  # The hook is taken: the two-reduction search has no argmin in it.
+  searched = lambda fn: str(jax.make_jaxpr(lambda d: hk.transform(fn).apply({}, None, d))(d))
+  f = lambda d: Search()(d)
+  assert "argmin" in searched(f) and "argmin" not in searched(cpu_tuning.tuned(f))
+  assert hooks.CODE_SEARCH_METHOD == "argmin_rows"
+
+
+def test_slice_and_chunk_sizes_of_the_measured_shapes():
+  assert cpu_tuning.slice_rows((28, 28, 1), np.float32) == 64
+  assert cpu_tuning.slice_rows((28, 28, 1), jnp.bfloat16) == 128
+  assert cpu_tuning.slice_rows((7, 7, 16), np.float32) == 64
+  assert cpu_tuning.slice_rows((32, 32, 3), np.float32) == cpu_tuning.MIN_SLICE_ROWS == 32
+  assert cpu_tuning.slice_rows((8, 8, 64), np.float32) == 32
+  chunks = lambda shape: len(next(cpu_tuning.inference_chunks(np.zeros((1000, *shape)), shape,
+                                                              "conv")))
+  assert chunks((28, 28, 1)) == 128 and chunks((32, 32, 3)) == 32
+
+
+@pytest.mark.parametrize("row_shape", [(28, 28, 1), (32, 32, 3), (7, 7, 16), (8, 8, 64)])
+def test_slices_and_chunks_follow_the_input_shape_and_dtype(row_shape, monkeypatch):
+  monkeypatch.setattr(cpu_tuning, "MIN_SLICE_ROWS", 1)  # the byte budget alone
+  rows = cpu_tuning.slice_rows(row_shape, np.float32)
+  assert rows >= 1
+  assert cpu_tuning.slice_rows(row_shape, jnp.bfloat16) in (2 * rows, 2 * rows + 1)
+  bigger = (row_shape[0] * 2, row_shape[1] * 2, row_shape[2])
+  assert cpu_tuning.slice_rows(bigger, np.float32) < rows or rows == 1
+  batch = np.zeros((1000, *row_shape), np.float32)
+  sizes = [len(c) for c in cpu_tuning.inference_chunks(batch, row_shape, "conv")]
+  assert sum(sizes) == 1000 and sizes[0] == cpu_tuning.CHUNK_BYTES // (4 * np.prod(row_shape))
+  assert [len(c) for c in cpu_tuning.inference_chunks(batch, row_shape, "mlp")] == [1000]
+  with cpu_tuning.disabled():
+    assert [len(c) for c in cpu_tuning.inference_chunks(batch, row_shape, "conv")] == [1000]

@@ -168,7 +168,8 @@ def test_tuned_conv_model_equals_the_plain_model(monkeypatch):
   config = CONFIGS["conv-ema-rgb"]
   x = jnp.asarray(np.random.default_rng(3).random((40, *config.image_shape)), jnp.float32)
   params, state = build(config).init(jax.random.PRNGKey(0), x, True)
-  monkeypatch.setattr(cpu_tuning, "SLICE_ELEMENTS", 7 * 4 * 3 * 8)  # decoder: 6 slices of 7
+  monkeypatch.setattr(cpu_tuning, "SLICE_BYTES", 7 * 4 * 3 * 8 * 4)  # decoder: 6 slices of 7
+  monkeypatch.setattr(cpu_tuning, "MIN_SLICE_ROWS", 1)
   plain = build(config).apply(params, state, jax.random.PRNGKey(1), x, True)
   tuned = build(config, wrap=cpu_tuning.tuned).apply(params, state, jax.random.PRNGKey(1), x, True)
   (whole, whole_state), (sliced, sliced_state) = plain, tuned
@@ -195,7 +196,8 @@ def test_user_modules_plug_into_the_vqvae_with_either_quantizer():
 
   for quantizer in (VectorQuantizer, VectorQuantizerEMA):
     factory = lambda: VQVAE(Encoder(name="my_encoder"), Decoder(name="my_decoder"),
-                            quantizer(16, 8, 0.25, name="codes"), name="mine")
+                            quantizer(embedding_dim=8, num_embeddings=16, commitment_cost=0.25,
+                                      name="codes"), name="mine")
     model = build(factory)
     x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
     params, state = model.init(jax.random.PRNGKey(1), x, True)

@@ -31,7 +31,7 @@ def _replicate(tree, n):
 
 def _ema_step(axis_name):
   def f(z):
-    return VectorQuantizerEMA(num_embeddings=K, embedding_dim=D, commitment_cost=0.25, decay=0.9,
+    return VectorQuantizerEMA(embedding_dim=D, num_embeddings=K, commitment_cost=0.25, decay=0.9,
                               cross_replica_axis=axis_name, name="q")(z, True)
   return hk.transform_with_state(f)
 

@@ -13,18 +13,18 @@ from vqzoo.nn import VectorQuantizer, VectorQuantizerEMA, apply_reseeds, nearest
 K, D, BETA = 16, 4, 0.25
 
 
-def seed_bruteforce_codes(z, codebook):
-  """The seed's [N, K, D] broadcast search, in NumPy."""
+def bruteforce_codes(z, codebook):
+  """The [N, K, D] broadcast search, in NumPy."""
   dists = np.sum((z[:, None, :] - codebook[None, :, :]) ** 2, axis=2)
   return np.argmin(dists, axis=1)
 
 
-def test_matmul_search_matches_seed_bruteforce():
+def test_matmul_search_matches_bruteforce():
   rng = np.random.default_rng(0)
   z = rng.normal(size=(2048, 64)).astype(np.float32)
   codebook = rng.normal(size=(512, 64)).astype(np.float32)
   ours = np.asarray(jax.jit(nearest_codes)(z, codebook))
-  np.testing.assert_array_equal(ours, seed_bruteforce_codes(z, codebook))
+  np.testing.assert_array_equal(ours, bruteforce_codes(z, codebook))
 
 
 @pytest.mark.parametrize("n", [300, 2100])  # [n, 512] distances: two-pass search, then argmin
@@ -35,39 +35,40 @@ def test_both_search_paths_pick_the_first_of_tied_codes(n):
   codebook[300:] = codebook[:212]  # codes 300.. duplicate 0..211: ties must go to the lower index
   z = np.concatenate([codebook[rng.integers(0, 512, n // 2)],
                       rng.normal(size=(n - n // 2, 8)).astype(np.float32)])
-  f = lambda z: VectorQuantizer(512, 8, BETA, name="q")(z, False).codes
+  f = lambda z: VectorQuantizer(embedding_dim=8, num_embeddings=512, commitment_cost=BETA, name="q")(z, False).codes
   params, state = hk.transform_with_state(f).init(jax.random.PRNGKey(0), z)
   params = {"q": {"codebook": codebook}}
   for fn in (f, cpu_tuning.tuned(f)):
     ours = np.asarray(jax.jit(hk.transform_with_state(fn).apply)(params, state, None, z)[0])
-    np.testing.assert_array_equal(ours, seed_bruteforce_codes(z, codebook))
+    np.testing.assert_array_equal(ours, bruteforce_codes(z, codebook))
     assert ours.max() < 300
   np.testing.assert_array_equal(jax.jit(nearest_codes)(z, codebook),
-                                seed_bruteforce_codes(z, codebook))
+                                bruteforce_codes(z, codebook))
 
 
 def _quantizer_fn(ema=False, **kwargs):
   def f(z, is_training=True):
     cls = VectorQuantizerEMA if ema else VectorQuantizer
-    return cls(K, D, BETA, name="q", **kwargs)(z, is_training)
+    return cls(embedding_dim=D, num_embeddings=K, commitment_cost=BETA, name="q",
+               **kwargs)(z, is_training)
   return hk.transform_with_state(f)
 
 
-def test_loss_terms_equal_numpy_seed_formula():
+def test_loss_terms_equal_numpy_formula():
   z = np.random.default_rng(1).normal(size=(3, 5, D)).astype(np.float32)
   f = _quantizer_fn()
   params, state = f.init(jax.random.PRNGKey(0), z)
   out, _ = f.apply(params, state, None, z)
   codebook = np.asarray(params["q"]["codebook"])
   flat = z.reshape(-1, D)
-  e = codebook[seed_bruteforce_codes(flat, codebook)]
+  e = codebook[bruteforce_codes(flat, codebook)]
   codebook_loss = np.mean((flat - e) ** 2)   # ||sg[z_e] - e||^2
   commitment = np.mean((flat - e) ** 2)      # ||z_e - sg[e]||^2 (same value, other gradient)
   np.testing.assert_allclose(out.codebook_loss, codebook_loss, rtol=1e-5)
   np.testing.assert_allclose(out.commitment_loss, commitment, rtol=1e-5)
   np.testing.assert_allclose(out.loss, codebook_loss + BETA * commitment, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(out.quantized).reshape(-1, D), e, rtol=1e-6)
-  counts = np.bincount(seed_bruteforce_codes(flat, codebook), minlength=K)
+  counts = np.bincount(bruteforce_codes(flat, codebook), minlength=K)
   np.testing.assert_array_equal(out.code_counts, counts)
   p = counts / counts.sum()
   np.testing.assert_allclose(out.perplexity, np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))),
@@ -79,9 +80,9 @@ def test_loss_terms_equal_numpy_seed_formula():
 def _tiny_autoencoder(straight_through: bool):
   def f(x):
     z_e = hk.Linear(D, name="encoder")(x)
-    quantizer = VectorQuantizer(K, D, BETA, name="q")
+    quantizer = VectorQuantizer(embedding_dim=D, num_embeddings=K, commitment_cost=BETA, name="q")
     q = quantizer(z_e, True)
-    # Without the estimator (the seed's sample code), codebook[indices] goes straight to the decoder.
+    # Without the estimator, codebook[indices] goes straight to the decoder.
     z_q = q.quantized if straight_through else quantizer.lookup(q.codes)
     x_hat = hk.Linear(x.shape[-1], name="decoder")(z_q)
     return jnp.mean((x - x_hat) ** 2), q
@@ -124,7 +125,7 @@ def test_ema_update_equals_hand_computed_ema():
   hidden_n, hidden_dw = np.zeros(K), np.zeros((K, D))
   for t, z in enumerate(batches, start=1):
     out, state = f.apply({}, state, None, z)
-    codes = seed_bruteforce_codes(z, codebook)
+    codes = bruteforce_codes(z, codebook)
     np.testing.assert_array_equal(out.codes, codes)
     one_hot = np.eye(K)[codes]
     hidden_n = decay * hidden_n + (1 - decay) * one_hot.sum(0)
@@ -199,7 +200,7 @@ def test_bad_quantizer_input_is_refused():
   with pytest.raises(ValueError, match=r"\[\.\.\., 4\]"):
     f.init(jax.random.PRNGKey(0), np.zeros((3, 5), np.float32))
   with pytest.raises(ValueError, match="decay"):
-    hk.transform_with_state(lambda z: VectorQuantizerEMA(K, D, BETA, decay=2.0)(z, True)).init(
+    hk.transform_with_state(lambda z: VectorQuantizerEMA(embedding_dim=D, num_embeddings=K, commitment_cost=BETA, decay=2.0)(z, True)).init(
         jax.random.PRNGKey(0), np.zeros((3, D), np.float32))
 
 
@@ -240,3 +241,58 @@ def test_haiku_keyword_arguments_switch_by_changing_the_import(ema):
   ref, _ = theirs.apply(ref_params, ref_state, None, z)
   np.testing.assert_array_equal(out.codes, ref["encoding_indices"])
   np.testing.assert_allclose(out.loss, ref["loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_positional_order_is_haikus(ema):
+  """``(embedding_dim, num_embeddings, commitment_cost, ...)`` as hk.nets; K != D, so a swap shows."""
+  z = np.random.default_rng(12).normal(size=(40, D)).astype(np.float32)
+  ours_cls = VectorQuantizerEMA if ema else VectorQuantizer
+  theirs_cls = hk.nets.VectorQuantizerEMA if ema else hk.nets.VectorQuantizer
+  args = (D, K, BETA, 0.9, 1e-5, jnp.float32) if ema else (D, K, BETA, jnp.float32, "q")
+  ours = hk.transform_with_state(lambda z: ours_cls(*args)(z, True))
+  theirs = hk.transform_with_state(lambda z: theirs_cls(*args)(z, is_training=True))
+  params, state = ours.init(jax.random.PRNGKey(0), z)
+  ref_params, ref_state = theirs.init(jax.random.PRNGKey(0), z)
+  (module,) = (state if ema else params)
+  codebook = (state if ema else params)[module]["codebook"]
+  chex.assert_shape(codebook, (K, D))
+  ref_tree = ref_state if ema else ref_params
+  (ref_module,) = [m for m in ref_tree if "embeddings" in ref_tree[m]]
+  np.testing.assert_array_equal(ref_tree[ref_module]["embeddings"].T, codebook)
+  out, new_state = ours.apply(params, state, None, z)
+  ref, new_ref_state = theirs.apply(ref_params, ref_state, None, z)
+  np.testing.assert_array_equal(out.codes, ref["encoding_indices"])
+  np.testing.assert_allclose(out.loss, ref["loss"], rtol=1e-5)
+  if ema:
+    np.testing.assert_allclose(new_state[module]["codebook"],
+                               new_ref_state[ref_module]["embeddings"].T, rtol=1e-5, atol=1e-6)
+  else:
+    assert module == "q"
+
+
+def test_plain_quantizer_without_reseeding_runs_under_a_plain_transform():
+  """No state unless re-seeding needs it: ``hk.transform`` (not ``_with_state``) works."""
+  x = np.random.default_rng(13).normal(size=(32, 8)).astype(np.float32)
+
+  def forward(x, is_training):
+    z_e = hk.Linear(D, name="encoder")(x)
+    q = VectorQuantizer(D, K, BETA, name="q")(z_e, is_training)
+    return jnp.mean((x - hk.Linear(8, name="decoder")(q.quantized)) ** 2) + q.loss, q
+
+  f = hk.transform(forward)
+  for is_training in (True, False):
+    params = f.init(jax.random.PRNGKey(0), x, is_training)
+    assert set(params) == {"encoder", "decoder", "q"}
+    loss, q = f.apply(params, None, x, is_training)
+    chex.assert_shape(q.codes, (32,))
+    assert q.reseeds == {} and np.isfinite(loss)
+  grads = jax.grad(lambda p: f.apply(p, None, x, True)[0])(params)
+  assert np.abs(np.asarray(grads["q"]["codebook"])).sum() > 0
+  assert np.abs(np.asarray(grads["encoder"]["w"])).sum() > 0
+  # Re-seeding keeps its usage statistics in state, so it needs hk.transform_with_state.
+  reseeding = lambda z: VectorQuantizer(D, K, BETA, dead_code_threshold=0.5)(z, True)
+  _, state = hk.transform_with_state(reseeding).init(jax.random.PRNGKey(0), x[:, :D])
+  assert set(state["vector_quantizer"]) == {"usage", "usage_updates"}
+  with pytest.raises(ValueError, match="transform_with_state"):
+    hk.transform(reseeding).init(jax.random.PRNGKey(0), x[:, :D])

@@ -163,7 +163,7 @@ def test_user_defined_encoder_and_decoder_train_through_the_public_api(tmp_path,
 
   def factory():
     return VQVAE(TwoLayerEncoder(name="enc"), TwoLayerDecoder(name="dec"),
-                 quantizer(num_embeddings=64, embedding_dim=16, commitment_cost=0.25,
+                 quantizer(embedding_dim=16, num_embeddings=64, commitment_cost=0.25,
                            dead_code_threshold=0.5, cross_replica_axis="batch"))
 
   recipe = TrainConfig(steps=120, batch_size=64, learning_rate=2e-3, warmup_steps=10)

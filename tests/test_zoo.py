@@ -166,7 +166,7 @@ def test_conv_model_in_chunks_equals_one_call_and_checks_every_chunk(monkeypatch
   digits = np.load(registry.WEIGHTS_DIR.parent / "assets" / "mnist_test_digits.npy")
   images = np.concatenate([digits, digits[::-1]])  # 64 images
   whole = (model.reconstruct(images), model.encode(images))
-  monkeypatch.setattr(cpu_tuning, "CHUNK_ELEMENTS", 10 * 28 * 28)  # chunks of 10: 7 calls
+  monkeypatch.setattr(cpu_tuning, "CHUNK_BYTES", 10 * 28 * 28 * 4)  # chunks of 10: 7 calls
   chunks = cpu_tuning.inference_chunks(images, (28, 28, 1), "conv")
   assert [len(c) for c in chunks] == [10] * 6 + [4]
   np.testing.assert_allclose(model.reconstruct(images), whole[0], atol=1e-6)

@@ -3,8 +3,9 @@
 Model code (:mod:`vqzoo.nn`) is the plain architecture: ``hk.Conv2D`` layers, an ``argmin``
 nearest-code search, whole batches. XLA's CPU backend runs some of that faster when it is
 phrased differently, so vqzoo's own entry points (the trainer, the loaded-model container,
-evaluation) run their Haiku functions through :func:`tuned` and compile them with :func:`jit`
-/ :func:`pmap`. Each trick computes the same function, checked by the tests:
+evaluation) run their Haiku functions through :func:`tuned` and compile them with :func:`jit`.
+Each trick computes the same function, checked by the tests, and reaches a module only through
+the hooks it declares (:mod:`vqzoo.nn.hooks`); nothing is written onto a module:
 
 1. **Compiler options.** XLA:CPU hands each convolution to YNNPACK by default
    (``xla_cpu_experimental_ynn_fusion_type``); its own convolution path is faster for the zoo's
@@ -13,18 +14,20 @@ evaluation) run their Haiku functions through :func:`tuned` and compile them wit
 2. **Convolution formulation.** ``hk.Conv2D`` layers with a 1x1 kernel or a tiny fan-in
    (``kh*kw*C <= 16``: the first layer on grayscale images) run as one matrix product over
    im2col patches, forward and backward, instead of an XLA convolution.
-3. **Batch slicing.** Modules that declare ``independent_rows = True`` (the zoo's conv encoder
+3. **Batch slicing.** :class:`~vqzoo.nn.hooks.IndependentRows` modules (the zoo's conv encoder
    and decoder) run on slices of the batch inside one compiled function, so each slice's
-   activations stay in cache.
+   activations stay in cache; a slice's size follows the module's input (:func:`slice_rows`).
 4. **Chunked inference.** The loaded-model container dispatches large conv batches in host
-   chunks, back to back (:func:`inference_chunks`).
-5. **Nearest-code search.** For distance matrices that fit in cache the first minimum is found by
-   two vectorised reductions instead of ``argmin``'s (value, index) reduction.
+   chunks, back to back (:func:`inference_chunks`), sized by the image shape.
+5. **Nearest-code search.** For :class:`~vqzoo.nn.hooks.CodeSearch` modules (the quantizers)
+   and distance matrices that fit in cache, the first minimum is found by two vectorised
+   reductions instead of ``argmin``'s (value, index) reduction.
 
 The measured effect of each is in BENCHMARKS.md. Nothing here applies when
 
 * the default backend is not the CPU (GPU and TPU get the plain model),
-* ``VQZOO_CPU_TUNING=0`` is set (all five tricks off), or, for the compiler options only,
+* ``VQZOO_CPU_TUNING=0`` is set or :func:`disabled` is active (all five tricks off), or, for
+  the compiler options only,
 * ``VQZOO_XLA_DEFAULTS=1`` is set, the user's ``XLA_FLAGS`` already set the YNNPACK option, or the
   installed jaxlib does not know it.
 """
@@ -32,6 +35,7 @@ The measured effect of each is in BENCHMARKS.md. Nothing here applies when
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import inspect
 import math
@@ -43,24 +47,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqzoo.nn import hooks
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 CPU_COMPILER_OPTIONS = {YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-# Input elements per slice for independent-row modules: 64 images of 28x28x1 (or 7x7x16 latents).
-SLICE_ELEMENTS = 64 * 28 * 28
+# Batch slicing (3), measured for 28x28x1 and 32x32x3 images (BENCHMARKS.md): a slice holds
+# SLICE_BYTES of a module's input (64 rows of 28x28x1 float32) but no fewer than MIN_SLICE_ROWS
+# rows (smaller slices lose more to per-operation overhead than they gain in cache), and a call
+# makes at most MAX_SLICES slices.
+SLICE_BYTES = 64 * 28 * 28 * 4
+MIN_SLICE_ROWS = 32
 MAX_SLICES = 16
-# Image elements per host chunk for conv inference: 128 images of 28x28x1.
-CHUNK_ELEMENTS = 128 * 28 * 28
+# Inference chunks (4): bytes of float32 images per host chunk (two encoder slices).
+CHUNK_BYTES = 2 * SLICE_BYTES
 # Distance matrices up to this many entries (4 MiB of float32) use the two-reduction search.
 TWO_PASS_MAX_DISTANCES = 1 << 20
 # hk.Conv2D layers with at most this fan-in (kh * kw * C) run as matrix products.
 MATMUL_MAX_FAN_IN = 16
 
 
+_DISABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("vqzoo_cpu_tuning_disabled",
+                                                                default=False)
+
+
 def enabled() -> bool:
-  """Whether the CPU tricks apply: the CPU backend, and no ``VQZOO_CPU_TUNING=0``."""
-  return os.environ.get("VQZOO_CPU_TUNING", "1") != "0" and jax.default_backend() == "cpu"
+  """Whether the CPU tricks apply: the CPU backend, no ``VQZOO_CPU_TUNING=0``, no :func:`disabled`."""
+  return (not _DISABLED.get() and os.environ.get("VQZOO_CPU_TUNING", "1") != "0"
+          and jax.default_backend() == "cpu")
 
 
 # ----------------------------------------------------------------------------- 1. compiling
@@ -90,34 +105,6 @@ def jit(fn: Callable, **kwargs: Any) -> Callable:
   """``jax.jit(fn, **kwargs)`` compiled with :func:`compiler_options`."""
   options = compiler_options()
   return jax.jit(fn, **kwargs) if options is None else jax.jit(fn, compiler_options=options, **kwargs)
-
-
-def _signature(args: Any) -> Any:
-  """Tree structure, shapes and dtypes: what a compiled executable is specific to (cheap)."""
-  leaves, tree = jax.tree_util.tree_flatten(args)
-  return tree, tuple((x.shape, x.dtype) if hasattr(x, "dtype") else (np.shape(x), type(x))
-                     for x in leaves)
-
-
-def pmap(fn: Callable, **kwargs: Any) -> Callable:
-  """``jax.pmap(fn, **kwargs)`` compiled with :func:`compiler_options`.
-
-  ``jax.pmap`` takes no compiler options, so each new argument signature is lowered and
-  compiled once with them and the executable is reused. The options are decided here, once.
-  """
-  pmapped = jax.pmap(fn, **kwargs)
-  options = compiler_options()
-  if options is None:
-    return pmapped
-  executables: dict[Any, Callable] = {}
-
-  @functools.wraps(fn)
-  def call(*args):
-    key = _signature(args)
-    if key not in executables:
-      executables[key] = pmapped.lower(*args).compile(compiler_options=options)
-    return executables[key](*args)
-  return call
 
 
 # ----------------------------------------------------------------------------- 2. convolutions
@@ -184,8 +171,21 @@ def apply_in_slices(fn: Callable[[jax.Array], jax.Array], x: jax.Array, max_rows
   return jnp.concatenate([fn(x[i:i + size]) for i in range(0, rows, size)])
 
 
-def _rows_per_slice(x: jax.Array) -> int:
-  return max(1, SLICE_ELEMENTS // max(1, math.prod(x.shape[1:])))
+def slice_rows(row_shape: Sequence[int], dtype: Any) -> int:
+  """Rows per slice of an :class:`~vqzoo.nn.hooks.IndependentRows` module's input.
+
+  Args:
+    row_shape: the shape of one input row (``x.shape[1:]``), e.g. ``(28, 28, 1)`` for images or
+      ``(7, 7, 16)`` for a decoder's latents.
+    dtype: the input's dtype.
+
+  Returns:
+    ``SLICE_BYTES // bytes per row``, at least ``MIN_SLICE_ROWS``: 64 rows of 28x28x1 float32
+    images (or of 7x7x16 latents), 128 of bfloat16 28x28x1, 32 of 32x32x3 (where 16 would
+    fill ``SLICE_BYTES``).
+  """
+  row_bytes = max(1, math.prod(row_shape) * np.dtype(dtype).itemsize)
+  return max(MIN_SLICE_ROWS, SLICE_BYTES // row_bytes, 1)
 
 
 # ----------------------------------------------------------------------------- 5. code search
@@ -203,26 +203,34 @@ def first_min_index(distances: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- applying them
 
 
+# The IndependentRows modules whose per-slice calls are running (the interceptor sees them again).
+_SLICING: contextvars.ContextVar[tuple[hk.Module, ...]] = contextvars.ContextVar(
+    "vqzoo_cpu_tuning_slicing", default=())
+
+
+def _sliced(module: hk.Module, x: jax.Array) -> jax.Array:
+  token = _SLICING.set((*_SLICING.get(), module))
+  try:  # calling the module itself (not next_f) keeps its sub-modules' names per slice
+    return apply_in_slices(module, x, slice_rows(x.shape[1:], x.dtype))
+  finally:
+    _SLICING.reset(token)
+
+
 def _interceptor(next_f, args, kwargs, context):
-  module = context.module
-  if hk.running_init() or context.method_name not in ("__call__", "argmin_rows"):
+  module, method = context.module, context.method_name
+  if hk.running_init():
     return next_f(*args, **kwargs)
-  if context.method_name == "argmin_rows":
+  if method == hooks.CODE_SEARCH_METHOD and isinstance(module, hooks.CodeSearch):
     (distances,) = args
     if distances.size <= TWO_PASS_MAX_DISTANCES:
       return first_min_index(distances)
     return next_f(*args, **kwargs)
-  if isinstance(module, hk.Conv2D) and not kwargs and _matmul_conv_applies(module, args[0]):
+  if method != "__call__" or kwargs or len(args) != 1:
+    return next_f(*args, **kwargs)
+  if isinstance(module, hk.Conv2D) and _matmul_conv_applies(module, args[0]):
     return _conv_by_matmul(module, args[0])
-  if getattr(type(module), "independent_rows", False) and len(args) == 1 and not kwargs:
-    if getattr(module, "_vqzoo_slicing", False):  # the per-slice calls below
-      return next_f(*args)
-    x = args[0]
-    module._vqzoo_slicing = True
-    try:  # calling the module itself (not next_f) keeps its sub-modules' names per slice
-      return apply_in_slices(module, x, _rows_per_slice(x))
-    finally:
-      module._vqzoo_slicing = False
+  if isinstance(module, hooks.IndependentRows) and not any(m is module for m in _SLICING.get()):
+    return _sliced(module, args[0])
   return next_f(*args, **kwargs)
 
 
@@ -245,12 +253,13 @@ def inference_chunks(batch: np.ndarray, image_shape: Sequence[int], arch: str
                      ) -> Iterator[np.ndarray]:
   """Trick 4: ``[B, ...]`` in the slices a loaded model dispatches back to back.
 
-  Conv models on the CPU: chunks of :data:`CHUNK_ELEMENTS` image elements; otherwise one call.
+  Conv models on the CPU: chunks of :data:`CHUNK_BYTES` of float32 images of ``image_shape``
+  (128 images of 28x28x1, 32 of 32x32x3); otherwise one call.
   """
   if arch != "conv" or not enabled():
     yield batch
     return
-  size = max(1, CHUNK_ELEMENTS // math.prod(image_shape))
+  size = max(1, CHUNK_BYTES // (math.prod(image_shape) * 4))
   if len(batch) == 0:
     yield batch
   for i in range(0, len(batch), size):
@@ -259,13 +268,12 @@ def inference_chunks(batch: np.ndarray, image_shape: Sequence[int], arch: str
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
-  """Within this context (for tests and benchmarks), every trick is off."""
-  old = os.environ.get("VQZOO_CPU_TUNING")
-  os.environ["VQZOO_CPU_TUNING"] = "0"
+  """Within this context (for tests and benchmarks), every trick is off.
+
+  Context-local (a ``contextvars`` variable): the environment and other threads are untouched.
+  """
+  token = _DISABLED.set(True)
   try:
     yield
   finally:
-    if old is None:
-      del os.environ["VQZOO_CPU_TUNING"]
-    else:
-      os.environ["VQZOO_CPU_TUNING"] = old
+    _DISABLED.reset(token)

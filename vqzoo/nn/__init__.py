@@ -2,15 +2,20 @@
 priors over its codes.
 
 Everything here works inside a user's own ``hk.transform``; nothing loads files, parses
-arguments or tunes for a backend.
+arguments or tunes for a backend (:mod:`vqzoo.nn.hooks` declares what a backend may change).
+Quantizers: :class:`VectorQuantizer` (a learnt codebook), :class:`VectorQuantizerEMA` (a
+moving-average codebook) and :class:`FSQ` (finite scalar quantization, an implicit codebook).
 
     import haiku as hk, vqzoo.nn as vnn
     model = vnn.build(vnn.ModelConfig(arch="conv"))             # hk.TransformedWithState
     def forward(x, is_training):                                # or your own modules
-      return vnn.VQVAE(MyEncoder(), MyDecoder(), vnn.VectorQuantizerEMA(128, 16, 0.25))(x, is_training)
+      quantizer = vnn.VectorQuantizerEMA(embedding_dim=16, num_embeddings=128, commitment_cost=0.25)
+      return vnn.VQVAE(MyEncoder(), MyDecoder(), quantizer)(x, is_training)
 """
 
 from vqzoo.configs import ConvConfig, MLPConfig, ModelConfig, PriorConfig, QuantizerConfig
+from vqzoo.nn import fsq, hooks
+from vqzoo.nn.fsq import FSQ
 from vqzoo.nn.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from vqzoo.nn.priors import (CategoricalPrior, GatedPixelCNN, bits_from_logits, build_prior,
                              make_prior, prior_bits, sample_codes)
@@ -23,7 +28,7 @@ __all__ = [
     "ConvConfig", "MLPConfig", "ModelConfig", "PriorConfig", "QuantizerConfig",
     "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder",
     "QuantizerOutput", "VectorQuantizer", "VectorQuantizerEMA", "apply_reseeds",
-    "nearest_codes", "squared_distances",
+    "nearest_codes", "squared_distances", "FSQ", "fsq", "hooks",
     "PARTS", "VQVAE", "Codec", "ModelSpec", "VQVAEOutput", "build", "build_codec", "make_vqvae",
     "part_of", "part_prefixes", "replace_codes",
     "CategoricalPrior", "GatedPixelCNN", "bits_from_logits", "build_prior", "make_prior",

@@ -1,8 +1,9 @@
-"""Encoders and decoders: the loss specification's MLP and a conv net in the style of the paper.
+"""Encoders and decoders: an MLP, and a conv net in the style of van den Oord et al. (2017).
 
 Any ``hk.Module`` with the right shapes can replace them in :class:`vqzoo.nn.VQVAE`; these are
 the zoo's. Conv layers are plain ``hk.Conv2D`` (SAME padding, NHWC); :mod:`vqzoo.cpu_tuning`
-may compute some of them differently on the CPU, with the same parameters and result.
+may compute some of them differently on the CPU, with the same parameters and result, and may
+run the conv encoder and decoder on slices of the batch (:class:`vqzoo.nn.hooks.IndependentRows`).
 
 The conv decoder upsamples with sub-pixel convolutions (a 3x3 conv to 4x the
 channels, then depth-to-space) instead of ``Conv2DTranspose``: on XLA's CPU
@@ -22,7 +23,9 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-# The loss specification's MLP weights: Glorot-uniform, zero bias.
+from vqzoo.nn import hooks
+
+# The MLP's weights: Glorot-uniform, zero bias.
 glorot_uniform = hk.initializers.VarianceScaling(1.0, "fan_avg", "uniform")
 
 
@@ -30,7 +33,7 @@ class MLPEncoder(hk.Module):
   """``[B, H, W, C] -> [B, D]``: flatten, ReLU hidden layers, linear to D.
 
   Args:
-    hidden_sizes: widths of the hidden layers (the loss specification: ``(128, 64)``).
+    hidden_sizes: widths of the hidden layers (the zoo's MLP: ``(128, 64)``).
     embedding_dim: D.
     name: module name.
   """
@@ -49,7 +52,7 @@ class MLPDecoder(hk.Module):
   """``[B, D] -> [B, H, W, C]``: ReLU hidden layers, linear to ``H*W*C``.
 
   Args:
-    hidden_sizes: widths of the hidden layers (the loss specification: ``(128,)``).
+    hidden_sizes: widths of the hidden layers (the zoo's MLP: ``(128,)``).
     image_shape: ``(H, W, C)``.
     name: module name.
   """
@@ -101,7 +104,7 @@ class SubPixelUpsample(hk.Module):
     return depth_to_space(hk.Conv2D(4 * self.channels, 3, name="conv")(x), 2)
 
 
-class ConvEncoder(hk.Module):
+class ConvEncoder(hooks.IndependentRows):
   """``[B, H, W, C] -> [B, H/4, W/4, D]``.
 
   4x4 stride-2 conv (h/2), 4x4 stride-2 conv (h), 3x3 conv (h), residual stack,
@@ -114,8 +117,6 @@ class ConvEncoder(hk.Module):
     embedding_dim: D, channels of the output.
     name: module name.
   """
-
-  independent_rows = True  # no layer mixes images: a backend may split the batch
 
   def __init__(self, num_hiddens: int, num_residual_layers: int, num_residual_hiddens: int,
                embedding_dim: int, name: str | None = None):
@@ -134,7 +135,7 @@ class ConvEncoder(hk.Module):
     return hk.Conv2D(self.embedding_dim, 1, name="to_embedding")(h)
 
 
-class ConvDecoder(hk.Module):
+class ConvDecoder(hooks.IndependentRows):
   """``[B, H/4, W/4, D] -> [B, H, W, C]``, mirroring :class:`ConvEncoder`.
 
   3x3 conv (h), residual stack, sub-pixel upsample to h/2, ReLU, sub-pixel
@@ -145,8 +146,6 @@ class ConvDecoder(hk.Module):
     out_channels: C, channels of the images.
     name: module name.
   """
-
-  independent_rows = True  # no layer mixes images: a backend may split the batch
 
   def __init__(self, num_hiddens: int, num_residual_layers: int, num_residual_hiddens: int,
                out_channels: int, name: str | None = None):

@@ -1,13 +1,14 @@
 """Vector quantizers: a plain codebook (params) and an EMA codebook (state).
 
-Both follow van den Oord et al. (2017) and the loss specification:
+Both follow van den Oord et al. (2017):
 
     embedding (codebook) term   ||sg[z_e] - e||^2
     commitment term        beta ||z_e - sg[e]||^2
 
 and pass gradients to the encoder with the straight-through estimator
 ``z_q = z_e + sg[e - z_e]``. Nearest codes come from one matrix product,
-``||z||^2 - 2 z.e + ||e||^2``, never an ``[N, K, D]`` broadcast.
+``||z||^2 - 2 z.e + ||e||^2``, never an ``[N, K, D]`` broadcast. The minimum is taken by
+:meth:`vqzoo.nn.hooks.CodeSearch.argmin_rows`, a hook a backend may replace.
 
 Each quantizer owns all of its state, including dead-code re-seeding. The EMA codebook lives in
 state and re-seeds itself. The plain codebook is a parameter, which a module cannot rewrite, so
@@ -27,6 +28,8 @@ import chex
 import haiku as hk
 import jax
 import jax.numpy as jnp
+
+from vqzoo.nn import hooks
 
 Reseeds = Mapping[str, Mapping[str, jax.Array]]
 
@@ -119,13 +122,12 @@ def apply_reseeds(params: hk.Params, reseeds: Reseeds) -> hk.Params:
   return out
 
 
-class _Quantizer(hk.Module):
+class _Quantizer(hooks.CodeSearch):
   """Shared search, losses and statistics of both quantizers."""
 
-  def __init__(self, num_embeddings: int, embedding_dim: int, commitment_cost: float,
-               decay: float = 0.99, dead_code_threshold: float = 0.0,
-               cross_replica_axis: str | None = None, name: str | None = None,
-               dtype: Any = jnp.float32):
+  def __init__(self, *, embedding_dim: int, num_embeddings: int, commitment_cost: float,
+               decay: float, dead_code_threshold: float, cross_replica_axis: str | None,
+               name: str | None, dtype: Any):
     super().__init__(name=name)
     if num_embeddings < 1 or embedding_dim < 1:
       raise ValueError(f"num_embeddings and embedding_dim: expected >= 1, got "
@@ -157,11 +159,6 @@ class _Quantizer(hk.Module):
   def lookup(self, codes: jax.Array) -> jax.Array:
     """int codes ``[...]`` -> code vectors ``[..., D]``."""
     return self.codebook()[codes]
-
-  def argmin_rows(self, distances: jax.Array) -> jax.Array:
-    """``[N, K] -> [N]`` int32 index of each row's first minimum (a method, so a backend can
-    substitute a faster search: :mod:`vqzoo.cpu_tuning`)."""
-    return jnp.argmin(distances, axis=1).astype(jnp.int32)
 
   def _check(self, z_e):
     if z_e.ndim < 1 or z_e.shape[-1] != self.embedding_dim:
@@ -203,25 +200,34 @@ class _Quantizer(hk.Module):
 class VectorQuantizer(_Quantizer):
   """Codebook as a parameter, learnt through the embedding loss.
 
+  The positional order is ``hk.nets.VectorQuantizer``'s, and so are the keyword names, so code
+  written for haiku's module switches by changing the import.
+
   Args:
-    num_embeddings: K, the number of codes.
     embedding_dim: D, the size of each code.
+    num_embeddings: K, the number of codes.
     commitment_cost: beta, the weight of the commitment term.
+    dtype: of the codebook.
+    name: module name.
+    cross_replica_axis: ``pmap``/``shard_map`` axis to sum statistics over.
     decay: decay of the code-usage moving average (re-seeding only).
     dead_code_threshold: in training, codes whose usage (vectors per batch) falls below this
       are re-seeded from encoder outputs (needs an rng); 0 disables it.
-    cross_replica_axis: ``pmap``/``shard_map`` axis to sum statistics over.
-    name: module name.
-    dtype: of the codebook (and the EMA statistics).
 
-  The keyword names are ``hk.nets.VectorQuantizer``'s (``embedding_dim=``, ``num_embeddings=``,
-  ``commitment_cost=``, ``cross_replica_axis=``, ``dtype=``, ``name=``; ``decay=`` and
-  ``epsilon=`` for the EMA one), so code that passes them by keyword switches by changing the
-  import; positionally, vqzoo takes ``num_embeddings`` first.
-
-  Params: ``codebook`` ``[K, D]``. State: ``usage`` ``[K]``, the moving average of vectors per
-  batch assigned to each code, and ``usage_updates``, how many batches it has seen.
+  Params: ``codebook`` ``[K, D]``. State, only with a ``dead_code_threshold`` (without one the
+  module is stateless and runs under a plain ``hk.transform``): ``usage`` ``[K]``, the moving
+  average of vectors per batch assigned to each code, and ``usage_updates``, how many batches
+  it has seen.
   """
+
+  def __init__(self, embedding_dim: int, num_embeddings: int, commitment_cost: float,
+               dtype: Any = jnp.float32, name: str | None = None,
+               cross_replica_axis: str | None = None, *, decay: float = 0.99,
+               dead_code_threshold: float = 0.0):
+    super().__init__(embedding_dim=embedding_dim, num_embeddings=num_embeddings,
+                     commitment_cost=commitment_cost, decay=decay,
+                     dead_code_threshold=dead_code_threshold,
+                     cross_replica_axis=cross_replica_axis, name=name, dtype=dtype)
 
   def codebook(self) -> jax.Array:
     return hk.get_parameter("codebook", (self.num_embeddings, self.embedding_dim),
@@ -230,27 +236,36 @@ class VectorQuantizer(_Quantizer):
   def __call__(self, z_e: jax.Array, is_training: bool) -> QuantizerOutput:
     """Quantizes ``z_e`` ``[..., D]``; see :class:`QuantizerOutput`.
 
-    ``is_training`` updates the usage statistics and, with a threshold, returns re-seeds.
+    ``is_training`` with a threshold updates the usage statistics and returns re-seeds.
     """
     self._check(z_e)
     codebook = self.codebook()
-    usage = hk.get_state("usage", (self.num_embeddings,), jnp.float32, init=jnp.zeros)
-    updates = hk.get_state("usage_updates", (), jnp.int32, init=jnp.zeros)
     flat_z, flat_codes, counts = self._assign(z_e, codebook)
     reseeds = None
-    if is_training:
-      # The first batch sets the average outright (no bias towards zero).
-      decay = jnp.where(updates == 0, 0.0, self.decay)
-      usage = decay * usage + (1 - decay) * counts
-      if self.dead_code_threshold > 0 and not hk.running_init():
-        fresh, dead = self._fresh_codes(flat_z, usage)
-        # A re-seeded code gets the threshold as its usage: one unused batch later it goes again.
-        usage = jnp.where(dead, self.dead_code_threshold, usage)
-        reseeds = {self.module_name: {"dead": dead, "fresh": fresh}}
-      hk.set_state("usage", usage)
-      hk.set_state("usage_updates", updates + 1)
+    if self.dead_code_threshold > 0:
+      reseeds = self._track_usage(flat_z, counts, is_training)
     return self._outputs(z_e, codebook, flat_codes, counts, include_codebook_loss=True,
                          reseeds=reseeds)
+
+  def _track_usage(self, flat_z: jax.Array, counts: jax.Array, is_training: bool
+                   ) -> Reseeds | None:
+    """Updates ``usage`` in training; returns the re-seeds of the codes it finds dead."""
+    usage = hk.get_state("usage", (self.num_embeddings,), jnp.float32, init=jnp.zeros)
+    updates = hk.get_state("usage_updates", (), jnp.int32, init=jnp.zeros)
+    if not is_training:
+      return None
+    # The first batch sets the average outright (no bias towards zero).
+    decay = jnp.where(updates == 0, 0.0, self.decay)
+    usage = decay * usage + (1 - decay) * counts
+    reseeds = None
+    if not hk.running_init():
+      fresh, dead = self._fresh_codes(flat_z, usage)
+      # A re-seeded code gets the threshold as its usage: one unused batch later it goes again.
+      usage = jnp.where(dead, self.dead_code_threshold, usage)
+      reseeds = {self.module_name: {"dead": dead, "fresh": fresh}}
+    hk.set_state("usage", usage)
+    hk.set_state("usage_updates", updates + 1)
+    return reseeds
 
   def replace_codes(self, dead: jax.Array, fresh: jax.Array) -> Reseeds:
     """Moves the ``dead`` codes (``[K]`` bool) onto ``fresh`` rows (``[K, D]``).
@@ -264,25 +279,36 @@ class VectorQuantizer(_Quantizer):
 class VectorQuantizerEMA(_Quantizer):
   """Codebook in state, updated by zero-debiased exponential moving averages.
 
+  The positional order is ``hk.nets.VectorQuantizerEMA``'s, and so are the keyword names.
+
   Args:
-    num_embeddings, embedding_dim, commitment_cost, dead_code_threshold, cross_replica_axis,
-      name: as :class:`VectorQuantizer`; re-seeding happens inside the EMA update.
+    embedding_dim: D, the size of each code.
+    num_embeddings: K, the number of codes.
+    commitment_cost: beta, the weight of the commitment term.
     decay: EMA decay of the codebook statistics.
     epsilon: Laplace smoothing of the cluster sizes.
+    dtype: of the codebook and its statistics.
+    cross_replica_axis: ``pmap``/``shard_map`` axis to sum statistics over.
+    name: module name.
+    dead_code_threshold: in training, codes whose cluster size (vectors per batch) falls below
+      this are re-seeded from encoder outputs inside the EMA update (needs an rng); 0 disables it.
 
   State (as ``hk.nets.VectorQuantizerEMA``, codebook transposed), all of ``dtype`` (float32 by
-  default) whatever the input dtype: ``codebook`` ``[K, D]``; ``ema_cluster_size_hidden`` ``[K]`` and ``ema_dw_hidden``
-  ``[K, D]``, the biased moving sums; ``ema_counter``, the number of updates, used to debias.
-  Updated only when ``is_training``; under ``pmap`` with ``cross_replica_axis`` the batch
-  statistics are summed across replicas so every replica holds the same codebook.
+  default) whatever the input dtype: ``codebook`` ``[K, D]``; ``ema_cluster_size_hidden``
+  ``[K]`` and ``ema_dw_hidden`` ``[K, D]``, the biased moving sums; ``ema_counter``, the number
+  of updates, used to debias. Updated only when ``is_training``; under ``pmap`` with
+  ``cross_replica_axis`` the batch statistics are summed across replicas so every replica holds
+  the same codebook.
   """
 
-  def __init__(self, num_embeddings: int, embedding_dim: int, commitment_cost: float,
-               decay: float = 0.99, epsilon: float = 1e-5, dead_code_threshold: float = 0.0,
-               cross_replica_axis: str | None = None, name: str | None = None,
-               dtype: Any = jnp.float32):
-    super().__init__(num_embeddings, embedding_dim, commitment_cost, decay,
-                     dead_code_threshold, cross_replica_axis, name, dtype)
+  def __init__(self, embedding_dim: int, num_embeddings: int, commitment_cost: float,
+               decay: float = 0.99, epsilon: float = 1e-5, dtype: Any = jnp.float32,
+               cross_replica_axis: str | None = None, *, name: str | None = None,
+               dead_code_threshold: float = 0.0):
+    super().__init__(embedding_dim=embedding_dim, num_embeddings=num_embeddings,
+                     commitment_cost=commitment_cost, decay=decay,
+                     dead_code_threshold=dead_code_threshold,
+                     cross_replica_axis=cross_replica_axis, name=name, dtype=dtype)
     if not 0 < epsilon < float("inf"):
       raise ValueError(f"epsilon: expected a finite number > 0, got {epsilon}")
     self.epsilon = epsilon
