@@ -306,7 +306,8 @@ def load(name_or_path: str | os.PathLike, *, revision: str | None = None,
     fetched.checked(lambda: (verify_files(fetched.files, weights_pin, where),
                              _verify_manifest(fetched.files, source.sha256, where)))
     return _build(fetched.files, fetched.card, fetched.record, where)
-  files, card = _read_dir(source.name)
+  from vqzoo.folders import complete_folder  # a folder whose replacement was interrupted
+  files, card = _read_dir(os.fspath(complete_folder(source.name)))
   verify_files(files, weights_pin, source.name)
   return _build(files, card, {"path": os.path.abspath(source.name)}, source.name)
 
