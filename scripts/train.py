@@ -68,7 +68,12 @@ def main(argv=None):
   except ValueError as e:
     parser.error(str(e))
   with distributed.fail_fast(multi_process):  # a failed process ends now, its peers soon after
-    return _run(args, parser)
+    try:
+      return _run(args, parser)
+    except OSError as e:  # a read-only or full disk under --workdir, --out or --bundle
+      print(f"{parser.prog}: error: {e}; expected folders this user can write (--workdir, "
+            "--out)", file=sys.stderr)
+      raise SystemExit(2) from None
 
 
 def _run(args, parser):
