@@ -137,9 +137,9 @@ def replace_folder(path: str | os.PathLike,
     ValueError: ``path`` is the working directory or one of its parents.
   """
   path = _real(path)
+  recover(path)
   check_replaceable(path, replaceable)
   path.parent.mkdir(parents=True, exist_ok=True)
-  recover(path)
   staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-"))
   tag = staging.name.rsplit("-", 1)[1]
   try:
@@ -154,8 +154,12 @@ def replace_folder(path: str | os.PathLike,
     shutil.rmtree(staging, ignore_errors=True)
     raise
   old = path.with_name(f".{path.name}.old-{tag}")
-  if path.exists():
-    os.rename(path, old)
+  try:
+    if path.exists():
+      os.rename(path, old)  # fails for a mount point, say: nothing has changed yet
+  except BaseException:
+    shutil.rmtree(ready, ignore_errors=True)
+    raise
   try:
     os.rename(ready, path)
   except BaseException:
