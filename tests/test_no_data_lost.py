@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -57,7 +58,6 @@ def _kill_while_saving(saves, rng: random.Random, seconds: float) -> tuple[int, 
       os._exit(1)
   os.close(write)
   try:
-    import time
     time.sleep(rng.uniform(0, seconds))
     os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
@@ -68,7 +68,6 @@ def _kill_while_saving(saves, rng: random.Random, seconds: float) -> tuple[int, 
 
 
 def _save_timer(save) -> float:
-  import time
   start = time.perf_counter()
   save()
   return time.perf_counter() - start
@@ -344,3 +343,44 @@ def test_decode_of_codes_that_share_one_name_writes_every_image(tmp_path, capsys
   assert main(["decode", "mnist-mlp", str(codes), "--out", str(out), "--no-progress"]) == 0
   assert len(os.listdir(out)) == 10
   assert "9 images would have shared a file name" in capsys.readouterr().err
+
+
+def test_bundle_killed_at_random_instants_keeps_weights_and_metrics_together(tmp_path,
+                                                                            monkeypatch):
+  """``scripts/train.py --bundle`` writes the variant's folder (model + metrics.json) whole."""
+  from vqzoo.pretrained import registry
+  monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
+  import zoo_tools
+  entry = registry.get_entry("mnist-mlp")
+  metrics = [{**entry.metrics, "run": i} for i in range(2)]
+  models = [vqzoo.load("mnist-mlp"), vqzoo.load("mnist-mlp-ema")]
+  monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
+  saves = [lambda i=i: zoo_tools.bundle_variant("mnist-mlp", models[i], metrics[i], tmp_path)
+           for i in range(2)]
+  seconds = 2.5 * max(_save_timer(s) for s in saves)
+  folder = tmp_path / "weights" / "mnist-mlp"
+  runs = {m.source["manifest_sha256"]: i for i, m in enumerate(models)}
+  seed = random.randrange(1 << 32)
+  rng = random.Random(seed)
+  for kill in range(KILLS):
+    _kill_while_saving(saves, rng, seconds)
+    run = runs[_digest(folder)]
+    assert json.loads((folder / "metrics.json").read_text())["run"] == run, f"{kill} ({seed})"
+  saves[0]()
+  assert _leftovers(folder) == []
+
+
+def test_a_failed_encode_keeps_the_old_codes_file(tmp_path, monkeypatch, capsys):
+  codes = tmp_path / "codes.npz"
+  assert main(["encode", "mnist-mlp", "--dataset", "mnist:test[:8]", "--out", str(codes),
+               "--no-progress"]) == 0
+  before = codes.read_bytes()
+  from vqzoo import io as vqzoo_io
+
+  def no_space(fd):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(vqzoo_io.os, "fsync", no_space)
+  assert main(["encode", "mnist-mlp", "--dataset", "mnist:test[:16]", "--out", str(codes),
+               "--no-progress"]) == 2
+  assert "No space left" in capsys.readouterr().err
+  assert codes.read_bytes() == before and os.listdir(tmp_path) == ["codes.npz"]
