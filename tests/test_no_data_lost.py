@@ -277,6 +277,24 @@ def test_saving_never_deletes_files_that_are_not_a_models(tmp_path, two_models):
   assert main(["fit-prior", "mnist-mlp", "--dataset", "mnist", "--out", str(folder)]) == 2
 
 
+def test_saving_replaces_an_old_folder_with_stale_temporary_files(tmp_path, two_models,
+                                                                  monkeypatch):
+  a, _ = two_models
+  out = tmp_path / "model"
+  a.save_pretrained(out)
+  for stale in (".config.json.k2j4_x.tmp", ".model.safetensors.0a9z.tmp"):  # earlier kills
+    (out / stale).write_bytes(b"partial")
+  a.save_pretrained(out)
+  assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors",
+                                     "prior.json", "prior.safetensors"]
+  monkeypatch.chdir(out)
+  with pytest.raises(ValueError, match="working directory"):
+    a.save_pretrained(".")
+  with pytest.raises(NotADirectoryError, match="not a folder"):
+    a.save_pretrained(out / "config.json")
+  assert _digest(out) == a.source["manifest_sha256"]
+
+
 # ---------------------------------------------------------------------------- decode
 
 NAMES = ["a.png", "a.jpg", "sub/b.png", "sub_b.png"]

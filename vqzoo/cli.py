@@ -613,9 +613,12 @@ def main(argv=None) -> int:
 def _reader_gone() -> int:
   """stdout's reader went away (``vqzoo list | head -1``): stop quietly, as the Python docs
   recommend, with the status a shell gives a program its SIGPIPE ended."""
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
-  os.close(devnull)
+  try:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
+    os.close(devnull)
+  except (OSError, ValueError):  # a stdout without a file descriptor: nothing to redirect
+    pass
   return 128 + 13
 
 

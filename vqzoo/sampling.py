@@ -10,7 +10,7 @@ BATCH = 256
 
 
 def batch_seed(seed: int, index: int) -> int:
-  """The seed of batch ``index`` of a draw made with ``seed`` (a uint32)."""
+  """The ``seed`` (a uint32) that batch ``index`` of a draw made with ``seed`` is drawn with."""
   return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
