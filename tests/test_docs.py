@@ -6,7 +6,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MODULES = ["vqzoo", "vqzoo.nn", "vqzoo.pretrained", "vqzoo.training", "vqzoo.cpu_tuning",
-           "vqzoo.configs", "vqzoo.images", "vqzoo.io", "vqzoo.grid", "vqzoo.cli"]
+           "vqzoo.configs", "vqzoo.images", "vqzoo.io", "vqzoo.folders", "vqzoo.grid",
+           "vqzoo.cli"]
 
 
 def test_api_reference_builds_without_warnings(tmp_path):
