@@ -156,18 +156,27 @@ def _digests(calls, tmp_path: Path) -> list[str]:
   return out
 
 
-def _kill_the_save_of_two_runs(calls, out: Path, check) -> None:
-  """Kills the repeated final saves of two real runs at random instants; ``check`` each time."""
-  from vqzoo.pretrained.saving import save_model_folder
-  saves = [lambda c=c: save_model_folder(c[0], c[1], **c[2]) for c in calls]
+def _kill_repeatedly(saves, out: Path, check) -> None:
+  """Kills ``saves`` (run in turn) at KILLS random instants, ``check(kill, seed)`` after each;
+  then one save must leave no leftover."""
   seconds = 2.5 * max(_save_timer(s) for s in saves)
   seed = random.randrange(1 << 32)
   rng = random.Random(seed)
+  interrupted = 0
   for kill in range(KILLS):
     _kill_while_saving(saves, rng, seconds)
+    interrupted += bool(_leftovers(out))
     check(kill, seed)
+  assert interrupted > 0, "no kill landed inside a save; the test proves nothing"
   saves[0]()
   assert _leftovers(out) == []
+
+
+def _kill_the_save_of_two_runs(calls, out: Path, check) -> None:
+  """Kills the final saves of two real runs, repeated, at random instants."""
+  from vqzoo.pretrained.saving import save_model_folder
+  _kill_repeatedly([lambda c=c: save_model_folder(c[0], c[1], **c[2]) for c in calls], out,
+                   check)
 
 
 def test_fit_prior_out_killed_while_saving_leaves_a_loadable_folder(tmp_path, tfds_dir,
@@ -375,17 +384,13 @@ def test_bundle_killed_at_random_instants_keeps_weights_and_metrics_together(tmp
   monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
   saves = [lambda i=i: zoo_tools.bundle_variant("mnist-mlp", models[i], metrics[i], tmp_path)
            for i in range(2)]
-  seconds = 2.5 * max(_save_timer(s) for s in saves)
   folder = tmp_path / "weights" / "mnist-mlp"
   runs = {m.source["manifest_sha256"]: i for i, m in enumerate(models)}
-  seed = random.randrange(1 << 32)
-  rng = random.Random(seed)
-  for kill in range(KILLS):
-    _kill_while_saving(saves, rng, seconds)
+
+  def check(kill, seed):
     run = runs[_digest(folder)]
     assert json.loads((folder / "metrics.json").read_text())["run"] == run, f"{kill} ({seed})"
-  saves[0]()
-  assert _leftovers(folder) == []
+  _kill_repeatedly(saves, folder, check)
 
 
 def test_a_failed_encode_keeps_the_old_codes_file(tmp_path, monkeypatch, capsys):
