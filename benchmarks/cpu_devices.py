@@ -4,8 +4,8 @@
 The device count is fixed when JAX starts, so each count runs in a child process of its own
 (``jax_num_cpu_devices``, as ``--cpu-devices`` sets it); the children alternate (1, 2, 1, 2, ...
 for ``--repeats``) so that drift in the machine's load hits both. Each row times the step
-``vqzoo.training.train`` runs (``trainer.compile_step`` over all devices, replicated state,
-each device a ``B / n`` slice of the batch) after compilation and warm-up:
+``vqzoo.training.train`` runs (``trainer.compile_step``: jit over a mesh of all devices,
+replicated state, each device a ``B / n`` slice of the batch) after compilation and warm-up:
 
   python benchmarks/cpu_devices.py --json benchmarks/results/cpu_devices.json
 """
@@ -36,10 +36,10 @@ def _child(devices: int, seconds: float) -> dict:
       recipe = vqzoo.TrainConfig(steps=10**6, batch_size=batch)
       optimizer = trainer.make_optimizer(recipe)
       ts = jax.device_get(trainer.init_train_state(config, optimizer, 0))
-      step = trainer.compile_step(config, optimizer, jax.local_devices())
+      step, parallel = trainer.compile_step(config, optimizer, jax.local_devices())
       images = (np.random.default_rng(0).random((batch, 28, 28, 1)) < 0.2).astype(np.float32)
-      holder = [trainer.replicate(ts, devices)]
-      x = images.reshape(devices, batch // devices, 28, 28, 1)
+      holder = [parallel.replicate(ts)]
+      x = parallel.shard(images)
 
       def run():
         holder[0], metrics = step(holder[0], x)

@@ -51,8 +51,8 @@ def _images(batch: int) -> np.ndarray:
 
 
 def jax_train_ips(config, batch, seconds, plain_jit=False):
-  """Images/s of the step ``vqzoo.training.train`` runs (pmapped over one device), or with
-  ``plain_jit`` the same step under ``jit`` with no replica axis (what pmap costs)."""
+  """Images/s of the step ``vqzoo.training.train`` runs (jit over a one-device mesh), or with
+  ``plain_jit`` the same step under a plain ``jit`` (what the mesh placement costs)."""
   recipe = vqzoo.TrainConfig(steps=10**6, batch_size=batch)
   optimizer = train_lib.make_optimizer(recipe)
   ts = jax.device_get(train_lib.init_train_state(config, optimizer, 0))
@@ -61,8 +61,8 @@ def jax_train_ips(config, batch, seconds, plain_jit=False):
                            donate_argnums=(0,))
     holder, x = [jax.device_put(ts)], _images(batch)
   else:
-    step = train_lib.compile_step(config, optimizer, jax.local_devices()[:1])  # as train()
-    holder, x = [train_lib.replicate(ts, 1)], _images(batch)[None]  # [devices, batch, ...]
+    step, parallel = train_lib.compile_step(config, optimizer, jax.local_devices()[:1])
+    holder, x = [parallel.replicate(ts)], parallel.shard(_images(batch))  # as train() runs it
 
   def run():
     holder[0], metrics = step(holder[0], x)

@@ -42,13 +42,17 @@ def _images(batch: int) -> np.ndarray:
 
 
 def train_ips(name: str, batch: int, seconds: float) -> float:
-  """Images/s of the step the trainer runs (pmapped over one device)."""
+  """Images/s of the step the trainer runs (jit over a one-device mesh)."""
   config = vqzoo.get_config(name)
   recipe = vqzoo.TrainConfig(steps=10**6, batch_size=batch)
   optimizer = train_lib.make_optimizer(recipe)
   ts = jax.device_get(train_lib.init_train_state(config, optimizer, 0))
-  step = train_lib.compile_step(config, optimizer, jax.local_devices()[:1])
-  holder, x = [train_lib.replicate(ts, 1)], _images(batch)[None]
+  compiled = train_lib.compile_step(config, optimizer, jax.local_devices()[:1])
+  if isinstance(compiled, tuple):  # jit over a mesh: (step, placement)
+    step, parallel = compiled
+    holder, x = [parallel.replicate(ts)], parallel.shard(_images(batch))
+  else:  # vqzoo <= 0.2: a replica axis
+    step, holder, x = compiled, [train_lib.replicate(ts, 1)], _images(batch)[None]
 
   def run():
     holder[0], metrics = step(holder[0], x)

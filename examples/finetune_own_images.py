@@ -12,9 +12,10 @@ from vqzoo.training import finetune
 
 
 def main(images: str, out: str, steps: int = 200) -> None:
-  config = vqzoo.FinetuneConfig(steps=steps, batch_size=32, learning_rate=1e-3, warmup_steps=10,
-                                freeze=("codebook",), holdout_fraction=0.2)
-  result = finetune("mnist-mlp", out, config, images_dir=images, progress=False)
+  recipe = vqzoo.TrainConfig(steps=steps, batch_size=32, learning_rate=1e-3, warmup_steps=10)
+  config = vqzoo.FinetuneConfig(recipe=recipe, freeze=("codebook",), holdout_fraction=0.2)
+  result = finetune("mnist-mlp", out, config, images_dir=images,
+                    run=vqzoo.RunConfig(progress=False))
   print(f"held-out MSE {result.metrics_before['mse']:.5f} -> {result.metrics_after['mse']:.5f}")
   model = vqzoo.load(f"./{out}" if not out.startswith(("/", ".")) else out)
   print(model, model.source)

@@ -15,11 +15,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import zoo_tools  # noqa: E402
 
+from vqzoo import compilation_cache  # noqa: E402
 from vqzoo.pretrained import load, registry  # noqa: E402
 from vqzoo.training import measure  # noqa: E402
 
 
 def main(argv=None) -> int:
+  compilation_cache.enable()  # vqzoo's own process: compile each step once
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   parser.add_argument("model", help="zoo name, hf-hub:owner/repo[@rev] or a model directory")
   parser.add_argument("--dataset", help="TFDS name (default: the zoo variant's dataset)")

@@ -19,24 +19,32 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import zoo_tools  # noqa: E402
 
+from vqzoo import compilation_cache  # noqa: E402
+from vqzoo.configs import RunConfig  # noqa: E402
 from vqzoo.pretrained import registry  # noqa: E402
 
 
 def main(argv=None) -> int:
+  compilation_cache.enable()  # vqzoo's own process: compile each step once
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--variant", required=True, choices=registry.list_models())
   parser.add_argument("--workdir", help="prior checkpoints (default runs/VARIANT-prior)")
   parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="delete the workdir's checkpoint and metrics and start afresh")
   parser.add_argument("--bundle", action="store_true",
                       help="write the prior, its metrics, card and pins into the package")
   parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
   workdir = args.workdir or f"runs/{args.variant}-prior"
-  os.makedirs(workdir, exist_ok=True)
-  model = zoo_tools.fit_variant_prior(args.variant, workdir, args.resume, args.data_dir,
-                                      progress=not args.no_progress)
+  try:
+    run = RunConfig(resume=args.resume, overwrite=args.overwrite, checkpoint_every=500,
+                    log_every=100, progress=not args.no_progress)
+    model = zoo_tools.fit_variant_prior(args.variant, workdir, run, args.data_dir)
+  except (FileExistsError, FileNotFoundError, ValueError) as e:
+    parser.error(str(e))  # the workdir or the recipe does not fit: exit status 2
   metrics = zoo_tools.measure_prior(args.variant, model, args.data_dir,
                                     progress=not args.no_progress)
   print(json.dumps({"variant": args.variant, **metrics}, indent=2))

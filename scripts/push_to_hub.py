@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
+  from vqzoo import compilation_cache
+  compilation_cache.enable()  # vqzoo's own process: compile each step once
   from vqzoo.pretrained import registry
   from vqzoo.pretrained import load
   from vqzoo.pretrained import WEIGHTS_NAME

@@ -34,11 +34,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import zoo_tools  # noqa: E402
 
+from vqzoo import compilation_cache  # noqa: E402
+from vqzoo import cli_devices  # noqa: E402
+from vqzoo.configs import RunConfig  # noqa: E402
 from vqzoo.pretrained import registry  # noqa: E402
 from vqzoo.training import distributed  # noqa: E402
 
 
 def main(argv=None):
+  compilation_cache.enable()  # vqzoo's own process: compile each step once
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawTextHelpFormatter)
   parser.add_argument("--variant", required=True, choices=registry.list_models())
@@ -58,32 +62,33 @@ def main(argv=None):
                       help="steps between checkpoints (and at the end); default %(default)s")
   parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
   parser.add_argument("--no-progress", action="store_true")
-  distributed.add_flags(parser)
+  cli_devices.add_flags(parser)
   args = parser.parse_args(argv)
-  if args.resume and args.overwrite:
-    parser.error("--resume and --overwrite: pass one or the other")
-  if args.checkpoint_every < 1:
-    parser.error(f"--checkpoint-every: expected an integer >= 1, got {args.checkpoint_every}")
+  try:
+    run = RunConfig(resume=args.resume, overwrite=args.overwrite,
+                    extend_schedule=args.extend_schedule, checkpoint_every=args.checkpoint_every,
+                    progress=not args.no_progress)
+  except ValueError as e:
+    parser.error(str(e).replace("resume and overwrite", "--resume and --overwrite")
+                 .replace("checkpoint_every", "--checkpoint-every"))
   try:  # before anything touches a device
-    multi_process = distributed.start_from_flags(args, registry.get_entry(args.variant).config.arch)
+    multi_process = cli_devices.start_from_flags(args, registry.get_entry(args.variant).config.arch)
   except ValueError as e:
     parser.error(str(e))
-  with distributed.fail_fast(multi_process):  # a failed process ends now, its peers soon after
+  with cli_devices.fail_fast(multi_process, prog="train.py"):  # a failed process ends now, its peers soon after
     try:
-      return _run(args, parser)
+      return _run(args, parser, run)
     except OSError as e:  # a read-only or full disk under --workdir, --out or --bundle
       print(f"{parser.prog}: error: {e}; expected folders this user can write (--workdir, "
             "--out)", file=sys.stderr)
       raise SystemExit(2) from None
 
 
-def _run(args, parser):
+def _run(args, parser, run):
   workdir = args.workdir or f"runs/{args.variant}"
   try:
-    model = zoo_tools.train_variant(
-        args.variant, workdir, data_dir=args.data_dir, resume=args.resume,
-        progress=not args.no_progress, steps=args.steps, checkpoint_every=args.checkpoint_every,
-        overwrite=args.overwrite, extend_schedule=args.extend_schedule)
+    model = zoo_tools.train_variant(args.variant, workdir, data_dir=args.data_dir, run=run,
+                                    steps=args.steps)
   except (FileExistsError, FileNotFoundError, ValueError) as e:
     parser.error(str(e))  # the workdir, the data or the recipe does not fit: exit status 2
   if not distributed.is_main_process():

@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+from vqzoo import compilation_cache
+from vqzoo.configs import RunConfig
 from vqzoo.io import atomic_write_bytes
 from vqzoo.pretrained.integrity import sha256_bytes
 from vqzoo.training import classifier
@@ -26,6 +28,7 @@ DEFAULT_STEPS = {"mnist": 3000, "fashion_mnist": 6000}
 
 
 def main(argv=None) -> int:
+  compilation_cache.enable()  # vqzoo's own process: compile each step once
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawTextHelpFormatter)
   parser.add_argument("--dataset", required=True, choices=classifier.DATASETS)
@@ -37,11 +40,17 @@ def main(argv=None) -> int:
   parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
   parser.add_argument("--out-dir", default=str(classifier.CLASSIFIERS_DIR),
                       help="where the weights and metrics.json go (default: the package assets)")
+  parser.add_argument("--workdir", help="checkpoints (default: none kept)")
+  parser.add_argument("--resume", action="store_true", help="continue from the workdir checkpoint")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="delete the workdir's checkpoint and metrics and start afresh")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
   args = parser.parse_args(argv)
   steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.dataset]
   if steps < 1:
     parser.error("--steps: expected >= 1")
+  if args.resume and args.overwrite:
+    parser.error("--resume and --overwrite: pass one or the other")
 
   train_x = load_images(args.dataset, "train", args.data_dir)
   train_y = load_labels(args.dataset, "train", args.data_dir)
@@ -49,7 +58,9 @@ def main(argv=None) -> int:
   test_y = load_labels(args.dataset, "test", args.data_dir)
   start = time.time()
   params = classifier.train_classifier(train_x, train_y, steps, args.batch_size, args.seed,
-                                       args.learning_rate, progress=not args.no_progress)
+                                       args.learning_rate, workdir=args.workdir,
+                                       run=RunConfig(resume=args.resume, overwrite=args.overwrite,
+                                                     progress=not args.no_progress))
   seconds = time.time() - start
   test_accuracy = classifier.accuracy(params, test_x, test_y)
   train_accuracy = classifier.accuracy(params, train_x, train_y)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vqzoo.configs import RunConfig
 from vqzoo.io import atomic_write_bytes, sha256_file
 from vqzoo.pretrained import WEIGHTS_NAME, PretrainedVQVAE, registry
 from vqzoo.pretrained.cards import zoo_card
@@ -23,20 +24,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def train_variant(name: str, workdir: str | Path, data_dir: str | None = None,
-                  resume: bool = False, progress: bool = True, steps: int | None = None,
-                  checkpoint_every: int = 1000, overwrite: bool = False,
-                  extend_schedule: bool = False) -> PretrainedVQVAE:
+                  run: RunConfig = RunConfig(), steps: int | None = None) -> PretrainedVQVAE:
   """Trains zoo variant ``name`` from its registry recipe (optionally fewer ``steps``).
 
-  ``checkpoint_every``, ``overwrite`` and ``extend_schedule`` are passed to
-  :func:`vqzoo.training.train`. In a multi-process run every process calls this (one step
-  spans all their devices) and gets the same model; only process 0 writes to ``workdir``.
+  ``run`` (resume/overwrite, intervals, progress) is passed to :func:`vqzoo.training.train`.
+  In a multi-process run every process calls this (one step spans all their devices) and
+  gets the same model; only process 0 writes to ``workdir``.
   """
   entry = registry.get_entry(name)
   recipe = entry.recipe if steps is None else dataclasses.replace(entry.recipe, steps=steps)
-  result = train(entry.config, recipe, workdir, data_dir=data_dir, resume=resume,
-                 progress=progress, checkpoint_every=checkpoint_every, overwrite=overwrite,
-                 extend_schedule=extend_schedule)
+  result = train(entry.config, recipe, workdir, data_dir=data_dir, run=run)
   return PretrainedVQVAE(entry.config, result.params, result.state)
 
 
@@ -73,8 +70,9 @@ def bundle_variant(name: str, model: PretrainedVQVAE, metrics: dict,
   return digest
 
 
-def fit_variant_prior(name: str, workdir: str | Path | None = None, resume: bool = False,
-                      data_dir: str | None = None, progress: bool = True) -> PretrainedVQVAE:
+def fit_variant_prior(name: str, workdir: str | Path | None = None,
+                      run: RunConfig = RunConfig(checkpoint_every=500, log_every=100),
+                      data_dir: str | None = None) -> PretrainedVQVAE:
   """The bundled variant with its prior fitted by the registry's prior recipe."""
   from vqzoo.pretrained import load
   from vqzoo.training import load_images
@@ -85,10 +83,9 @@ def fit_variant_prior(name: str, workdir: str | Path | None = None, resume: bool
   model = load(name)
   images = load_images(recipe.train.dataset, recipe.train.split, data_dir)
   labels = load_labels(recipe.train.dataset, recipe.train.split, data_dir)
-  codes = encode_images(model, images, progress=progress)
+  codes = encode_images(model, images, progress=run.progress)
   params = fit_prior(recipe.config, recipe.train, codes,
-                     labels if recipe.config.num_classes else None, workdir=workdir,
-                     resume=resume, progress=progress)
+                     labels if recipe.config.num_classes else None, workdir=workdir, run=run)
   model.set_prior(recipe.config, params)
   return model
 

@@ -26,13 +26,20 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
-REPO = Path(__file__).resolve().parent.parent
+from _util import REPO  # noqa: E402
 SHARED_TFDS = REPO.parent / "shared" / "datasets" / "tensorflow_datasets"
 if "TFDS_DATA_DIR" not in os.environ and SHARED_TFDS.is_dir():
   os.environ["TFDS_DATA_DIR"] = str(SHARED_TFDS)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic_train() -> np.ndarray:
+  """4096 synthetic 28x28 grey images, for tests of the machinery rather than of real data."""
+  from _util import synthetic_images
+  return synthetic_images(4096)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import vqzoo
+from _util import assert_trees_equal
 from vqzoo.training import classifier
 from vqzoo.training.frechet import (classifier_frechet_distance, feature_moments,
                                     frechet_distance, frechet_distance_from_moments)
@@ -98,9 +99,7 @@ def test_train_classifier_is_seeded(mnist_test, mnist_test_labels):
   x, y = mnist_test[:256], mnist_test_labels[:256]
   a = classifier.train_classifier(x, y, steps=3, batch_size=64, seed=1)
   b = classifier.train_classifier(x, y, steps=3, batch_size=64, seed=1)
-  for module in a:
-    for name in a[module]:
-      np.testing.assert_array_equal(a[module][name], b[module][name])
+  assert_trees_equal(a, b)
   with pytest.raises(ValueError, match="labels"):
     classifier.train_classifier(x, y[:10], steps=1)
 

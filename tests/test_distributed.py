@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from _util import REPO, assert_trees_equal  # noqa: E402
 THIS = Path(__file__).resolve()
 RUN_TIMEOUT_S = 240  # per subprocess: far above a healthy run, so a hang fails, never blocks
 # The worker's recipe: a few dozen steps of each model on a slice of MNIST.
@@ -29,7 +29,7 @@ STEPS, BATCH, CHECKPOINT_EVERY, IMAGES = 60, 32, 10, 4096
 
 def _worker(argv) -> int:
   """Trains the tiny MLP and conv nets and saves each one's final params and state."""
-  from vqzoo.training import distributed
+  from vqzoo import cli_devices
   parser = argparse.ArgumentParser()
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--dump", required=True, help="folder for ARCH-pPROCESS.npz")
@@ -37,16 +37,17 @@ def _worker(argv) -> int:
   parser.add_argument("--resume", action="store_true")
   parser.add_argument("--init", help="folder of ARCH-init.safetensors: start from it if it exists, "
                                      "else write the fresh init there")
-  distributed.add_flags(parser)
+  cli_devices.add_flags(parser)
   args = parser.parse_args(argv)
-  multi_process = distributed.start_from_flags(args, "mlp")  # the test passes --cpu-devices
-  with distributed.fail_fast(multi_process):  # as the entry points: a failure ends it at once
+  multi_process = cli_devices.start_from_flags(args, "mlp")  # the test passes --cpu-devices
+  with cli_devices.fail_fast(multi_process):  # as the entry points: a failure ends it at once
     return _train(args)
 
 
 def _train(args) -> int:
   import jax
-  from vqzoo.configs import ConvConfig, MLPConfig, ModelConfig, QuantizerConfig, TrainConfig
+  from vqzoo.configs import (ConvConfig, MLPConfig, ModelConfig, QuantizerConfig, RunConfig,
+                             TrainConfig)
   from vqzoo.pretrained import serialization
   from vqzoo.training import data, trainer
   configs = {
@@ -68,10 +69,10 @@ def _train(args) -> int:
         ts = trainer.init_train_state(configs[arch], trainer.make_optimizer(recipe), recipe.seed)
         params, state = jax.device_get((ts.params, ts.state))
         path.write_bytes(serialization.to_bytes(params, state))
-    result = trainer.train(configs[arch], recipe, Path(args.workdir) / arch, images=images,
-                           resume=args.resume, progress=False, log_every=CHECKPOINT_EVERY,
-                           checkpoint_every=CHECKPOINT_EVERY, init_params=params,
-                           init_state=state)
+    run = RunConfig(resume=args.resume, progress=False, log_every=CHECKPOINT_EVERY,
+                    checkpoint_every=CHECKPOINT_EVERY)
+    result = trainer.train(configs[arch], recipe, Path(args.workdir) / arch, images, run=run,
+                           init=None if params is None else (params, state))
     leaves = jax.tree_util.tree_flatten_with_path((result.params, result.state))[0]
     np.savez(Path(args.dump) / f"{arch}-p{jax.process_index()}.npz",
              **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
@@ -146,10 +147,7 @@ def _load(path: Path) -> dict:
     return {k: f[k] for k in f.files}
 
 
-def _assert_equal(a: dict, b: dict) -> None:
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+_assert_equal = assert_trees_equal
 
 
 # ----------------------------------------------------------------------------- set-up, in-process
@@ -239,21 +237,22 @@ def test_bad_settings_are_named(fake_jax_distributed, monkeypatch, args, env, ma
 
 
 def test_entry_point_flags(fake_jax_distributed, monkeypatch):
+  from vqzoo import cli_devices
   from vqzoo.training import distributed
   counts = []
   monkeypatch.setattr(distributed, "set_cpu_devices", counts.append)
   parser = argparse.ArgumentParser()
-  distributed.add_flags(parser)
-  assert distributed.start_from_flags(parser.parse_args(["--cpu-devices", "3"]), "conv") is False
+  cli_devices.add_flags(parser)
+  assert cli_devices.start_from_flags(parser.parse_args(["--cpu-devices", "3"]), "conv") is False
   assert counts == [3] and not fake_jax_distributed  # no flags: a single process
   monkeypatch.setattr(distributed, "cpu_devices_configured", lambda: False)
-  distributed.start_from_flags(parser.parse_args([]), "conv")
-  distributed.start_from_flags(parser.parse_args([]), "mlp")
+  cli_devices.start_from_flags(parser.parse_args([]), "conv")
+  cli_devices.start_from_flags(parser.parse_args([]), "mlp")
   assert counts[1:] == [1, 1]  # the measured defaults (BENCHMARKS.md)
   with pytest.raises(ValueError, match="--process-id: needed"):
-    distributed.start_from_flags(parser.parse_args(
+    cli_devices.start_from_flags(parser.parse_args(
         ["--coordinator-address", "127.0.0.1:5", "--num-processes", "2"]), "mlp")
-  assert distributed.start_from_flags(parser.parse_args(
+  assert cli_devices.start_from_flags(parser.parse_args(
       ["--coordinator-address", "127.0.0.1:5", "--num-processes", "2", "--process-id", "1"]),
       "mlp") is True
   assert fake_jax_distributed[-1][1]["process_id"] == 1

@@ -2,9 +2,8 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from _util import REPO  # noqa: E402
 MODULES = ["vqzoo", "vqzoo.nn", "vqzoo.pretrained", "vqzoo.training", "vqzoo.cpu_tuning",
            "vqzoo.configs", "vqzoo.images", "vqzoo.io", "vqzoo.folders", "vqzoo.grid",
            "vqzoo.cli"]

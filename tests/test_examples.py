@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+from _util import REPO  # noqa: E402
 EXAMPLES = REPO / "examples"
 
 

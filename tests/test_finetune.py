@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqzoo import FinetuneConfig
+from vqzoo import FinetuneConfig, RunConfig, TrainConfig
 from vqzoo.nn import part_of, part_prefixes
 from vqzoo.pretrained import load
 from vqzoo.training import finetuning as ft
 from vqzoo.training.image_folder import load_image_folder
 
+QUIET = RunConfig(progress=False)
 BASE = "mnist-mlp"
 
 
@@ -31,10 +32,11 @@ def _assert_parts(base, tuned, frozen):
 
 def test_finetune_on_tfds_subset(tmp_path, tfds_dir):
   out = tmp_path / "ft"
-  config = FinetuneConfig(split="train[:3000]", eval_split="test[:1000]", steps=60, batch_size=64,
-                          learning_rate=1e-3, warmup_steps=5, freeze=("codebook",), log_every=10)
+  recipe = TrainConfig(split="train[:3000]", steps=60, batch_size=64, learning_rate=1e-3,
+                       warmup_steps=5)
+  config = FinetuneConfig(recipe=recipe, eval_split="test[:1000]", freeze=("codebook",))
   result = ft.finetune(BASE, out, config, dataset="fashion_mnist", data_dir=tfds_dir,
-                       progress=False)
+                       run=RunConfig(progress=False, log_every=10))
   assert result.metrics_after["mse"] < result.metrics_before["mse"]
   lines = [json.loads(l) for l in (tmp_path / "ft.work" / "metrics.jsonl").read_text().splitlines()]
   assert lines[-1]["loss"] < lines[0]["loss"]
@@ -63,9 +65,11 @@ def test_finetune_on_image_folder_skips_broken_files(tmp_path, mnist_test, capsy
   before = _folder_digest(folder)
   out = tmp_path / "ft"
   with pytest.warns(UserWarning, match=r"skipped 2 .*broken\.png.*notes\.txt"):
-    config = FinetuneConfig(holdout_fraction=0.2, steps=40, batch_size=32, learning_rate=1e-3,
-                            warmup_steps=5, freeze=("encoder", "codebook"), log_every=10)
-    result = ft.finetune(BASE, out, config, images_dir=str(folder), progress=False)
+    config = FinetuneConfig(
+        recipe=TrainConfig(steps=40, batch_size=32, learning_rate=1e-3, warmup_steps=5),
+        holdout_fraction=0.2, freeze=("encoder", "codebook"))
+    result = ft.finetune(BASE, out, config, images_dir=str(folder),
+                         run=RunConfig(progress=False, log_every=10))
   assert _folder_digest(folder) == before  # the folder is never modified
   assert result.lineage["data"]["images"] == 301 and result.lineage["data"]["held_out"] == 60
   tuned = load(str(out))
@@ -124,9 +128,10 @@ def test_reseeding_is_reported_as_run_and_can_be_turned_off(tmp_path, mnist_test
   moved = {}
   for threshold in (None, 2.0, 0.0):
     out = tmp_path / f"ft-{threshold}"
-    config = FinetuneConfig(steps=5, batch_size=16, learning_rate=1e-4, warmup_steps=1,
-                            freeze=("encoder", "decoder"), reseed_threshold=threshold)
-    result = ft.finetune(BASE, out, config, images_dir=str(folder), progress=False)
+    config = FinetuneConfig(
+        recipe=TrainConfig(steps=5, batch_size=16, learning_rate=1e-4, warmup_steps=1),
+        freeze=("encoder", "decoder"), reseed_threshold=threshold)
+    result = ft.finetune(BASE, out, config, images_dir=str(folder), run=QUIET)
     card = (out / "README.md").read_text()
     used = result.lineage["reseed_threshold_used"]
     if threshold is None:  # the base model's own threshold (0.05 for mnist-mlp)
@@ -148,8 +153,9 @@ def test_image_folder_cards_and_lineage_are_true(tmp_path, mnist_test):
   local_base = tmp_path / "base-model"
   load(BASE).save_pretrained(local_base)
   out = tmp_path / "ft"
-  config = FinetuneConfig(steps=3, batch_size=16, warmup_steps=1, holdout_fraction=0.25)
-  result = ft.finetune(str(local_base), out, config, images_dir=str(folder), progress=False)
+  config = FinetuneConfig(recipe=TrainConfig(steps=3, batch_size=16, warmup_steps=1),
+                          holdout_fraction=0.25)
+  result = ft.finetune(str(local_base), out, config, images_dir=str(folder), run=QUIET)
   card = (out / "README.md").read_text()
   parsed = ModelCard(card)
   dataset = parsed.data.eval_results[0]
@@ -159,6 +165,6 @@ def test_image_folder_cards_and_lineage_are_true(tmp_path, mnist_test):
   assert str(tmp_path) not in card and str(tmp_path) not in (out / "metrics.json").read_text()
   assert result.lineage["base_source"]["directory"] == "base-model"
   assert result.lineage["vqzoo_version"]
-  zoo = ft.finetune(BASE, tmp_path / "ft2", config, images_dir=str(folder), progress=False)
+  zoo = ft.finetune(BASE, tmp_path / "ft2", config, images_dir=str(folder), run=QUIET)
   assert zoo.lineage["base_source"]["zoo"] == BASE
   assert zoo.lineage["base_source"]["sha256"] == load(BASE).source["sha256"]

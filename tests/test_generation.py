@@ -1,5 +1,6 @@
 """Priors on loaded models: sampling, scoring, saving, the Hub, fitting, the CLI."""
 
+import dataclasses
 import json
 import math
 
@@ -10,12 +11,13 @@ import pytest
 
 import vqzoo
 from vqzoo.cli import main as cli_main
-from vqzoo.configs import PriorConfig, TrainConfig
+from vqzoo.configs import PriorConfig, RunConfig, TrainConfig
 from vqzoo.nn import prior_bits
 from vqzoo.pretrained.generation import NoPriorError
 from vqzoo.pretrained.integrity import PRIOR_WEIGHTS_NAME, manifest_digest
 from vqzoo.training.prior_fitting import fit_prior
 
+from _util import assert_trees_equal
 from hub_server import hub  # noqa: F401  (the fixture)
 
 BASE = "mnist-conv-ema"
@@ -113,7 +115,7 @@ def test_categorical_prior_is_fitted_exactly_by_counting():
   config = PriorConfig(kind="categorical", num_embeddings=4, num_classes=2)
   codes = np.array([0, 0, 1, 3, 3, 3, 2], np.int32)
   labels = np.array([0, 0, 0, 1, 1, 1, 1], np.int32)
-  params = fit_prior(config, TrainConfig(steps=1, batch_size=1), codes, labels, progress=False)
+  params = fit_prior(config, TrainConfig(steps=1, batch_size=1), codes, labels)
   bits = prior_bits(config).apply(params, None, jnp.asarray(codes), jnp.asarray(labels))
   counts = {0: np.array([2, 1, 0, 0]), 1: np.array([0, 0, 1, 3])}
   expected = [-math.log2((counts[l][c] + 1) / (counts[l].sum() + 4)) for c, l in zip(codes, labels)]
@@ -125,16 +127,21 @@ def test_pixelcnn_fit_learns_and_resumes_bit_exactly(tmp_path, mnist_test):
   codes = m.encode(mnist_test[:512])
   config = PriorConfig.for_model(m.config, hidden=8, num_layers=1)
   recipe = TrainConfig(steps=30, batch_size=64, learning_rate=5e-3, warmup_steps=2)
-  straight = fit_prior(config, recipe, codes, workdir=tmp_path / "a", progress=False,
-                       log_every=10)
+  straight = fit_prior(config, recipe, codes, workdir=tmp_path / "a",
+                       run=RunConfig(progress=False, log_every=10))
   lines = [json.loads(l) for l in (tmp_path / "a" / "prior_metrics.jsonl").read_text().split("\n")
            if l]
   assert lines[-1]["bits_per_image"] < lines[0]["bits_per_image"]
-  fit_prior(config, recipe, codes, workdir=tmp_path / "b", progress=False, until_step=10)
-  resumed = fit_prior(config, recipe, codes, workdir=tmp_path / "b", resume=True,
-                      progress=False)
-  for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(resumed)):
-    np.testing.assert_array_equal(a, b)
+  fit_prior(config, recipe, codes, workdir=tmp_path / "b",
+            run=RunConfig(progress=False, until_step=10))
+  with pytest.raises(FileExistsError, match="resume=True"):  # the one resume rule
+    fit_prior(config, recipe, codes, workdir=tmp_path / "b", run=RunConfig(progress=False))
+  with pytest.raises(ValueError, match="learning_rate"):
+    fit_prior(config, dataclasses.replace(recipe, learning_rate=1e-2), codes,
+              workdir=tmp_path / "b", run=RunConfig(progress=False, resume=True))
+  resumed = fit_prior(config, recipe, codes, workdir=tmp_path / "b",
+                      run=RunConfig(progress=False, resume=True))
+  assert_trees_equal(straight, resumed)
 
 
 def test_cli_fit_prior_then_sample(tmp_path, tfds_dir, capsys):

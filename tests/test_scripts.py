@@ -3,11 +3,10 @@
 import json
 import runpy
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from _util import REPO  # noqa: E402
 SCRIPTS = ["scripts/train.py", "scripts/evaluate.py", "scripts/finetune.py",
            "scripts/push_to_hub.py"]
 
@@ -63,8 +62,7 @@ def test_train_script_reproduces_mnist_mlp_within_its_bar(tmp_path, tfds_dir):
 
 def test_train_script_passes_the_workdir_flags_to_train(tmp_path, tfds_dir, capsys, monkeypatch):
   """--checkpoint-every, --overwrite and --extend-schedule reach train(); refusals exit 2."""
-  import inspect
-
+  from vqzoo.configs import RunConfig
   from vqzoo.training import trainer
   main = runpy.run_path("scripts/train.py")["main"]
   zoo_tools = sys.modules["zoo_tools"]
@@ -81,7 +79,7 @@ def test_train_script_passes_the_workdir_flags_to_train(tmp_path, tfds_dir, caps
             "--no-progress"]
 
   assert main(common + ["--steps", "3", "--checkpoint-every", "2"]) == 1
-  assert calls[-1]["checkpoint_every"] == 2 and trainer.checkpoint_step(ckpt) == 3
+  assert calls[-1]["run"].checkpoint_every == 2 and trainer.checkpoint_step(ckpt) == 3
   capsys.readouterr()
   for flags, needs in ((["--steps", "3"], "--overwrite"),
                        (["--steps", "4", "--resume"], "--extend-schedule"),
@@ -92,8 +90,7 @@ def test_train_script_passes_the_workdir_flags_to_train(tmp_path, tfds_dir, caps
     assert e.value.code == 2 and needs in capsys.readouterr().err, flags
   assert trainer.checkpoint_step(ckpt) == 3
   assert main(common + ["--steps", "4", "--resume", "--extend-schedule"]) == 1
-  assert calls[-1]["extend_schedule"] and trainer.checkpoint_step(ckpt) == 4
+  assert calls[-1]["run"].extend_schedule and trainer.checkpoint_step(ckpt) == 4
   assert main(common + ["--steps", "2", "--overwrite"]) == 1
-  assert calls[-1]["overwrite"] and trainer.checkpoint_step(ckpt) == 2
-  default = inspect.signature(trainer.train).parameters["checkpoint_every"].default
-  assert calls[-1]["checkpoint_every"] == default == 1000
+  assert calls[-1]["run"].overwrite and trainer.checkpoint_step(ckpt) == 2
+  assert calls[-1]["run"].checkpoint_every == RunConfig().checkpoint_every == 1000

@@ -6,27 +6,32 @@ import jax
 import numpy as np
 import pytest
 
+from _util import assert_trees_equal as _tree_equal
 from vqzoo.nn import part_of, part_prefixes
 from vqzoo.training import data as data_lib
 from vqzoo.training import trainer as train_lib
-from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig, TrainConfig
+from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig, RunConfig, TrainConfig
 
 ONE_DEVICE = jax.local_devices()[:1]
 SMALL_CONV = ModelConfig(arch="conv", conv=ConvConfig(16, 1, 8),
                          quantizer=QuantizerConfig(32, 8, ema=True, dead_code_threshold=0.5))
 
 
-def _tree_equal(a, b):
-  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-  assert len(la) == len(lb)
-  for x, y in zip(la, lb):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+RUN_FIELDS = set(RunConfig.__dataclass_fields__)
+
+
+def _train(model, recipe, workdir, images, init_params=None, init_state=None, **kwargs):
+  """``train_lib.train`` with the run options given as keywords."""
+  run = RunConfig(**{"progress": False, **{k: v for k, v in kwargs.items() if k in RUN_FIELDS}})
+  rest = {k: v for k, v in kwargs.items() if k not in RUN_FIELDS}
+  init = None if init_params is None else (init_params, init_state)
+  return train_lib.train(model, recipe, workdir, images, run=run, init=init, **rest)
 
 
 def test_mlp_learns_on_real_mnist(tmp_path, mnist_train):
   config = ModelConfig(quantizer=QuantizerConfig(dead_code_threshold=0.05))
   recipe = TrainConfig(steps=300, batch_size=128, learning_rate=1e-3, warmup_steps=20)
-  result = train_lib.train(config, recipe, tmp_path, images=mnist_train[:20000],
+  result = _train(config, recipe, tmp_path, images=mnist_train[:20000],
                            progress=False, devices=ONE_DEVICE, log_every=50)
   lines = [json.loads(l) for l in (tmp_path / train_lib.METRICS_NAME).read_text().splitlines()]
   assert lines[0]["step"] == 50 and lines[-1]["step"] == 300
@@ -36,13 +41,13 @@ def test_mlp_learns_on_real_mnist(tmp_path, mnist_train):
 
 
 @pytest.mark.parametrize("devices", [ONE_DEVICE, jax.local_devices()[:2]])
-def test_resume_is_bit_exact(tmp_path, mnist_train, devices):
-  images = mnist_train[:4096]
+def test_resume_is_bit_exact(tmp_path, synthetic_train, devices):
+  images = synthetic_train[:4096]
   recipe = TrainConfig(steps=8, batch_size=32, learning_rate=1e-3, warmup_steps=2)
   common = dict(images=images, progress=False, devices=devices, log_every=2)
-  straight = train_lib.train(SMALL_CONV, recipe, tmp_path / "a", **common)
-  train_lib.train(SMALL_CONV, recipe, tmp_path / "b", until_step=4, **common)
-  resumed = train_lib.train(SMALL_CONV, recipe, tmp_path / "b", resume=True, **common)
+  straight = _train(SMALL_CONV, recipe, tmp_path / "a", **common)
+  _train(SMALL_CONV, recipe, tmp_path / "b", until_step=4, **common)
+  resumed = _train(SMALL_CONV, recipe, tmp_path / "b", resume=True, **common)
   assert resumed.step == straight.step == 8
   _tree_equal(straight.params, resumed.params)
   _tree_equal(straight.state, resumed.state)
@@ -57,10 +62,10 @@ def _template(recipe):
   return train_lib.init_train_state(SMALL_CONV, train_lib.make_optimizer(recipe), recipe.seed)
 
 
-def test_nan_loss_stops_the_run_and_leaves_the_last_checkpoint(tmp_path, mnist_train):
-  images = mnist_train[:2048]
+def test_nan_loss_stops_the_run_and_leaves_the_last_checkpoint(tmp_path, synthetic_train):
+  images = synthetic_train[:2048]
   recipe = TrainConfig(steps=6, batch_size=32, learning_rate=1e-3, warmup_steps=0)
-  train_lib.train(SMALL_CONV, recipe, tmp_path, images=images, progress=False,
+  _train(SMALL_CONV, recipe, tmp_path, images=images, progress=False,
                   devices=ONE_DEVICE, until_step=2)
   before = (tmp_path / train_lib.CHECKPOINT_NAME).read_bytes()
   bad = dict(train_lib.load_checkpoint(tmp_path / train_lib.CHECKPOINT_NAME,
@@ -68,7 +73,7 @@ def test_nan_loss_stops_the_run_and_leaves_the_last_checkpoint(tmp_path, mnist_t
   # A model whose weights hold NaN produces a NaN loss at the next step.
   bad_params = jax.tree_util.tree_map(lambda x: np.full_like(x, np.nan), bad["params"])
   with pytest.raises(FloatingPointError, match="non-finite"):
-    train_lib.train(SMALL_CONV, recipe, tmp_path / "nan", images=images, progress=False,
+    _train(SMALL_CONV, recipe, tmp_path / "nan", images=images, progress=False,
                     devices=ONE_DEVICE, init_params=bad_params, init_state=bad["state"],
                     log_every=1)
   assert not (tmp_path / "nan" / train_lib.CHECKPOINT_NAME).exists()
@@ -91,10 +96,10 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
   assert [p.name for p in tmp_path.iterdir()] == [train_lib.CHECKPOINT_NAME]
 
 
-def test_frozen_parts_do_not_move(tmp_path, mnist_train):
+def test_frozen_parts_do_not_move(tmp_path, synthetic_train):
   recipe = TrainConfig(steps=5, batch_size=32, learning_rate=1e-2, warmup_steps=0)
   init = _template(recipe)
-  result = train_lib.train(SMALL_CONV, recipe, tmp_path, images=mnist_train[:1024],
+  result = _train(SMALL_CONV, recipe, tmp_path, images=synthetic_train[:1024],
                            progress=False, devices=ONE_DEVICE, init_params=init.params,
                            init_state=init.state, frozen=("encoder", "codebook"))
   for module, leaves in result.params.items():
@@ -144,7 +149,6 @@ def test_user_defined_encoder_and_decoder_train_through_the_public_api(tmp_path,
   import haiku as hk
   import jax.numpy as jnp
   from vqzoo.nn import VQVAE, VectorQuantizer, VectorQuantizerEMA
-  from vqzoo.training import train
 
   class TwoLayerEncoder(hk.Module):
     def __call__(self, x):
@@ -159,10 +163,11 @@ def test_user_defined_encoder_and_decoder_train_through_the_public_api(tmp_path,
 
   def factory():
     return VQVAE(TwoLayerEncoder(name="enc"), TwoLayerDecoder(name="dec"),
-                 quantizer(64, 16, 0.25, dead_code_threshold=0.5, cross_replica_axis="batch"))
+                 quantizer(num_embeddings=64, embedding_dim=16, commitment_cost=0.25,
+                           dead_code_threshold=0.5, cross_replica_axis="batch"))
 
   recipe = TrainConfig(steps=120, batch_size=64, learning_rate=2e-3, warmup_steps=10)
-  result = train(factory, recipe, tmp_path, images=mnist_train[:8192], progress=False,
+  result = _train(factory, recipe, tmp_path, images=mnist_train[:8192], progress=False,
                  devices=jax.local_devices()[:2], log_every=20, frozen=("encoder",) if ema else ())
   lines = [json.loads(l) for l in (tmp_path / train_lib.METRICS_NAME).read_text().splitlines()]
   assert result.step == 120 and lines[-1]["mse"] < 0.8 * lines[0]["mse"]
@@ -176,8 +181,8 @@ TINY = TrainConfig(steps=6, batch_size=32, learning_rate=1e-3, warmup_steps=2)
 
 
 def _run(workdir, images, recipe=TINY, **kwargs):
-  kwargs = {"progress": False, "devices": ONE_DEVICE, **kwargs}
-  return train_lib.train(SMALL_CONV, recipe, workdir, images=images, **kwargs)
+  kwargs = {"devices": ONE_DEVICE, **kwargs}
+  return _train(SMALL_CONV, recipe, workdir, images=images, **kwargs)
 
 
 def _logged_steps(workdir):
@@ -185,7 +190,7 @@ def _logged_steps(workdir):
   return [json.loads(line)["step"] for line in lines]
 
 
-def test_a_run_removes_stale_checkpoint_temp_files_and_nothing_else(tmp_path, mnist_train):
+def test_a_run_removes_stale_checkpoint_temp_files_and_nothing_else(tmp_path, synthetic_train):
   stale = [tmp_path / ".checkpoint.safetensors.x1y2z3ab.tmp",
            tmp_path / ".checkpoint.safetensors.k_9q0w4e.tmp"]
   kept = [tmp_path / "notes.txt", tmp_path / ".checkpoint.safetensors.keep",
@@ -194,34 +199,35 @@ def test_a_run_removes_stale_checkpoint_temp_files_and_nothing_else(tmp_path, mn
   for path in stale + kept:
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(b"half a checkpoint")
-  _run(tmp_path, mnist_train[:2048], until_step=1)
+  _run(tmp_path, synthetic_train[:2048], until_step=1)
   assert not any(path.exists() for path in stale)
   assert all(path.read_bytes() == b"half a checkpoint" for path in kept)
 
 
-def test_resume_truncates_metrics_logged_after_the_checkpoint(tmp_path, mnist_train, monkeypatch):
-  images = mnist_train[:2048]
+def test_resume_truncates_metrics_logged_after_the_checkpoint(tmp_path, synthetic_train, monkeypatch):
+  images = synthetic_train[:2048]
   _run(tmp_path / "straight", images, log_every=1)
   _run(tmp_path / "w", images, log_every=1, until_step=2)
-  real_save = train_lib.save_checkpoint
+  from vqzoo.training import checkpoint
+  real_save = checkpoint.save
 
   def killed_at_step_4(path, ts, *args, **kwargs):
     if int(ts.step) >= 4:
       raise KeyboardInterrupt  # a run killed after logging steps 3 and 4, before saving 4
     return real_save(path, ts, *args, **kwargs)
-  monkeypatch.setattr(train_lib, "save_checkpoint", killed_at_step_4)
+  monkeypatch.setattr(checkpoint, "save", killed_at_step_4)
   with pytest.raises(KeyboardInterrupt):
     _run(tmp_path / "w", images, log_every=1, checkpoint_every=4, resume=True)
   assert _logged_steps(tmp_path / "w") == [1, 2, 3, 4]
-  monkeypatch.setattr(train_lib, "save_checkpoint", real_save)
+  monkeypatch.setattr(checkpoint, "save", real_save)
   _run(tmp_path / "w", images, log_every=1, resume=True)
   assert _logged_steps(tmp_path / "w") == [1, 2, 3, 4, 5, 6]
   assert ((tmp_path / "w" / train_lib.METRICS_NAME).read_text()
           == (tmp_path / "straight" / train_lib.METRICS_NAME).read_text())
 
 
-def test_a_fresh_run_refuses_to_clobber_a_checkpoint_unless_told(tmp_path, mnist_train):
-  images = mnist_train[:2048]
+def test_a_fresh_run_refuses_to_clobber_a_checkpoint_unless_told(tmp_path, synthetic_train):
+  images = synthetic_train[:2048]
   _run(tmp_path, images, until_step=2, log_every=1)
   before = (tmp_path / train_lib.CHECKPOINT_NAME).read_bytes()
   with pytest.raises(FileExistsError, match=r"resume=True.*--resume.*overwrite=True.*--overwrite"):
@@ -234,14 +240,14 @@ def test_a_fresh_run_refuses_to_clobber_a_checkpoint_unless_told(tmp_path, mnist
   assert int(ckpt.step) == 1
 
 
-def test_resume_without_a_checkpoint_is_an_error(tmp_path, mnist_train):
+def test_resume_without_a_checkpoint_is_an_error(tmp_path, synthetic_train):
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
-    _run(tmp_path, mnist_train[:2048], resume=True)
+    _run(tmp_path, synthetic_train[:2048], resume=True)
   assert not (tmp_path / train_lib.CHECKPOINT_NAME).exists()
 
 
-def test_resume_checks_the_step_count_and_the_recipe(tmp_path, mnist_train):
-  images = mnist_train[:2048]
+def test_resume_checks_the_step_count_and_the_recipe(tmp_path, synthetic_train):
+  images = synthetic_train[:2048]
   _run(tmp_path, images, until_step=4)
   with pytest.raises(ValueError, match="checkpoint is at step 4, beyond --steps 3"):
     _run(tmp_path, images, TrainConfig(**{**TINY.to_dict(), "steps": 3}), resume=True,
@@ -258,9 +264,9 @@ def test_resume_checks_the_step_count_and_the_recipe(tmp_path, mnist_train):
   assert _run(tmp_path, images, longer, resume=True).step == 8
 
 
-def test_extend_schedule_recomputes_the_schedule_from_the_resumed_step(tmp_path, mnist_train):
+def test_extend_schedule_recomputes_the_schedule_from_the_resumed_step(tmp_path, synthetic_train):
   """Extending equals a run on the new schedule whose first steps followed the old one."""
-  images = mnist_train[:2048]
+  images = synthetic_train[:2048]
   longer = TrainConfig(**{**TINY.to_dict(), "steps": 10})
   _run(tmp_path / "a", images, until_step=3)
   extended = _run(tmp_path / "a", images, longer, resume=True, extend_schedule=True)
@@ -274,12 +280,12 @@ def test_extend_schedule_recomputes_the_schedule_from_the_resumed_step(tmp_path,
   _tree_equal(extended.params, reference.params)
 
 
-def test_nan_error_says_when_and_that_no_checkpoint_exists(tmp_path, mnist_train):
+def test_nan_error_says_when_and_that_no_checkpoint_exists(tmp_path, synthetic_train):
   recipe = TINY
   bad = _template(recipe)
   bad_params = jax.tree_util.tree_map(lambda x: np.full_like(x, np.nan), bad.params)
   with pytest.raises(FloatingPointError) as e:
-    _run(tmp_path, mnist_train[:2048], init_params=bad_params, init_state=bad.state,
+    _run(tmp_path, synthetic_train[:2048], init_params=bad_params, init_state=bad.state,
          log_every=3)
   message = str(e.value)
   assert "step 1" in message and "step 3" in message, message
@@ -287,8 +293,8 @@ def test_nan_error_says_when_and_that_no_checkpoint_exists(tmp_path, mnist_train
   assert not (tmp_path / train_lib.CHECKPOINT_NAME).exists()
 
 
-def test_nan_error_names_the_earlier_checkpoint(tmp_path, mnist_train):
-  images = mnist_train[:2048]
+def test_nan_error_names_the_earlier_checkpoint(tmp_path, synthetic_train):
+  images = synthetic_train[:2048]
   _run(tmp_path, images, until_step=2)
   ckpt_path = tmp_path / train_lib.CHECKPOINT_NAME
   ts = train_lib.load_checkpoint(ckpt_path, _template(TINY))
@@ -304,8 +310,8 @@ def test_nan_error_names_the_earlier_checkpoint(tmp_path, mnist_train):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
-def test_a_corrupt_checkpoint_is_named_on_resume(tmp_path, mnist_train, damage):
-  images = mnist_train[:2048]
+def test_a_corrupt_checkpoint_is_named_on_resume(tmp_path, synthetic_train, damage):
+  images = synthetic_train[:2048]
   _run(tmp_path, images, until_step=2)
   path = tmp_path / train_lib.CHECKPOINT_NAME
   data = path.read_bytes()
@@ -324,7 +330,7 @@ def test_a_wrong_split_name_is_not_reported_as_a_missing_dataset(tfds_dir):
     data_lib.load_labels("mnist", "valid[:10]", tfds_dir)
 
 
-def test_the_progress_bar_counts_completed_steps(tmp_path, mnist_train, monkeypatch):
+def test_the_progress_bar_counts_completed_steps(tmp_path, synthetic_train, monkeypatch):
   """Each tick of the bar comes after that step's results were waited for, not at dispatch."""
   import tqdm.auto
   waited = []  # every block_until_ready the loop makes
@@ -343,7 +349,10 @@ def test_the_progress_bar_counts_completed_steps(tmp_path, mnist_train, monkeypa
       self.n += k
       ticks.append((self.n, len(waited)))
 
-    def set_postfix(self, **kwargs):
+    def set_postfix(self, *args, **kwargs):
+      pass
+
+    def set_postfix_str(self, *args, **kwargs):
       pass
 
     def close(self):
@@ -351,6 +360,6 @@ def test_the_progress_bar_counts_completed_steps(tmp_path, mnist_train, monkeypa
 
   monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
   monkeypatch.setattr(jax, "block_until_ready", wait)
-  _run(tmp_path, mnist_train[:2048], progress=True)
+  _run(tmp_path, synthetic_train[:2048], progress=True)
   assert [n for n, _ in ticks] == list(range(1, TINY.steps + 1))
   assert all(waits >= n for n, waits in ticks), ticks

@@ -47,7 +47,7 @@ if not any(isinstance(f, _MovedModuleFinder) for f in _sys.meta_path):
   _sys.meta_path.insert(0, _MovedModuleFinder())
 
 from vqzoo.configs import (ConvConfig, FinetuneConfig, MLPConfig, ModelConfig,  # noqa: E402
-                           QuantizerConfig, TrainConfig)
+                           QuantizerConfig, RunConfig, TrainConfig)
 from vqzoo.nn import (VQVAE, QuantizerOutput, VectorQuantizer, VectorQuantizerEMA,  # noqa: E402
                       VQVAEOutput, build, build_codec)
 from vqzoo.pretrained import (IntegrityError, PretrainedVQVAE, create_model,  # noqa: E402
@@ -55,7 +55,8 @@ from vqzoo.pretrained import (IntegrityError, PretrainedVQVAE, create_model,  # 
 from vqzoo.training.metrics import evaluate  # noqa: E402
 
 __all__ = [
-    "ConvConfig", "FinetuneConfig", "MLPConfig", "ModelConfig", "QuantizerConfig", "TrainConfig",
+    "ConvConfig", "FinetuneConfig", "MLPConfig", "ModelConfig", "QuantizerConfig", "RunConfig",
+    "TrainConfig",
     "VQVAE", "VQVAEOutput", "build", "build_codec",
     "VectorQuantizer", "VectorQuantizerEMA", "QuantizerOutput",
     "PretrainedVQVAE", "IntegrityError", "create_model", "load", "list_models", "get_config",

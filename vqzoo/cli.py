@@ -242,29 +242,27 @@ def _base_arch(base: str) -> str | None:
 
 
 def cmd_finetune(args):
-  from vqzoo.configs import FinetuneConfig
+  from vqzoo import cli_devices
+  from vqzoo.configs import FinetuneConfig, RunConfig, TrainConfig
   from vqzoo.training import distributed
   from vqzoo.training.finetuning import finetune
-  multi_process = distributed.start_from_flags(args, _base_arch(args.base))  # before any device
+  multi_process = cli_devices.start_from_flags(args, _base_arch(args.base))  # before any device
   _check_model_out(args.out)
+  recipe = TrainConfig(
+      dataset=args.dataset or "image-folder", split=args.split, steps=args.steps,
+      batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
+      warmup_steps=args.warmup_steps, final_lr_fraction=args.final_lr_fraction, seed=args.seed)
   config = FinetuneConfig(
-      split=args.split, eval_split=args.eval_split, holdout_fraction=args.holdout_fraction,
-      freeze=tuple(args.freeze), steps=args.steps, batch_size=args.batch_size,
-      learning_rate=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps,
-      final_lr_fraction=args.final_lr_fraction, seed=args.seed, reseed_before=args.reseed_before,
+      recipe=recipe, eval_split=args.eval_split, holdout_fraction=args.holdout_fraction,
+      freeze=tuple(args.freeze), reseed_before=args.reseed_before,
       reseed_threshold=args.reseed_threshold)
-  try:
+  run = RunConfig(resume=args.resume, overwrite=args.overwrite, checkpoint_every=500,
+                  progress=not args.no_progress)
+  # A failed process of a multi-process run exits now, not at JAX's exit-time barrier.
+  with cli_devices.fail_fast(multi_process, prog="vqzoo finetune"):
     result = finetune(args.base, args.out, config, dataset=args.dataset, images_dir=args.images,
-                      data_dir=args.data_dir, workdir=args.workdir, resume=args.resume,
-                      overwrite=args.overwrite,
-                      progress=not args.no_progress, push_to_hub=args.push_to_hub)
-  except BaseException as e:  # noqa: B036
-    if not multi_process:
-      raise
-    # Exit now, not at JAX's exit-time barrier, which waits for peers that may be dead.
-    usage = isinstance(e, (ValueError, KeyError, OSError, FloatingPointError))
-    print(f"vqzoo finetune: error: {e}", file=sys.stderr)
-    distributed.exit_now(2 if usage else 1)
+                      data_dir=args.data_dir, workdir=args.workdir, run=run,
+                      push_to_hub=args.push_to_hub)
   if not distributed.is_main_process():
     return 0  # process 0 reports
   print(json.dumps({"out": args.out, "before": result.metrics_before,
@@ -293,18 +291,21 @@ def _check_model_out(out: str) -> None:
 
 def cmd_fit_prior(args):
   _check_model_out(args.out)
-  from vqzoo.configs import TrainConfig
+  import dataclasses
+  from vqzoo.configs import RunConfig
+  from vqzoo.pretrained.registry import PRIOR_RECIPE
   from vqzoo.training.prior_fitting import fit_model_prior
-  recipe = TrainConfig(dataset=args.dataset or "image-folder", split=args.split,
-                       steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                       warmup_steps=min(100, args.steps - 1), final_lr_fraction=0.05,
-                       seed=args.seed)
+  recipe = dataclasses.replace(
+      PRIOR_RECIPE, dataset=args.dataset or "image-folder", split=args.split, steps=args.steps,
+      batch_size=args.batch_size, learning_rate=args.lr,
+      warmup_steps=min(PRIOR_RECIPE.warmup_steps, args.steps - 1), seed=args.seed)
+  run = RunConfig(resume=args.resume, overwrite=args.overwrite, checkpoint_every=500,
+                  log_every=100, progress=not args.no_progress)
   _, metrics = fit_model_prior(args.name, args.out, recipe, dataset=args.dataset,
                                images_dir=args.images, data_dir=args.data_dir,
                                eval_split=args.eval_split,
                                conditional=not args.unconditional, hidden=args.hidden,
-                               num_layers=args.layers, workdir=args.workdir, resume=args.resume,
-                               progress=not args.no_progress)
+                               num_layers=args.layers, workdir=args.workdir, run=run)
   _emit(args, {"out": args.out, **metrics},
         f"prior saved with the model in {args.out}: {metrics['eval_split']} "
         f"{metrics['prior_bits']:.1f} bits per "
@@ -416,23 +417,31 @@ def _add_prior_parsers(sub) -> None:
   f.add_argument("--eval-split", default="test",
                  help="TFDS split the prior is measured on (default test)")
   f.add_argument("--unconditional", action="store_true", help="ignore the dataset's labels")
-  f.add_argument("--steps", type=_positive_int, default=4000, help="default 4000")
-  f.add_argument("--batch-size", type=_positive_int, default=128, help="default 128")
-  f.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
-  f.add_argument("--hidden", type=_positive_int, default=32, help="PixelCNN channels (default 32)")
-  f.add_argument("--layers", type=int, default=6, help="PixelCNN gated layers (default 6)")
-  f.add_argument("--seed", type=_seed, default=0, help=SEED_HELP.format(0))
+  from vqzoo.pretrained.registry import PRIOR_HIDDEN, PRIOR_LAYERS, PRIOR_RECIPE as r
+  f.add_argument("--steps", type=_positive_int, default=r.steps, help=f"default {r.steps}")
+  f.add_argument("--batch-size", type=_positive_int, default=r.batch_size,
+                 help=f"default {r.batch_size}")
+  f.add_argument("--lr", type=float, default=r.learning_rate,
+                 help=f"peak learning rate (default {r.learning_rate})")
+  f.add_argument("--hidden", type=_positive_int, default=PRIOR_HIDDEN,
+                 help=f"PixelCNN channels (default {PRIOR_HIDDEN})")
+  f.add_argument("--layers", type=int, default=PRIOR_LAYERS,
+                 help=f"PixelCNN gated layers (default {PRIOR_LAYERS})")
+  f.add_argument("--seed", type=_seed, default=r.seed, help=SEED_HELP.format(r.seed))
   f.add_argument("--workdir", help="checkpoints (default OUT.work)")
   f.add_argument("--resume", action="store_true", help="continue from the workdir checkpoint")
+  f.add_argument("--overwrite", action="store_true",
+                 help="start afresh over an earlier fit's checkpoint in the workdir")
   f.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
   f.add_argument("--no-progress", action="store_true", help="no progress bars")
   f.set_defaults(fn=cmd_fit_prior)
 
 
 def _add_finetune_parser(sub) -> None:
-  from vqzoo.configs import FinetuneConfig
+  from vqzoo.configs import PARTS, SCHEDULES, FinetuneConfig
   from vqzoo.training.image_folder import FOLDER_RULE
   d = FinetuneConfig()
+  r = d.recipe
   p = sub.add_parser(
       "finetune", help="fine-tune a model on a TFDS dataset or a folder of images",
       description=("Fine-tune a pretrained VQ-VAE on a TFDS dataset or a folder of images.\n\n"
@@ -444,25 +453,24 @@ def _add_finetune_parser(sub) -> None:
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--dataset", help="TFDS dataset name, e.g. fashion_mnist")
   src.add_argument("--images", help="folder of PNG/JPEG images")
-  p.add_argument("--split", default=d.split, help=f"TFDS training split (default {d.split})")
+  p.add_argument("--split", default=r.split, help=f"TFDS training split (default {r.split})")
   p.add_argument("--eval-split", default=d.eval_split,
                  help=f"TFDS held-out split (default {d.eval_split})")
   p.add_argument("--holdout-fraction", type=float, default=d.holdout_fraction,
                  help=f"share of an image folder held out for evaluation "
                       f"(default {d.holdout_fraction})")
-  p.add_argument("--freeze", action="append", default=[],
-                 choices=("encoder", "decoder", "codebook"),
+  p.add_argument("--freeze", action="append", default=[], choices=PARTS,
                  help="part that does not train (repeatable)")
-  p.add_argument("--steps", type=int, default=d.steps, help=f"default {d.steps}")
-  p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
-  p.add_argument("--lr", type=float, default=d.learning_rate,
-                 help=f"peak learning rate (default {d.learning_rate})")
-  p.add_argument("--schedule", choices=("cosine", "constant"), default=d.schedule)
-  p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
-                 help=f"default {d.warmup_steps}")
-  p.add_argument("--final-lr-fraction", type=float, default=d.final_lr_fraction,
-                 help=f"default {d.final_lr_fraction}")
-  p.add_argument("--seed", type=_seed, default=d.seed, help=SEED_HELP.format(d.seed))
+  p.add_argument("--steps", type=int, default=r.steps, help=f"default {r.steps}")
+  p.add_argument("--batch-size", type=int, default=r.batch_size, help=f"default {r.batch_size}")
+  p.add_argument("--lr", type=float, default=r.learning_rate,
+                 help=f"peak learning rate (default {r.learning_rate})")
+  p.add_argument("--schedule", choices=SCHEDULES, default=r.schedule)
+  p.add_argument("--warmup-steps", type=int, default=r.warmup_steps,
+                 help=f"default {r.warmup_steps}")
+  p.add_argument("--final-lr-fraction", type=float, default=r.final_lr_fraction,
+                 help=f"default {r.final_lr_fraction}")
+  p.add_argument("--seed", type=_seed, default=r.seed, help=SEED_HELP.format(r.seed))
   p.add_argument("--reseed-before", action="store_true",
                  help="re-seed codes unused on the training data before training")
   p.add_argument("--reseed-threshold", type=float, default=None,
@@ -475,8 +483,8 @@ def _add_finetune_parser(sub) -> None:
   p.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
   p.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the result")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  from vqzoo.training import distributed
-  distributed.add_flags(p)
+  from vqzoo import cli_devices
+  cli_devices.add_flags(p)
   p.set_defaults(fn=cmd_finetune)
 
 

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 ARCHITECTURES = ("mlp", "conv")
 OUTPUT_ACTIVATIONS = ("none", "sigmoid")
 SCHEDULES = ("cosine", "constant")
+#: The parts of a VQ-VAE that fine-tuning can freeze (see :func:`vqzoo.nn.part_prefixes`).
+PARTS = ("encoder", "decoder", "codebook")
 
 
 def _require(condition: bool, field: str, expected: str, got: Any) -> None:
@@ -53,8 +55,39 @@ def _strict_kwargs(cls, data: Mapping[str, Any]) -> dict[str, Any]:
   return dict(data)
 
 
+def _plain(value: Any) -> Any:
+  """``dataclasses.asdict`` output with tuples as lists (what JSON reads back)."""
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (tuple, list)):
+    return [_plain(v) for v in value]
+  return value
+
+
+class _Config:
+  """Strict dict round-trips for the frozen config dataclasses below.
+
+  ``_NESTED`` names the fields that hold another config (``None`` allowed).
+  """
+
+  _NESTED: dict[str, type] = {}
+
+  def to_dict(self) -> dict[str, Any]:
+    """Plain JSON-able data (tuples as lists, nested configs as dicts)."""
+    return _plain(dataclasses.asdict(self))
+
+  @classmethod
+  def from_dict(cls, data: Mapping[str, Any]):
+    """The config from :meth:`to_dict`'s output; ``ValueError`` names unknown keys."""
+    kwargs = _strict_kwargs(cls, data)
+    for name, nested in cls._NESTED.items():
+      if kwargs.get(name) is not None:
+        kwargs[name] = nested.from_dict(kwargs[name])
+    return cls(**kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
-class QuantizerConfig:
+class QuantizerConfig(_Config):
   """The codebook.
 
   Attributes:
@@ -92,17 +125,10 @@ class QuantizerConfig:
     _require(_is_number(self.dead_code_threshold) and 0 <= self.dead_code_threshold < math.inf,
              "quantizer.dead_code_threshold", "a finite number >= 0", self.dead_code_threshold)
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, data: Mapping[str, Any]) -> "QuantizerConfig":
-    return cls(**_strict_kwargs(cls, data))
-
 
 @dataclasses.dataclass(frozen=True)
-class MLPConfig:
-  """MLP encoder/decoder sizes (the loss specification's: 784 -> 128 -> 64 -> D; D -> 128 -> 784)."""
+class MLPConfig(_Config):
+  """MLP encoder/decoder hidden sizes (default: 784 -> 128 -> 64 -> D; D -> 128 -> 784)."""
 
   encoder_sizes: tuple[int, ...] = (128, 64)
   decoder_sizes: tuple[int, ...] = (128,)
@@ -115,17 +141,9 @@ class MLPConfig:
       _require(all(_is_int(s) and 1 <= s <= MAX_WIDTH for s in sizes), f"mlp.{name}", expected,
                sizes)
 
-  def to_dict(self) -> dict[str, Any]:
-    return {"encoder_sizes": list(self.encoder_sizes),
-            "decoder_sizes": list(self.decoder_sizes)}
-
-  @classmethod
-  def from_dict(cls, data: Mapping[str, Any]) -> "MLPConfig":
-    return cls(**_strict_kwargs(cls, data))
-
 
 @dataclasses.dataclass(frozen=True)
-class ConvConfig:
+class ConvConfig(_Config):
   """Conv encoder/decoder: two stride-2 stages, a 3x3 conv and a residual stack."""
 
   num_hiddens: int = 64
@@ -142,27 +160,22 @@ class ConvConfig:
              "conv.num_residual_hiddens", f"an integer in [1, {MAX_WIDTH}]",
              self.num_residual_hiddens)
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, data: Mapping[str, Any]) -> "ConvConfig":
-    return cls(**_strict_kwargs(cls, data))
-
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Config):
   """A whole VQ-VAE: image shape, architecture and codebook.
 
   Attributes:
     arch: ``"mlp"`` (one code per image) or ``"conv"`` (an ``H/4 x W/4`` grid).
     image_shape: ``(H, W, C)`` of the images the model reads and writes.
     quantizer: the codebook.
-    mlp: sizes for ``arch="mlp"`` (defaults to the loss specification's).
+    mlp: sizes for ``arch="mlp"`` (default: 784 -> 128 -> 64 -> D and D -> 128 -> 784).
     conv: sizes for ``arch="conv"``.
-    output_activation: ``"none"`` (the loss specification's) or ``"sigmoid"`` on the decoder
-      output.
+    output_activation: ``"none"`` (a linear decoder output, trained by MSE as in
+      van den Oord et al. 2017) or ``"sigmoid"``.
   """
+
+  _NESTED = {"quantizer": QuantizerConfig, "mlp": MLPConfig, "conv": ConvConfig}
 
   arch: str = "mlp"
   image_shape: tuple[int, int, int] = (28, 28, 1)
@@ -203,30 +216,9 @@ class ModelConfig:
       return ()
     return (self.image_shape[0] // 4, self.image_shape[1] // 4)
 
-  def to_dict(self) -> dict[str, Any]:
-    return {
-        "arch": self.arch,
-        "image_shape": list(self.image_shape),
-        "quantizer": self.quantizer.to_dict(),
-        "mlp": None if self.mlp is None else self.mlp.to_dict(),
-        "conv": None if self.conv is None else self.conv.to_dict(),
-        "output_activation": self.output_activation,
-    }
-
-  @classmethod
-  def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
-    kwargs = _strict_kwargs(cls, data)
-    if "quantizer" in kwargs:
-      kwargs["quantizer"] = QuantizerConfig.from_dict(kwargs["quantizer"])
-    if kwargs.get("mlp") is not None:
-      kwargs["mlp"] = MLPConfig.from_dict(kwargs["mlp"])
-    if kwargs.get("conv") is not None:
-      kwargs["conv"] = ConvConfig.from_dict(kwargs["conv"])
-    return cls(**kwargs)
-
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Config):
   """A training recipe: data, steps and optimiser (Adam; linear warmup, then cosine decay to
   ``final_lr_fraction`` of the peak, or a constant rate)."""
 
@@ -254,79 +246,107 @@ class TrainConfig:
              "final_lr_fraction", "a number in [0, 1]", self.final_lr_fraction)
     _require(_is_int(self.seed), "seed", "an integer", self.seed)
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
-  @classmethod
-  def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-    return cls(**_strict_kwargs(cls, data))
+#: The recipe :class:`FinetuneConfig` starts from: a short, gentle schedule.
+FINETUNE_RECIPE = TrainConfig(steps=1000, batch_size=128, learning_rate=3e-4, warmup_steps=50)
+# The optimiser fields a FinetuneConfig held itself before it held a TrainConfig (vqzoo 0.2),
+# and its run options of then (now RunConfig's): old records still load.
+_FLAT_RECIPE_KEYS = ("split", "steps", "batch_size", "learning_rate", "warmup_steps",
+                     "final_lr_fraction", "schedule", "seed")
+_OLD_RUN_KEYS = ("checkpoint_every", "log_every")
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(_Config):
   """A fine-tuning recipe: what :func:`vqzoo.training.finetune` trains, and how.
 
   Attributes:
-    split: TFDS training split (dataset sources).
+    recipe: the optimiser, schedule, data order and TFDS training split, as for training
+      from scratch (its ``dataset`` is set by the source; ``batch_size`` is capped at the
+      number of training images).
     eval_split: TFDS split measured before and after.
     holdout_fraction: share of an image folder held out for the before/after measurement.
     freeze: parts among ``("encoder", "decoder", "codebook")`` that stay bit-identical.
-    steps, batch_size, learning_rate, warmup_steps, final_lr_fraction, schedule, seed: the
-      optimiser and data order, as in :class:`TrainConfig`.
     reseed_before: move codes unused on the training data onto encoder outputs first.
     reseed_threshold: dead-code re-seeding while training (codes used by fewer vectors per
       batch); ``None`` keeps the base model's own threshold, ``0`` turns it off.
-    checkpoint_every, log_every: steps between checkpoints and between metric lines.
   """
 
-  split: str = "train"
+  _NESTED = {"recipe": TrainConfig}
+
+  recipe: TrainConfig = FINETUNE_RECIPE
   eval_split: str = "test"
   holdout_fraction: float = 0.1
   freeze: tuple[str, ...] = ()
-  steps: int = 1000
-  batch_size: int = 128
-  learning_rate: float = 3e-4
-  warmup_steps: int = 50
-  final_lr_fraction: float = 0.1
-  schedule: str = "cosine"
-  seed: int = 0
   reseed_before: bool = False
   reseed_threshold: float | None = None
-  checkpoint_every: int = 500
-  log_every: int = 50
 
   def __post_init__(self):
-    freeze = tuple(sorted(set(self.freeze)))
+    _require(isinstance(self.recipe, TrainConfig), "recipe", "a TrainConfig", self.recipe)
+    freeze = tuple(sorted(set(_int_tuple(self.freeze, "freeze", f"parts among {PARTS}"))))
     object.__setattr__(self, "freeze", freeze)
-    parts = ("codebook", "decoder", "encoder")
-    _require(all(p in parts for p in freeze), "freeze", f"parts among {parts}", freeze)
+    _require(all(p in PARTS for p in freeze), "freeze", f"parts among {PARTS}", freeze)
     _require(_is_number(self.holdout_fraction) and 0 <= self.holdout_fraction < 1,
              "holdout_fraction", "a number in [0, 1)", self.holdout_fraction)
     _require(isinstance(self.reseed_before, bool), "reseed_before", "a bool", self.reseed_before)
     _require(self.reseed_threshold is None or (_is_number(self.reseed_threshold)
                                                and 0 <= self.reseed_threshold < float("inf")),
              "reseed_threshold", "None or a finite number >= 0", self.reseed_threshold)
-    for name in ("checkpoint_every", "log_every"):
-      value = getattr(self, name)
-      _require(_is_int(value) and value >= 1, name, "an integer >= 1", value)
-    self.train_config("check", 1)  # validates the shared optimiser fields
 
   def train_config(self, dataset: str, num_images: int) -> TrainConfig:
     """The :class:`TrainConfig` the trainer runs (batch size capped at ``num_images``)."""
-    return TrainConfig(dataset=dataset, split=self.split, steps=self.steps,
-                       batch_size=min(self.batch_size, max(1, num_images)),
-                       learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
-                       final_lr_fraction=self.final_lr_fraction, seed=self.seed,
-                       schedule=self.schedule)
-
-  def to_dict(self) -> dict[str, Any]:
-    data = dataclasses.asdict(self)
-    data["freeze"] = list(self.freeze)
-    return data
+    return dataclasses.replace(self.recipe, dataset=dataset,
+                               batch_size=min(self.recipe.batch_size, max(1, num_images)))
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any]) -> "FinetuneConfig":
-    return cls(**_strict_kwargs(cls, data))
+    """Also reads the flat records of vqzoo 0.2 (optimiser fields and run options inline)."""
+    if isinstance(data, Mapping) and any(k in data for k in _FLAT_RECIPE_KEYS + _OLD_RUN_KEYS):
+      data = dict(data)
+      flat = {k: data.pop(k) for k in _FLAT_RECIPE_KEYS if k in data}
+      for key in _OLD_RUN_KEYS:
+        data.pop(key, None)
+      recipe = dict(data.pop("recipe", None) or FINETUNE_RECIPE.to_dict())
+      data["recipe"] = {**recipe, **flat}
+    return super().from_dict(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(_Config):
+  """How a run is carried out, as opposed to what it computes (the recipe).
+
+  Attributes:
+    resume: continue bit-exactly from the workdir's checkpoint (which must exist and have been
+      written with the same recipe, but see ``extend_schedule``).
+    overwrite: without ``resume``, delete the workdir's checkpoint and metrics and start afresh
+      (without either, a checkpoint already there is an error).
+    extend_schedule: on resume, accept a recipe that differs only in ``steps``; the
+      learning-rate schedule is recomputed for the new total from the resumed step on.
+    checkpoint_every: steps between atomic checkpoints (and at the end).
+    log_every: steps between metric lines, progress-bar updates and NaN checks.
+    until_step: stop (with a checkpoint) at this step instead of ``recipe.steps``; a later run
+      with ``resume`` continues on the same schedule.
+    progress: show a progress bar (process 0 only).
+  """
+
+  resume: bool = False
+  overwrite: bool = False
+  extend_schedule: bool = False
+  checkpoint_every: int = 1000
+  log_every: int = 50
+  until_step: int | None = None
+  progress: bool = True
+
+  def __post_init__(self):
+    for name in ("resume", "overwrite", "extend_schedule", "progress"):
+      _require(isinstance(getattr(self, name), bool), name, "a bool", getattr(self, name))
+    _require(not (self.resume and self.overwrite), "resume and overwrite",
+             "one or the other, not both", (self.resume, self.overwrite))
+    for name in ("checkpoint_every", "log_every"):
+      value = getattr(self, name)
+      _require(_is_int(value) and value >= 1, name, "an integer >= 1", value)
+    _require(self.until_step is None or (_is_int(self.until_step) and self.until_step >= 0),
+             "until_step", "None or an integer >= 0", self.until_step)
 
 
 PRIOR_KINDS = ("pixelcnn", "categorical")
@@ -336,7 +356,7 @@ DEFAULT_PRIOR_GRID = (7, 7)
 
 
 @dataclasses.dataclass(frozen=True)
-class PriorConfig:
+class PriorConfig(_Config):
   """A generative prior over a VQ-VAE's codes (:mod:`vqzoo.nn.priors`).
 
   Attributes:
@@ -392,12 +412,3 @@ class PriorConfig:
     return cls(kind="pixelcnn" if model.arch == "conv" else "categorical",
                num_embeddings=model.quantizer.num_embeddings,
                latent_shape=model.latent_shape, **kwargs)
-
-  def to_dict(self) -> dict[str, Any]:
-    data = dataclasses.asdict(self)
-    data["latent_shape"] = list(self.latent_shape)
-    return data
-
-  @classmethod
-  def from_dict(cls, data: Mapping[str, Any]) -> "PriorConfig":
-    return cls(**_strict_kwargs(cls, data))

@@ -1,6 +1,6 @@
 """The VQ-VAE module, :func:`build` and the codec functions of :func:`build_codec`.
 
-Loss (the loss specification's, with MSE as the reconstruction term)::
+Loss (van den Oord et al. 2017, with MSE as the reconstruction term)::
 
     total = mean (x - D(z_q))^2  +  mean (sg[z_e] - e)^2  +  beta * mean (z_e - sg[e])^2
 
@@ -17,10 +17,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from vqzoo.configs import ModelConfig
+from vqzoo.configs import PARTS, ModelConfig  # noqa: F401  (PARTS: re-exported by vqzoo.nn)
 from vqzoo.nn import nets, quantizers
-
-PARTS = ("encoder", "decoder", "codebook")
 
 ModuleOrFactory = Union[hk.Module, Callable[[], hk.Module]]
 

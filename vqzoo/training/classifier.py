@@ -34,9 +34,13 @@ import numpy as np
 import optax
 
 from vqzoo import cpu_tuning
+from vqzoo.configs import RunConfig, TrainConfig
 from vqzoo.images import to_float_images
 from vqzoo.pretrained import serialization
 from vqzoo.pretrained.integrity import read_bounded, verify_sha256_bytes
+from vqzoo.training import loop
+from vqzoo.training.checkpoint import TrainState
+from vqzoo.training.data import batch_indices
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -44,6 +48,7 @@ FEATURE_DIM = 128
 DATASETS = ("mnist", "fashion_mnist")
 CLASSIFIERS_DIR = Path(__file__).resolve().parent.parent / "assets" / "classifiers"
 METRICS_NAME = "metrics.json"
+FILES = loop.LoopFiles("classifier_checkpoint.safetensors", "classifier_metrics.jsonl")
 
 
 class Classifier(hk.Module):
@@ -94,11 +99,13 @@ def num_params(params: hk.Params) -> int:
 
 def train_classifier(images_u8: np.ndarray, labels: np.ndarray, steps: int,
                      batch_size: int = 128, seed: int = 0, learning_rate: float = 1e-3,
-                     progress: bool = False) -> hk.Params:
+                     workdir: str | os.PathLike | None = None,
+                     run: RunConfig = RunConfig(progress=False)) -> hk.Params:
   """Trains the classifier with Adam (cosine-decayed learning rate) on softmax cross-entropy.
 
-  Deterministic for a given ``seed`` (initialisation and the batch order: each epoch is a
-  permutation drawn from ``(seed, epoch)``) on a given backend.
+  Runs through the one loop of :mod:`vqzoo.training.loop`: deterministic for a given ``seed``
+  (initialisation and the seeded batch order) on a given backend, and with a ``workdir``
+  checkpointed and resumable bit-exactly under the resume rule of every run.
 
   Args:
     images_u8: ``[N, 28, 28, 1]`` or ``[N, 28, 28]`` uint8 (or float in [0, 1]).
@@ -107,7 +114,9 @@ def train_classifier(images_u8: np.ndarray, labels: np.ndarray, steps: int,
     batch_size: examples per step, at most ``N``.
     seed: seeds the initialisation and the batch order.
     learning_rate: the peak (initial) Adam learning rate.
-    progress: show a tqdm progress bar.
+    workdir: ``classifier_checkpoint.safetensors`` and ``classifier_metrics.jsonl``
+      (``None``: none kept).
+    run: resume/overwrite, intervals, progress bar.
 
   Returns:
     The trained parameters (NumPy arrays on the host).
@@ -122,40 +131,30 @@ def train_classifier(images_u8: np.ndarray, labels: np.ndarray, steps: int,
     raise ValueError(f"batch_size: expected 1..{len(labels)}, got {batch_size}")
   if steps < 1:
     raise ValueError(f"steps: expected >= 1, got {steps}")
+  # A cosine decay from the peak to 0: TrainConfig's schedule with no warm-up.
+  recipe = TrainConfig(dataset="classifier", steps=steps, batch_size=batch_size, seed=seed,
+                       learning_rate=learning_rate, warmup_steps=0, final_lr_fraction=0.0)
   model = build_classifier(wrap=cpu_tuning.tuned)
-  params = init_params(seed)
-  optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
-  opt_state = optimizer.init(params)
+  optimizer = optax.adam(loop.learning_rate_schedule(recipe))
+  params = jax.device_get(init_params(seed))
+  fresh = TrainState(params, {}, jax.device_get(optimizer.init(params)), np.int32(0),
+                     np.asarray(jax.random.PRNGKey(seed)))
 
-  def loss_fn(p, x, y):
-    logits, _ = model.apply(p, x)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+  def step(ts: TrainState, batch):
+    x, y = batch
+    loss, grads = jax.value_and_grad(lambda p: jnp.mean(
+        optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x)[0], y)))(ts.params)
+    updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+    return (ts._replace(params=optax.apply_updates(ts.params, updates), opt_state=opt_state,
+                        step=ts.step + 1), {"loss": loss})
 
-  @cpu_tuning.jit
-  def step_fn(p, o, x, y):
-    loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
-    updates, o = optimizer.update(grads, o, p)
-    return optax.apply_updates(p, updates), o, loss
+  def batches(start):
+    for pick in batch_indices(len(labels), batch_size, seed, start):
+      yield to_float_images(images_u8[pick], IMAGE_SHAPE), labels[pick].astype(np.int32)
 
-  per_epoch = len(labels) // batch_size
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm
-    bar = tqdm(total=steps, desc="classifier", unit="step")
-  for step in range(steps):
-    epoch, index = divmod(step, per_epoch)
-    if index == 0:
-      order = np.random.default_rng([seed, epoch]).permutation(len(labels))
-    idx = order[index * batch_size:(index + 1) * batch_size]
-    x = to_float_images(images_u8[idx], IMAGE_SHAPE)
-    params, opt_state, loss = step_fn(params, opt_state, x, labels[idx].astype(np.int32))
-    if bar is not None:
-      bar.update(1)
-      if step % 100 == 0:
-        bar.set_postfix(loss=f"{float(loss):.4f}")
-  if bar is not None:
-    bar.close()
-  return jax.device_get(params)
+  result = loop.run(step, fresh, batches, recipe, workdir, run, files=FILES, desc="classifier",
+                    postfix=lambda m: {"loss": f"{m['loss']:.4f}"})
+  return result.state.params
 
 
 # ----------------------------------------------------------------------------- inference

@@ -189,25 +189,39 @@ def _npy_bytes(array: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
+def batch_indices(num_examples: int, batch_size: int, seed: int, start_step: int = 0
+                  ) -> Iterator[np.ndarray]:
+  """The one seeded batch order of every vqzoo training run, resumable at a step.
+
+  Each epoch is a permutation drawn from ``(seed, epoch)`` and cut into
+  ``num_examples // batch_size`` batches (the remainder is skipped that epoch), so step ``s``
+  gives the same batch whether the run started at 0 or resumed at ``s``.
+
+  Yields:
+    ``[batch_size]`` int indices into the examples, endlessly.
+  """
+  if not 1 <= batch_size <= num_examples:
+    raise ValueError(f"batch_size: expected 1..{num_examples} (the dataset size), got "
+                     f"{batch_size}")
+  per_epoch = num_examples // batch_size
+  step, order, order_epoch = start_step, None, None
+  while True:
+    epoch, index = divmod(step, per_epoch)
+    if epoch != order_epoch:
+      order, order_epoch = np.random.default_rng([seed, epoch]).permutation(num_examples), epoch
+    yield order[index * batch_size:(index + 1) * batch_size]
+    step += 1
+
+
 def batches(images: np.ndarray, batch_size: int, seed: int, start_step: int = 0
             ) -> Iterator[np.ndarray]:
-  """Endless seeded shuffled batches of float32 images, resumable at a step.
-
-  Each epoch is a permutation drawn from ``(seed, epoch)``, so step ``s`` gives
-  the same batch whether the run started at 0 or resumed at ``s``.
+  """Endless seeded shuffled batches of float32 images (:func:`batch_indices`' order).
 
   Yields:
     ``[batch_size, H, W, C]`` float32 in [0, 1].
   """
-  if batch_size > len(images):
-    raise ValueError(f"batch_size: expected <= {len(images)} (the dataset size), got {batch_size}")
-  per_epoch = len(images) // batch_size
-  step = start_step
-  while True:
-    epoch, index = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(len(images))
-    yield uint8_to_float(images[order[index * batch_size:(index + 1) * batch_size]])
-    step += 1
+  for pick in batch_indices(len(images), batch_size, seed, start_step):
+    yield uint8_to_float(images[pick])
 
 
 def load_labels(name: str, split: str, data_dir: str | os.PathLike | None = None) -> np.ndarray:

@@ -13,17 +13,15 @@ connection error at once; a process that stops answering is declared dead after
 
 :func:`set_cpu_devices` splits the host CPU into several XLA devices. It is for entry points
 (``scripts/train.py``, ``vqzoo finetune``) only: the library never changes the device count.
+Their flags, and the rule that a failed process of a multi-process run ends at once, are the
+CLI layer's (:mod:`vqzoo.cli_devices`).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import inspect
 import os
-import sys
-import traceback
-from typing import Iterator, Mapping, NamedTuple
+from typing import Mapping, NamedTuple
 
 import jax
 
@@ -61,7 +59,7 @@ def _check_address(address: str, where: str) -> str:
   return str(address)
 
 
-def _to_int(value: int | str, where: str, minimum: int) -> int:
+def to_int(value: int | str, where: str, minimum: int) -> int:
   if isinstance(value, bool):
     value = "bool"  # not an integer here, whatever Python says
   try:
@@ -100,8 +98,8 @@ def resolve(coordinator_address: str | None = None, num_processes: int | None = 
           "all three (--coordinator-address, --num-processes, --process-id, or the "
           "VQZOO_*/JAX_* environment variables) or none of them (cluster auto-detection)")
     address = _check_address(values[0], labels[0])
-    count = _to_int(values[1], labels[1], 1)
-    index = _to_int(values[2], labels[2], 0)
+    count = to_int(values[1], labels[1], 1)
+    index = to_int(values[2], labels[2], 0)
     if index >= count:
       raise ValueError(f"{labels[2]}: expected 0 <= process id < {count} ({labels[1]}), "
                        f"got {index}")
@@ -145,7 +143,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   cluster = resolve(coordinator_address, num_processes, process_id)
   for name, value in (("timeout_s", timeout_s), ("heartbeat_timeout_s", heartbeat_timeout_s),
                       ("shutdown_timeout_s", shutdown_timeout_s)):
-    _to_int(value, name, 1)
+    to_int(value, name, 1)
   if jax.distributed.is_initialized():
     raise RuntimeError("jax.distributed is already initialised in this process; call "
                        "vqzoo.training.distributed.initialize once, before using any device")
@@ -181,7 +179,7 @@ def set_cpu_devices(count: int) -> None:
     ValueError: ``count`` < 1.
     RuntimeError: JAX's backend has already started.
   """
-  count = _to_int(count, "cpu devices", 1)
+  count = to_int(count, "cpu devices", 1)
   jax.config.update("jax_num_cpu_devices", count)
 
 
@@ -195,99 +193,3 @@ def cpu_devices_configured() -> bool:
 def default_cpu_devices(arch: str | None) -> int:
   """The entry points' CPU device count for ``arch`` (1 when unknown), at most the cores."""
   return max(1, min(DEFAULT_CPU_DEVICES.get(arch or "", 1), os.cpu_count() or 1))
-
-
-# ----------------------------------------------------------------------------- entry points
-
-
-def add_flags(parser: argparse.ArgumentParser) -> None:
-  """Adds the device and multi-process flags of ``scripts/train.py`` and ``vqzoo finetune``."""
-  defaults = ", ".join(f"{n} for {arch}" for arch, n in DEFAULT_CPU_DEVICES.items())
-  group = parser.add_argument_group(
-      "devices and processes",
-      "One training step spans every device of every process; give the same command to each "
-      "process, with its own --process-id. Process 0 writes the checkpoint, metrics and model.")
-  group.add_argument("--cpu-devices", type=int, metavar="N",
-                     help="split the host CPU into N XLA devices, each a replica (default: "
-                          f"{defaults}, at most the cores; an XLA_FLAGS or JAX_NUM_CPU_DEVICES "
-                          "device count wins over the default)")
-  group.add_argument("--coordinator-address", metavar="HOST:PORT",
-                     help="address of process 0 of a multi-process run, reachable by all")
-  group.add_argument("--num-processes", type=int, metavar="N",
-                     help="number of processes of the run")
-  group.add_argument("--process-id", type=int, metavar="I",
-                     help="this process's index in [0, N); 0 writes the results")
-  group.add_argument("--distributed", action="store_true",
-                     help="join a multi-process run set up by the environment: VQZOO_* or "
-                          "JAX_* COORDINATOR_ADDRESS / NUM_PROCESSES / PROCESS_ID, else JAX's "
-                          "cluster auto-detection (SLURM, Open MPI, ...)")
-
-
-def start_from_flags(args: argparse.Namespace, arch: str | None) -> bool:
-  """Sets the CPU device count and joins the multi-process run the flags ask for.
-
-  For entry points, before anything touches a device. ``arch`` (``"conv"``, ``"mlp"`` or
-  ``None``) picks the default CPU device count.
-
-  Returns:
-    Whether this process joined a multi-process run.
-
-  Raises:
-    ValueError: invalid or incomplete flags or environment (the message names them).
-  """
-  if args.cpu_devices is not None:
-    set_cpu_devices(_to_int(args.cpu_devices, "--cpu-devices", 1))
-  elif not cpu_devices_configured():
-    set_cpu_devices(default_cpu_devices(arch))
-  flags = (args.coordinator_address, args.num_processes, args.process_id)
-  if all(f is None for f in flags) and not args.distributed:
-    return False
-  if any(f is not None for f in flags):
-    labels = ("--coordinator-address", "--num-processes", "--process-id")
-    missing = [label for label, f in zip(labels, flags) if f is None]
-    if missing:
-      raise ValueError(f"{', '.join(missing)}: needed with "
-                       f"{', '.join(l for l, f in zip(labels, flags) if f is not None)} "
-                       "(give all three, or --distributed to read them from the environment)")
-  initialize(*flags)
-  return True
-
-
-def exit_now(code: int) -> None:
-  """Ends this process at once with ``code``, without JAX's exit-time shutdown barrier.
-
-  For a process of a failed multi-process run: the barrier would wait for peers that may be
-  dead (until ``heartbeat_timeout_s``) and then abort with a C++ stack trace.
-  """
-  for stream in (sys.stdout, sys.stderr):
-    try:
-      stream.flush()
-    except Exception:  # a closed stream must not keep the process alive
-      pass
-  os._exit(code)
-
-
-@contextlib.contextmanager
-def fail_fast(multi_process: bool = True) -> Iterator[None]:
-  """For an entry point's body: in a multi-process run, a failure ends this process at once.
-
-  A ``SystemExit`` (a usage error) keeps its status; any other exception prints its
-  traceback and exits with status 1, through :func:`exit_now`. The peers then fail within
-  seconds (their next collective loses this process) instead of all waiting out the
-  heartbeat timeout. Without ``multi_process`` this does nothing.
-  """
-  if not multi_process:
-    yield
-    return
-  try:
-    yield
-  except SystemExit as e:
-    code = e.code
-    if not isinstance(code, int):
-      if code is not None:
-        print(code, file=sys.stderr)
-      code = 0 if code is None else 1
-    exit_now(code)
-  except BaseException:  # noqa: B036 -- whatever failed, end now
-    traceback.print_exc()
-    exit_now(1)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from vqzoo import __version__, cpu_tuning
-from vqzoo.configs import FinetuneConfig
+from vqzoo.configs import FinetuneConfig, RunConfig
 from vqzoo.images import uint8_to_float
 from vqzoo.nn import apply_reseeds, build, replace_codes
 from vqzoo.pretrained import PretrainedVQVAE, load
@@ -76,16 +76,17 @@ def _data(base_config, config: FinetuneConfig, dataset: str | None, images_dir: 
     raise ValueError("give exactly one source of training data: dataset or images_dir")
   if images_dir is not None:
     all_images, _ = load_image_folder(images_dir, base_config.image_shape)
-    train_images, eval_images = split_holdout(all_images, config.holdout_fraction, config.seed)
+    train_images, eval_images = split_holdout(all_images, config.holdout_fraction,
+                                              config.recipe.seed)
     if len(eval_images) == 0:
       eval_images = train_images
     info = {"source": "image-folder", "folder": Path(images_dir).name, "images": len(all_images),
             "train": len(train_images), "held_out": len(eval_images),
             "holdout_fraction": config.holdout_fraction}
   else:
-    train_images = data_lib.load_images(dataset, config.split, data_dir)
+    train_images = data_lib.load_images(dataset, config.recipe.split, data_dir)
     eval_images = data_lib.load_images(dataset, config.eval_split, data_dir)
-    info = {"source": "tfds", "dataset": dataset, "split": config.split,
+    info = {"source": "tfds", "dataset": dataset, "split": config.recipe.split,
             "eval_split": config.eval_split}
   if tuple(train_images.shape[1:]) != base_config.image_shape:
     raise ValueError(f"training images have shape {train_images.shape[1:]}, the model expects "
@@ -96,7 +97,7 @@ def _data(base_config, config: FinetuneConfig, dataset: str | None, images_dir: 
 def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig(), *,
              dataset: str | None = None, images_dir: str | None = None,
              data_dir: str | None = None, workdir: str | Path | None = None,
-             resume: bool = False, overwrite: bool = False, progress: bool = True,
+             run: RunConfig = RunConfig(checkpoint_every=500),
              push_to_hub: str | None = None) -> FinetuneResult:
   """Fine-tunes ``base`` and writes a loadable model directory with a lineage card to ``out``.
 
@@ -104,13 +105,14 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
     base: zoo name, ``hf-hub:owner/repo[@rev]`` or a model directory.
     out: output directory (config.json, model.safetensors, README.md, metrics.json).
     config: the recipe (steps, optimiser, frozen parts, re-seeding, held-out share).
-    dataset: TFDS dataset to train on (``config.split``) and measure on (``config.eval_split``).
+    dataset: TFDS dataset to train on (``config.recipe.split``) and measure on
+      (``config.eval_split``).
     images_dir: a folder of images instead (see :mod:`vqzoo.training.image_folder`).
     data_dir: TFDS data directory.
-    workdir: checkpoints and metrics (default ``OUT.work``); ``resume`` continues there,
-      ``overwrite`` starts afresh over an earlier run (without either, an existing checkpoint
-      there is an error).
-    progress: show progress bars.
+    workdir: checkpoints and metrics (default ``OUT.work``), under the resume rule of every
+      run (:mod:`vqzoo.training.checkpoint`): ``run.resume`` continues there, ``run.overwrite``
+      starts afresh over an earlier run (without either, an existing checkpoint is an error).
+    run: resume/overwrite, checkpoint and log intervals, progress bars.
     push_to_hub: also publish the result to this Hub repo id.
 
   In a multi-process run (:func:`vqzoo.training.distributed.initialize` first) every process
@@ -124,22 +126,20 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
   params, state = base_model.params, base_model.state
   reseeded = 0
   if config.reseed_before and "codebook" not in config.freeze:
-    params, state, reseeded = reseed_unused_codes(base_model, train_images, config.seed)
+    params, state, reseeded = reseed_unused_codes(base_model, train_images, config.recipe.seed)
   train_config = model_config
   if config.reseed_threshold is not None:
     train_config = dataclasses.replace(model_config, quantizer=dataclasses.replace(
         model_config.quantizer, dead_code_threshold=config.reseed_threshold))
   recipe = config.train_config(dataset or "image-folder", len(train_images))
   before = evaluate(model_config, base_model.params, base_model.state, eval_images,
-                    progress=progress)
+                    progress=run.progress)
   out = Path(out)
   result = train(train_config, recipe, workdir or out.with_name(out.name + ".work"),
-                 images=train_images, resume=resume, overwrite=overwrite, init_params=params,
-                 init_state=state,
-                 frozen=config.freeze, progress=progress, log_every=config.log_every,
-                 checkpoint_every=config.checkpoint_every)
+                 train_images, run=run, init=(params, state), frozen=config.freeze)
   # The saved model keeps the base config: re-seeding is a training-time option.
-  after = evaluate(model_config, result.params, result.state, eval_images, progress=progress)
+  after = evaluate(model_config, result.params, result.state, eval_images,
+                   progress=run.progress)
   base_label = base if "path" not in base_model.source else Path(base).name
   lineage = {"base": base_label, "base_source": _portable(base_model.source), "data": data_info,
              "finetune": config.to_dict(), "steps": result.step, "reseeded_before": reseeded,

@@ -3,16 +3,17 @@
 The codes of the training images (and their labels, for a class-conditional prior) are the
 data. A categorical prior (MLP models: one code per image) is fitted exactly, by counting
 (add-one smoothing); a gated PixelCNN (conv models) by Adam on the mean negative
-log-likelihood, with seeded batches, resumable from ``workdir/prior_checkpoint.safetensors``.
+log-likelihood through the one training loop (:mod:`vqzoo.training.loop`), resumable from
+``workdir/prior_checkpoint.safetensors``.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import haiku as hk
 import jax
@@ -20,14 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vqzoo import cpu_tuning
-from vqzoo.configs import PriorConfig, TrainConfig
-from vqzoo.io import atomic_write_bytes
+from vqzoo.configs import PriorConfig, RunConfig, TrainConfig
 from vqzoo.nn import prior_bits
-from vqzoo.pretrained import serialization
+from vqzoo.training import loop
+from vqzoo.training.checkpoint import TrainState
+from vqzoo.training.data import batch_indices
+from vqzoo.training.parallel import DataParallel
 
 CHECKPOINT_NAME = "prior_checkpoint.safetensors"
 METRICS_NAME = "prior_metrics.jsonl"
+FILES = loop.LoopFiles(CHECKPOINT_NAME, METRICS_NAME)
 
 
 def encode_images(model: Any, images: np.ndarray, batch_size: int = 2000,
@@ -76,109 +79,53 @@ def _check_data(config: PriorConfig, codes: np.ndarray, labels: np.ndarray | Non
 
 def fit_prior(config: PriorConfig, recipe: TrainConfig, codes: np.ndarray,
               labels: np.ndarray | None = None, workdir: str | os.PathLike | None = None,
-              resume: bool = False, progress: bool = True, checkpoint_every: int = 500,
-              log_every: int = 100, until_step: int | None = None) -> hk.Params:
+              run: RunConfig = RunConfig(checkpoint_every=500, log_every=100),
+              devices: Sequence[Any] | None = None) -> hk.Params:
   """Fits a prior to ``codes`` ``[N, *latent]`` (and ``labels`` ``[N]``) -> its params.
+
+  A PixelCNN trains through the one loop of :mod:`vqzoo.training.loop` (its checkpoint
+  ``prior_checkpoint.safetensors`` and ``prior_metrics.jsonl`` in ``workdir``, the same resume
+  rule as every run); a categorical prior is counted, exactly.
 
   Args:
     config: the prior.
-    recipe: steps, batch size, learning rate (warmup + cosine decay) and seed (PixelCNN only).
+    recipe: steps, batch size (capped at ``N``), learning rate and seed (PixelCNN only).
     codes, labels: the training data.
-    workdir: checkpoints and ``prior_metrics.jsonl`` (PixelCNN only; ``None``: none kept).
-    resume: continue from ``workdir``'s checkpoint, bit-exactly.
-    progress: show a progress bar.
-    checkpoint_every, log_every: steps between checkpoints and between metric lines.
-    until_step: stop (with a checkpoint) at this step; ``resume`` continues on the same schedule.
+    workdir: checkpoints and metrics (PixelCNN only; ``None``: none kept, no resume).
+    run: resume/overwrite, intervals, ``until_step``, progress bar.
+    devices: the devices of one step (default: every device of the run).
 
   Raises:
     FloatingPointError: the loss became NaN or Inf.
   """
-  from tqdm.auto import tqdm
   codes = np.asarray(codes, np.int32)
   labels = None if labels is None else np.asarray(labels, np.int32)
   _check_data(config, codes, labels)
   if config.kind == "categorical":
     return _count_categorical(config, codes, labels)
   bits = prior_bits(config)
-  warmup = min(recipe.warmup_steps, recipe.steps - 1)
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, recipe.learning_rate, warmup, recipe.steps,
-      recipe.learning_rate * recipe.final_lr_fraction)
-  optimizer = optax.adam(schedule)
-  params = _init_params(config, recipe.seed)
-  opt_state = optimizer.init(params)
-  start = 0
-  path = None if workdir is None else Path(workdir) / CHECKPOINT_NAME
-  if resume and path is not None and path.exists():
-    params, opt_state, start = _load(path, params, opt_state)
+  recipe = dataclasses.replace(recipe, batch_size=min(recipe.batch_size, len(codes)))
+  optimizer = optax.adam(loop.learning_rate_schedule(recipe))
+  params = jax.device_get(_init_params(config, recipe.seed))
+  fresh = TrainState(params, {}, jax.device_get(optimizer.init(params)), np.int32(0),
+                     np.asarray(jax.random.PRNGKey(recipe.seed)))
 
-  def loss_fn(p, c, l):
-    return jnp.mean(bits.apply(p, None, c, l)) * math.log(2)  # nats per image
+  def step(ts: TrainState, batch):
+    c, l = batch
+    loss, grads = jax.value_and_grad(
+        lambda p: jnp.mean(bits.apply(p, None, c, l)) * math.log(2))(ts.params)  # nats/image
+    updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+    return (ts._replace(params=optax.apply_updates(ts.params, updates), opt_state=opt_state,
+                        step=ts.step + 1), {"bits_per_image": loss / math.log(2)})
 
-  @cpu_tuning.jit
-  def step(p, o, c, l):
-    loss, grads = jax.value_and_grad(loss_fn)(p, c, l)
-    updates, o = optimizer.update(grads, o, p)
-    return optax.apply_updates(p, updates), o, loss / math.log(2)
+  def batches(start):
+    for pick in batch_indices(len(codes), recipe.batch_size, recipe.seed, start):
+      yield codes[pick], None if labels is None else labels[pick]
 
-  n = len(codes)
-  batch = min(recipe.batch_size, n)
-  per_epoch = n // batch
-  stop = recipe.steps if until_step is None else min(until_step, recipe.steps)
-  bar = tqdm(total=recipe.steps, initial=start, disable=not progress, desc="fit prior")
-  log = None
-  if workdir is not None:
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    log_path = Path(workdir) / METRICS_NAME
-    kept = [line for line in (log_path.read_text().splitlines() if log_path.exists() else [])
-            if start and line.strip() and json.loads(line)["step"] <= start]
-    atomic_write_bytes(log_path, "".join(line + "\n" for line in kept).encode())
-    log = open(log_path, "a")
-  try:
-    for i in range(start, stop):
-      epoch, index = divmod(i, per_epoch)
-      order = np.random.default_rng([recipe.seed, epoch]).permutation(n)
-      pick = order[index * batch:(index + 1) * batch]
-      params, opt_state, loss = step(params, opt_state, codes[pick],
-                                     None if labels is None else labels[pick])
-      done = i + 1
-      bar.update(1)
-      if done % log_every == 0 or done == stop:
-        value = float(loss)
-        if not math.isfinite(value):
-          raise FloatingPointError(f"prior loss became {value} at step {done}; lower the "
-                                   "learning rate")
-        bar.set_postfix(bits=f"{value:.1f}")
-        if log is not None:
-          log.write(json.dumps({"step": done, "bits_per_image": value}) + "\n")
-          log.flush()
-      if path is not None and (done % checkpoint_every == 0 or done == stop):
-        _save(path, params, opt_state, done)
-  finally:
-    bar.close()
-    if log is not None:
-      log.close()
-  return jax.device_get(params)
-
-
-def _save(path: Path, params: hk.Params, opt_state: Any, step: int) -> None:
-  extra = {f"opt/{i}": np.asarray(x) for i, x in
-           enumerate(jax.tree_util.tree_leaves(jax.device_get(opt_state)))}
-  extra["step"] = np.asarray(step, np.int64)
-  atomic_write_bytes(path, serialization.to_bytes(params, {}, extra=extra))
-
-
-def _load(path: Path, params: hk.Params, opt_state: Any) -> tuple[hk.Params, Any, int]:
-  data = path.read_bytes()
-  stored, _ = serialization.parse_weights(data, str(path))
-  serialization.check_structure(params, stored, f"prior params in {path}")
-  flat = serialization.from_bytes(data)[2]
-  leaves, tree = jax.tree_util.tree_flatten(opt_state)
-  try:
-    opt = jax.tree_util.tree_unflatten(tree, [flat[f"opt/{i}"] for i in range(len(leaves))])
-  except KeyError as e:
-    raise ValueError(f"{path}: not a prior checkpoint of this recipe (missing {e})") from None
-  return stored, opt, int(flat["step"])
+  result = loop.run(step, fresh, batches, recipe, workdir, run, parallel=DataParallel(devices),
+                    files=FILES, desc="fit prior",
+                    postfix=lambda m: {"bits": f"{m['bits_per_image']:.1f}"})
+  return result.state.params
 
 
 def unigram_bits(train_codes: np.ndarray, codes: np.ndarray, num_embeddings: int) -> np.ndarray:
@@ -229,7 +176,8 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
                     data_dir: str | None = None, eval_split: str = "test",
                     conditional: bool = True, hidden: int = 32,
                     num_layers: int = 6, workdir: str | os.PathLike | None = None,
-                    resume: bool = False, progress: bool = True) -> tuple[Any, dict[str, Any]]:
+                    run: RunConfig = RunConfig(checkpoint_every=500, log_every=100)
+                    ) -> tuple[Any, dict[str, Any]]:
   """Fits a prior to any model's codes and saves the model with it to ``out``.
 
   Args:
@@ -240,7 +188,9 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
       ``conditional`` is off; ``eval_split`` measures it), or
     images_dir: a folder of images (unconditional; 10% held out to measure it).
     hidden, num_layers: PixelCNN size (conv models).
-    workdir: checkpoints (default ``OUT.work``); ``resume`` continues there.
+    workdir: checkpoints (default ``OUT.work``); ``run.resume`` continues there, under the
+      resume rule of every run (:mod:`vqzoo.training.checkpoint`).
+    run: resume/overwrite, intervals, progress bars.
 
   Returns:
     ``(model with its prior, metrics)``: bits per image of the held-out codes beside the
@@ -268,14 +218,12 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
   num_classes = 0 if labels is None else int(labels.max()) + 1
   config = PriorConfig.for_model(model.config, num_classes=num_classes, hidden=hidden,
                                  num_layers=num_layers)
-  codes = encode_images(model, images, progress=progress)
+  codes = encode_images(model, images, progress=run.progress)
   out = Path(out)
   workdir = Path(workdir or out.with_name(out.name + ".work"))
-  workdir.mkdir(parents=True, exist_ok=True)
-  params = fit_prior(config, recipe, codes, labels, workdir=workdir, resume=resume,
-                     progress=progress)
+  params = fit_prior(config, recipe, codes, labels, workdir=workdir, run=run)
   model.set_prior(config, params)
-  metrics = prior_nll(model, encode_images(model, test_images, progress=progress), test_labels,
-                      codes)
+  metrics = prior_nll(model, encode_images(model, test_images, progress=run.progress),
+                      test_labels, codes)
   model.save_pretrained(out)
   return model, {**metrics, "eval_split": eval_split}

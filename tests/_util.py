@@ -1,0 +1,32 @@
+"""Helpers shared by the tests: the repository root, tree equality, synthetic images."""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def assert_trees_equal(a, b) -> None:
+  """Bit-for-bit equality of two pytrees' leaves (same structure, same values)."""
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def synthetic_images(n: int, shape=(28, 28, 1), seed: int = 0) -> np.ndarray:
+  """``[n, *shape]`` uint8 images with structure (blurred blobs), for tests that need no real data.
+
+  Smooth enough that a small VQ-VAE's loss falls within a few steps; not a dataset.
+  """
+  rng = np.random.default_rng(seed)
+  h, w, c = shape
+  yy, xx = np.mgrid[0:h, 0:w]
+  centres = rng.uniform(0.2, 0.8, size=(n, 2, 2)) * np.array([h, w])
+  images = np.zeros((n, h, w, c), np.float32)
+  for k in range(2):
+    d2 = (yy[None] - centres[:, k, 0, None, None]) ** 2 + (xx[None] - centres[:, k, 1, None, None]) ** 2
+    images += np.exp(-d2 / (2 * (0.12 * h) ** 2))[..., None] * rng.uniform(0.5, 1, (n, 1, 1, c))
+  return (np.clip(images, 0, 1) * 255).astype(np.uint8)
