@@ -132,6 +132,8 @@ def parse_prior_config(data: bytes, where: str) -> PriorConfig:
 
 def _read_dir(folder: str) -> tuple[dict[str, bytes], str | None]:
   """The artifact files of a model directory, and its card (optional)."""
+  from vqzoo.folders import complete_folder  # a folder whose replacement was interrupted
+  folder = os.fspath(complete_folder(folder))
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder}: no such model directory (a zoo name is given bare, a Hub "
                             "repo as hf-hub:owner/name)")
@@ -306,8 +308,7 @@ def load(name_or_path: str | os.PathLike, *, revision: str | None = None,
     fetched.checked(lambda: (verify_files(fetched.files, weights_pin, where),
                              _verify_manifest(fetched.files, source.sha256, where)))
     return _build(fetched.files, fetched.card, fetched.record, where)
-  from vqzoo.folders import complete_folder  # a folder whose replacement was interrupted
-  files, card = _read_dir(os.fspath(complete_folder(source.name)))
+  files, card = _read_dir(source.name)
   verify_files(files, weights_pin, source.name)
   return _build(files, card, {"path": os.path.abspath(source.name)}, source.name)
 
