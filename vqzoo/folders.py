@@ -13,7 +13,8 @@ A kill at any instant, or a full disk (which can only fail step 2), leaves ``NAM
 complete old or the complete new content, except between the two renames of step 3, when
 ``NAME`` is missing and both complete copies sit beside it: :func:`complete_folder` (used by
 readers) then points at the new one, and the next replacement restores it before it starts.
-No ``.NAME.*`` sibling remains after a replacement that succeeds.
+No ``.NAME.*`` sibling remains after a replacement that succeeds. One writer at a time: a
+second one replacing the same folder concurrently may fail, but never leaves a mix.
 """
 
 from __future__ import annotations
