@@ -19,7 +19,8 @@ checkpoint, unless --extend-schedule allows a new --steps.
 
 Exit status: 0 when the trained model meets the variant's quality bar, 1 when it misses it
 (expected for a short --steps run), 2 for a usage error (including a workdir that does not fit
---resume/--overwrite, or a recipe that differs from the checkpoint's). Processes other than 0
+--resume/--overwrite, a recipe that differs from the checkpoint's, or a folder it cannot write,
+said in one line). Processes other than 0
 exit 0 once training is done. In a multi-process run a process that fails (a peer died, say)
 exits at once with status 1 (2 for a usage error); the others then fail within seconds.
 """
@@ -75,7 +76,12 @@ def main(argv=None):
   except ValueError as e:
     parser.error(str(e))
   with cli_devices.fail_fast(multi_process, prog="train.py"):  # a failed process ends now, its peers soon after
-    return _run(args, parser, run)
+    try:
+      return _run(args, parser, run)
+    except OSError as e:  # a read-only or full disk under --workdir, --out or --bundle
+      print(f"{parser.prog}: error: {e}; expected folders this user can write (--workdir, "
+            "--out)", file=sys.stderr)
+      raise SystemExit(2) from None
 
 
 def _run(args, parser, run):

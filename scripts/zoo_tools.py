@@ -17,6 +17,7 @@ from vqzoo.io import atomic_write_bytes, sha256_file
 from vqzoo.pretrained import WEIGHTS_NAME, PretrainedVQVAE, registry
 from vqzoo.pretrained.cards import zoo_card
 from vqzoo.pretrained.integrity import ARTIFACT_FILES, PRIOR_FILES
+from vqzoo.pretrained.saving import save_model_folder
 from vqzoo.training import distributed, measure, train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -53,9 +54,8 @@ def bundle_variant(name: str, model: PretrainedVQVAE, metrics: dict,
     return None
   entry = registry.get_entry(name)
   model.card = zoo_card(entry, metrics)
-  model.save_pretrained(entry.bundled_dir)
-  atomic_write_bytes(entry.bundled_dir / "metrics.json",
-                     (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
+  save_model_folder(model, entry.bundled_dir, extra_files={  # the model and its metrics, whole
+      "metrics.json": (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode()})
   digest = sha256_file(entry.bundled_dir / WEIGHTS_NAME)
   pins_path = registry.WEIGHTS_DIR / "pins.json"
   pins = json.loads(pins_path.read_text()) if pins_path.exists() else {}

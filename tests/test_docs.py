@@ -5,7 +5,8 @@ import sys
 
 from _util import REPO  # noqa: E402
 MODULES = ["vqzoo", "vqzoo.nn", "vqzoo.pretrained", "vqzoo.training", "vqzoo.cpu_tuning",
-           "vqzoo.configs", "vqzoo.images", "vqzoo.io", "vqzoo.grid", "vqzoo.cli"]
+           "vqzoo.configs", "vqzoo.images", "vqzoo.io", "vqzoo.folders", "vqzoo.grid",
+           "vqzoo.cli"]
 
 
 def test_api_reference_builds_without_warnings(tmp_path):

@@ -195,7 +195,7 @@ def test_reconstruct_count_must_be_positive(capsys):
   from vqzoo.cli import main
   with pytest.raises(SystemExit) as e:
     main(["reconstruct", ZOO, "--count", "-5"])
-  assert e.value.code == 2 and "expected an integer >= 1" in capsys.readouterr().err
+  assert e.value.code == 2 and "expected an integer from 1 to" in capsys.readouterr().err
 
 
 def test_create_model_fresh_or_pretrained_and_from_pretrained_knows_zoo_names():

@@ -135,9 +135,10 @@ def cmd_reconstruct(args):
     images = _read_input(args.input, model.config.image_shape)
   elif args.dataset:
     from vqzoo.training.data import load_images
-    images = load_images(args.dataset, args.split, args.data_dir)[:args.count]
+    images = _first(load_images(args.dataset, args.split, args.data_dir), args.count,
+                    f"{args.dataset} {args.split}")
   else:
-    images = _bundled_digits()[:args.count]
+    images = _first(_bundled_digits(), args.count, "the bundled MNIST digits")
   x = model.preprocess(images)
   recon = model.reconstruct(x)
   save_comparison(args.out, x, recon)
@@ -145,6 +146,13 @@ def cmd_reconstruct(args):
   _emit(args, s, f"{s['images']} images: MSE {s['mse']:.5f}, PSNR {s['psnr']:.2f} dB, "
                  f"{s['codes_used']} codes used; grid (originals above reconstructions): "
                  f"{args.out}")
+
+
+def _first(images: np.ndarray, count: int, what: str) -> np.ndarray:
+  if count > len(images):
+    raise ValueError(f"--count {count}: {what} hold {len(images)} images; expected --count <= "
+                     f"{len(images)}")
+  return images[:count]
 
 
 def cmd_eval(args):
@@ -239,6 +247,7 @@ def cmd_finetune(args):
   from vqzoo.training import distributed
   from vqzoo.training.finetuning import finetune
   multi_process = cli_devices.start_from_flags(args, _base_arch(args.base))  # before any device
+  _check_model_out(args.out)
   recipe = TrainConfig(
       dataset=args.dataset or "image-folder", split=args.split, steps=args.steps,
       batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
@@ -264,14 +273,24 @@ def cmd_sample(args):
   from vqzoo.grid import make_grid, save_png
   model = _load(args.name)
   label = None if args.label is None else args.label
-  images = model.sample(args.n, seed=args.seed, temperature=args.temperature, label=label)
+  from vqzoo.sampling import sample_images
+  images = sample_images(model, args.n, seed=args.seed, temperature=args.temperature,
+                         label=label, progress=not args.no_progress)
   per_row = args.per_row
   save_png(args.out, make_grid([images[i:i + per_row] for i in range(0, len(images), per_row)]))
   print(f"{args.n} samples of {args.name} (seed {args.seed}, temperature {args.temperature}"
         + (f", label {label}" if label is not None else "") + f"): {args.out}")
 
 
+def _check_model_out(out: str) -> None:
+  """Before any training: ``out`` is a folder a saved model may replace."""
+  from vqzoo.folders import check_replaceable
+  from vqzoo.pretrained.saving import replaceable
+  check_replaceable(out, replaceable)
+
+
 def cmd_fit_prior(args):
+  _check_model_out(args.out)
   import dataclasses
   from vqzoo.configs import RunConfig
   from vqzoo.pretrained.registry import PRIOR_RECIPE
@@ -316,23 +335,34 @@ def cmd_encode(args):
 
 
 def cmd_decode(args):
-  from vqzoo.grid import make_grid, save_png
+  from vqzoo import decoded_images
+  from vqzoo.grid import make_grid
+  from vqzoo.io import atomic_write_bytes
   from vqzoo.training.tokenizing import decode_file
   model = _load(args.name)
   images, content = decode_file(model, args.codes, progress=not args.no_progress)
+  names = content.get("names")
   out = Path(args.out)
-  if out.suffix.lower() == ".png":
+  grid = out.suffix.lower() == ".png"
+  files, renamed = ([out], []) if grid else decoded_images.file_names(names, len(images))
+  paths = files if grid else [out / name for name in files]
+  decoded_images.check_targets(paths, names, args.overwrite)
+  if grid:
     per_row = 16
-    save_png(out, make_grid([images[i:i + per_row] for i in range(0, len(images), per_row)]))
+    atomic_write_bytes(out, decoded_images.png_bytes(make_grid(
+        [images[i:i + per_row] for i in range(0, len(images), per_row)])))
   else:
     out.mkdir(parents=True, exist_ok=True)
-    names = content.get("names")
-    for i, image in enumerate(images):
-      stem = Path(str(names[i])).with_suffix("").as_posix().replace("/", "_") if names is not None \
-          else f"{i:06d}"
-      save_png(out / f"{stem}.png", make_grid([image[None]], pad=0, scale=1))
-  _emit(args, {"out": str(out), "images": int(len(images))},
-        f"decoded {len(images)} images to {out}")
+    for path, image in zip(paths, images):
+      atomic_write_bytes(path, decoded_images.png_bytes(make_grid([image[None]], pad=0, scale=1)))
+  if renamed:
+    shown = ", ".join(f"{a} -> {b}" for a, b in renamed[:3])
+    print(f"vqzoo decode: note: {len(renamed)} images would have shared a file name with "
+          f"another, so they got their own: {shown}{', ...' if len(renamed) > 3 else ''}",
+          file=sys.stderr)
+  _emit(args, {"out": str(out), "images": int(len(images)),
+               "renamed": [{"from": a, "to": b} for a, b in renamed]},
+        f"decoded {len(images)} images to {out}" + ("" if grid else f" ({len(images)} files)"))
 
 
 def _emit(args, payload: dict, text: str) -> None:
@@ -353,7 +383,11 @@ def _add_tokenizer_parsers(sub) -> None:
   d = sub.add_parser("decode", help="decode a codes file (made by the same model) to images")
   d.add_argument("name", help="the model that made the codes")
   d.add_argument("codes", help="codes file written by `vqzoo encode`")
-  d.add_argument("--out", required=True, help="a folder (one PNG per image) or a grid .png")
+  d.add_argument("--out", required=True,
+                 help="a folder (one PNG per image, named after its source file; names that "
+                      "would collide get -2, -3...) or a grid .png")
+  d.add_argument("--overwrite", action="store_true",
+                 help="replace files already in --out (never the images that were encoded)")
   d.add_argument("--no-progress", action="store_true", help="no progress bar")
   d.add_argument("--json", action="store_true", help="print a JSON summary")
   d.set_defaults(fn=cmd_decode)
@@ -362,14 +396,16 @@ def _add_tokenizer_parsers(sub) -> None:
 def _add_prior_parsers(sub) -> None:
   s = sub.add_parser("sample", help="draw images from a model's prior into a PNG grid")
   s.add_argument("name", help="zoo name, hf-hub:owner/repo[@rev] or a path")
-  s.add_argument("--n", type=_positive_int, default=64, help="number of samples (default 64)")
+  s.add_argument("--n", type=_int_in(1, MAX_SAMPLES), default=64,
+                 help=f"number of samples, 1 to {MAX_SAMPLES} (default 64)")
   s.add_argument("--label", type=int, help="class to draw (class-conditional priors; default: "
                                            "drawn at random)")
   s.add_argument("--temperature", type=float, default=1.0,
                  help="divides the prior's logits; 0 = most likely codes (default 1.0)")
-  s.add_argument("--seed", type=int, default=0, help="default 0")
+  s.add_argument("--seed", type=_seed, default=0, help=SEED_HELP.format(0))
   s.add_argument("--per-row", type=_positive_int, default=16, help="images per row (default 16)")
   s.add_argument("--out", default="samples.png", help="PNG to write (default samples.png)")
+  s.add_argument("--no-progress", action="store_true", help="no progress bar")
   s.set_defaults(fn=cmd_sample)
   f = sub.add_parser("fit-prior", help="fit a prior over a model's codes (to sample from it)")
   f.add_argument("name", help="zoo name, hf-hub:owner/repo[@rev] or a path (e.g. a fine-tune)")
@@ -391,7 +427,7 @@ def _add_prior_parsers(sub) -> None:
                  help=f"PixelCNN channels (default {PRIOR_HIDDEN})")
   f.add_argument("--layers", type=int, default=PRIOR_LAYERS,
                  help=f"PixelCNN gated layers (default {PRIOR_LAYERS})")
-  f.add_argument("--seed", type=int, default=r.seed, help=f"default {r.seed}")
+  f.add_argument("--seed", type=_seed, default=r.seed, help=SEED_HELP.format(r.seed))
   f.add_argument("--workdir", help="checkpoints (default OUT.work)")
   f.add_argument("--resume", action="store_true", help="continue from the workdir checkpoint")
   f.add_argument("--overwrite", action="store_true",
@@ -434,7 +470,7 @@ def _add_finetune_parser(sub) -> None:
                  help=f"default {r.warmup_steps}")
   p.add_argument("--final-lr-fraction", type=float, default=r.final_lr_fraction,
                  help=f"default {r.final_lr_fraction}")
-  p.add_argument("--seed", type=int, default=r.seed, help=f"default {r.seed}")
+  p.add_argument("--seed", type=_seed, default=r.seed, help=SEED_HELP.format(r.seed))
   p.add_argument("--reseed-before", action="store_true",
                  help="re-seed codes unused on the training data before training")
   p.add_argument("--reseed-threshold", type=float, default=None,
@@ -452,6 +488,27 @@ def _add_finetune_parser(sub) -> None:
   p.set_defaults(fn=cmd_finetune)
 
 
+MAX_SAMPLES = 10_000  # `vqzoo sample --n`: a 100x100 grid
+MAX_COUNT = 1024  # `vqzoo reconstruct --count`: 64 row pairs
+SEED_HELP = "an integer from 0 to 2**32-1 (default {})"
+
+
+def _int_in(low: int, high: int):
+  """An argparse type: an integer in ``[low, high]``."""
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      value = None
+    if value is None or not low <= value <= high:
+      raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {text!r}")
+    return value
+  return parse
+
+
+_seed = _int_in(0, 2**32 - 1)
+
+
 def _positive_int(text: str) -> int:
   try:
     value = int(text)
@@ -464,14 +521,22 @@ def _positive_int(text: str) -> int:
 
 EXIT_CODES = ("exit status: 0 done; 1 a quality bar was missed (only `vqzoo eval --check-bar`); "
               "2 a usage or input error, a failed integrity check or an unreachable Hub (one "
-              "line on stderr, no traceback)")
+              "line on stderr, no traceback); 141 the reader of the output went away (as in "
+              "`vqzoo list | head -1`), quietly")
 SPEC_HELP = "zoo name, hf-hub:owner/repo[@rev][#sha256=DIGEST], or a path (./dir)"
+
+
+class _Parser(argparse.ArgumentParser):
+  """Usage errors in one line (status 2), like every other error of the command."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
   from vqzoo import __version__
-  p = argparse.ArgumentParser(prog="vqzoo", description="A model zoo of VQ-VAEs in JAX/haiku.",
-                              epilog=EXIT_CODES)
+  p = _Parser(prog="vqzoo", description="A model zoo of VQ-VAEs in JAX/haiku.",
+              epilog=EXIT_CODES)
   p.add_argument("--version", action="version", version=f"vqzoo {__version__}")
   sub = p.add_subparsers(dest="command", required=True)
   s = sub.add_parser("list", help="list zoo models")
@@ -487,8 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
   src.add_argument("--dataset", help="TFDS dataset name, e.g. mnist (default: the bundled "
                                      "MNIST digits)")
   s.add_argument("--split", default="test", help="TFDS split (default test)")
-  s.add_argument("--count", type=_positive_int, default=16,
-                 help="images to reconstruct from --dataset or the bundled digits (default 16)")
+  s.add_argument("--count", type=_int_in(1, MAX_COUNT), default=16,
+                 help=f"images to reconstruct from --dataset or the 32 bundled digits, 1 to "
+                      f"{MAX_COUNT} and at most as many as there are (default 16)")
   s.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
   s.add_argument("--out", default="reconstruction.png",
                  help="grid image, .png or .jpg (default reconstruction.png)")
@@ -538,7 +604,11 @@ def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
   try:
-    return args.fn(args) or 0
+    status = args.fn(args) or 0
+    sys.stdout.flush()  # a reader that went away shows here, not at exit
+    return status
+  except BrokenPipeError:
+    return _reader_gone()
   except ImportError as e:
     print(f"vqzoo {args.command}: error: {_missing_extra(e)}", file=sys.stderr)
     return 2
@@ -546,6 +616,18 @@ def main(argv=None) -> int:
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"vqzoo {args.command}: error: {message}", file=sys.stderr)
     return 2
+
+
+def _reader_gone() -> int:
+  """stdout's reader went away (``vqzoo list | head -1``): stop quietly, as the Python docs
+  recommend, with the status a shell gives a program its SIGPIPE ended."""
+  try:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
+    os.close(devnull)
+  except (OSError, ValueError):  # a stdout without a file descriptor: nothing to redirect
+    pass
+  return 128 + 13
 
 
 if __name__ == "__main__":

@@ -132,6 +132,8 @@ def parse_prior_config(data: bytes, where: str) -> PriorConfig:
 
 def _read_dir(folder: str) -> tuple[dict[str, bytes], str | None]:
   """The artifact files of a model directory, and its card (optional)."""
+  from vqzoo.folders import complete_folder  # a folder whose replacement was interrupted
+  folder = os.fspath(complete_folder(folder))
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder}: no such model directory (a zoo name is given bare, a Hub "
                             "repo as hf-hub:owner/name)")

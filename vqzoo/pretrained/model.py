@@ -197,6 +197,13 @@ class PretrainedVQVAE(
     card = self.card if self.card is not None else render_card("vqzoo-model", self.config)
     atomic_write_bytes(save_directory / CARD_NAME, card.encode())
 
+  def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> Any:
+    """``ModelHubMixin.save_pretrained`` (same arguments), replacing the folder whole or not at
+    all: a kill or a full disk leaves the old model or the new one, never a mix (see
+    :func:`vqzoo.pretrained.saving.save_model_folder`)."""
+    from vqzoo.pretrained.saving import save_model_folder
+    return save_model_folder(self, save_directory, **kwargs)
+
   def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
     """``ModelHubMixin.push_to_hub`` (same arguments) within ``VQZOO_HUB_DEADLINE`` seconds.
 

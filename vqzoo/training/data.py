@@ -70,7 +70,19 @@ def _data_source(name: str, split: str, data_dir: str | None):
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # TFDS raises assorted types for a missing or partial dataset.
+    _check_not_empty(tfds, name, split, data_dir)
     raise _not_prepared(name, split, where, f" ({type(e).__name__}: {e})") from e
+
+
+def _check_not_empty(tfds, name: str, split: str, data_dir: str | None) -> None:
+  """Raises ValueError if ``split`` (a slice, say) selects no examples of a prepared dataset."""
+  try:
+    count = tfds.builder(name, data_dir=data_dir).info.splits[split].num_examples
+  except Exception:  # noqa: BLE001 - unknown: the caller's error stands
+    return
+  if count == 0:
+    raise ValueError(f"split {split!r} of TFDS dataset {name!r} selects no examples; expected "
+                     "a non-empty split or slice, e.g. 'train[:1000]'")
 
 
 def _split_names(info_path: Path) -> set[str]:

@@ -17,10 +17,10 @@ import numpy as np
 from vqzoo import __version__, cpu_tuning
 from vqzoo.configs import FinetuneConfig, RunConfig
 from vqzoo.images import uint8_to_float
-from vqzoo.io import atomic_write_bytes
 from vqzoo.nn import apply_reseeds, build, replace_codes
 from vqzoo.pretrained import PretrainedVQVAE, load
 from vqzoo.pretrained.cards import metrics_table, render_card
+from vqzoo.pretrained.saving import save_model_folder
 from vqzoo.training import data as data_lib
 from vqzoo.training.metrics import evaluate
 from vqzoo.training.image_folder import load_image_folder, split_holdout
@@ -161,10 +161,9 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
   model = PretrainedVQVAE(model_config, result.params, result.state, card=card)
   if jax.process_index() != 0:  # a multi-process run: process 0 writes and publishes
     return FinetuneResult(model, before, after, lineage)
-  model.save_pretrained(out)
-  atomic_write_bytes(out / "metrics.json", (json.dumps(
+  save_model_folder(model, out, extra_files={"metrics.json": (json.dumps(  # one swap, whole
       {"before": before, "after": after, "lineage": lineage}, indent=2, default=str) + "\n"
-  ).encode())
+  ).encode()})
   if push_to_hub:
     model.push_to_hub(push_to_hub, commit_message=f"Fine-tuned from {base_label}")
   return FinetuneResult(model, before, after, lineage)

@@ -15,9 +15,9 @@ from typing import Any
 import jax
 
 from vqzoo.configs import ModelConfig, RunConfig, TrainConfig
-from vqzoo.io import atomic_write_bytes
 from vqzoo.pretrained import PretrainedVQVAE
 from vqzoo.pretrained.cards import render_card
+from vqzoo.pretrained.saving import save_model_folder
 from vqzoo.training import data as data_lib
 from vqzoo.training.image_folder import load_image_folder, split_holdout
 from vqzoo.training.metrics import evaluate
@@ -89,10 +89,9 @@ def train_new_model(config: ModelConfig, recipe: TrainConfig, out: str | Path, *
                      held_out=len(held_out))
   model = PretrainedVQVAE(config, result.params, result.state, card=card)
   if jax.process_index() == 0:
-    model.save_pretrained(out)
-    atomic_write_bytes(out / "metrics.json", (json.dumps(
+    save_model_folder(model, out, extra_files={"metrics.json": (json.dumps(  # one swap, whole
         {"metrics": metrics, "data": info, "recipe": recipe.to_dict()}, indent=2,
-        default=float) + "\n").encode())
+        default=float) + "\n").encode()})
   return NewModelResult(model, metrics)
 
 

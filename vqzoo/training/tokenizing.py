@@ -60,21 +60,11 @@ def read_codes(path: str | os.PathLike) -> dict[str, Any]:
   """A codes file -> ``{"codes", "labels"?, "names"?, "model", "codec_sha256"}``.
 
   Raises:
-    ValueError: not a vqzoo codes file.
+    ValueError: not a vqzoo codes file, or a truncated, empty or inconsistent one (see
+      :mod:`vqzoo.training.codes_file`).
   """
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      content = {key: data[key] for key in data.files}
-  except (OSError, ValueError, EOFError) as e:
-    raise ValueError(f"{path}: not a readable codes file ({type(e).__name__}: {e})") from None
-  if str(content.get("format", "")) != FORMAT or "codes" not in content:
-    raise ValueError(f"{path}: not a vqzoo codes file (expected format {FORMAT!r})")
-  out = {"codes": content["codes"], "model": str(content["model"]),
-         "codec_sha256": str(content["codec_sha256"])}
-  for key in ("labels", "names"):
-    if key in content:
-      out[key] = content[key]
-  return out
+  from vqzoo.training import codes_file
+  return codes_file.read(path, FORMAT)
 
 
 def decode_file(model: Any, path: str | os.PathLike, batch_size: int = 1000,
