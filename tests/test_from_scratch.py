@@ -50,3 +50,47 @@ def test_a_model_config_file_is_read_strictly(tmp_path):
   path.write_text("{not json")
   with pytest.raises(ValueError, match="not a readable JSON model config"):
     read_model_config(path)
+
+
+def test_vqzoo_train_from_flags_then_resume_rule(tmp_path, capsys):
+  from vqzoo.cli import main
+  folder = _folder(tmp_path)
+  common = ["train", "--images", str(folder), "--out", str(tmp_path / "m"), "--arch", "conv",
+            "--image-shape", "28x28x1", "--num-embeddings", "32", "--embedding-dim", "8",
+            "--hidden", "16", "--ema", "--steps", "3", "--batch-size", "8", "--warmup-steps", "1",
+            "--no-progress"]
+  assert main(common + ["--json"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  model = vqzoo.load(str(tmp_path / "m"))
+  assert model.config.quantizer.num_embeddings == 32 and model.config.quantizer.ema
+  assert out["config"] == model.config.to_dict() and out["mse"] > 0
+  assert main(common) == 2  # the workdir holds a checkpoint: --resume or --overwrite
+  assert "--overwrite" in capsys.readouterr().err
+  assert main(common + ["--overwrite", "--steps", "4"]) == 0
+  assert "trained" in capsys.readouterr().out
+  assert main(["train", "--images", str(folder), "--out", str(tmp_path / "x"),
+               "--image-shape", "28x28"]) == 2
+  assert "--image-shape: expected HxWxC" in capsys.readouterr().err
+
+
+def test_vqzoo_train_from_a_config_file(tmp_path, capsys):
+  from vqzoo.cli import main
+  folder = _folder(tmp_path)
+  path = tmp_path / "model.json"
+  path.write_text(json.dumps(SMALL.to_dict()))
+  assert main(["train", "--images", str(folder), "--out", str(tmp_path / "m"), "--config",
+               str(path), "--steps", "2", "--batch-size", "8", "--warmup-steps", "1",
+               "--no-progress"]) == 0
+  assert vqzoo.load(str(tmp_path / "m")).config == SMALL
+
+
+def test_every_subcommand_is_in_the_table_and_the_docstring(capsys):
+  import vqzoo.cli as cli
+  names = [c.name for c in cli.COMMANDS]
+  usage = cli.build_parser().format_usage()
+  assert "{" + ",".join(names) + "}" in usage
+  for name in names:
+    assert name in cli.__doc__
+    with pytest.raises(SystemExit) as e:
+      cli.main([name, "--help"])
+    assert e.value.code == 0 and "--json" in capsys.readouterr().out

@@ -1,6 +1,9 @@
-"""The ``vqzoo`` command: list, info, reconstruct, eval, push, pull, demo, finetune.
+"""The ``vqzoo`` command: one function per subcommand, registered in :data:`COMMANDS`.
 
-Argument parsing and printing only; the work is done by the library.
+Subcommands: list, info, reconstruct, eval, push, pull, demo, train, finetune, fit-prior,
+sample, encode, decode. Argument parsing and printing only; the work is done by the library.
+The library is imported inside each subcommand, so that ``vqzoo --help`` and usage errors answer
+before JAX has loaded.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -156,10 +160,8 @@ def _first(images: np.ndarray, count: int, what: str) -> np.ndarray:
 
 
 def cmd_eval(args):
-  from vqzoo.pretrained import registry
   from vqzoo.training.data import load_images
   from vqzoo.training.metrics import evaluate
-  del registry
   model = _load(args.name)
   dataset = args.dataset or _model_dataset(model, args.name)
   if dataset is None:
@@ -215,14 +217,14 @@ def cmd_demo(args):
     print(f"{name:16s} MSE {s['mse']:.5f}  PSNR {s['psnr']:.2f} dB  codes used {s['codes_used']}"
           f"  ({s['images']} bundled MNIST test digits)")
   per_row = 16
-  grid = [r[i:i + per_row] for i in range(0, len(x), per_row) for r in rows]
+  grid = [row for chunks in zip(*(_rows(r, per_row) for r in rows)) for row in chunks]
   sampled = []
   for name in DEMO_MODELS:  # samples from each model's class-conditional prior, digits 0-9 in turn
     model = _load(name)
     if model.prior is not None:
       labels = np.arange(len(x)) % 10 if model.prior.num_classes else None
       samples = model.sample(len(x), seed=0, label=labels)
-      grid += [samples[i:i + per_row] for i in range(0, len(samples), per_row)]
+      grid += _rows(samples, per_row)
       sampled.append(name)
   save_png(args.out, make_grid(grid))
   print(f"grid: {args.out} (rows: originals, {', '.join(DEMO_MODELS)}"
@@ -243,21 +245,16 @@ def _base_arch(base: str) -> str | None:
 
 def cmd_finetune(args):
   from vqzoo import cli_devices
-  from vqzoo.configs import FinetuneConfig, RunConfig, TrainConfig
+  from vqzoo.configs import FinetuneConfig
   from vqzoo.training import distributed
   from vqzoo.training.finetuning import finetune
   multi_process = cli_devices.start_from_flags(args, _base_arch(args.base))  # before any device
   _check_model_out(args.out)
-  recipe = TrainConfig(
-      dataset=args.dataset or "image-folder", split=args.split, steps=args.steps,
-      batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
-      warmup_steps=args.warmup_steps, final_lr_fraction=args.final_lr_fraction, seed=args.seed)
   config = FinetuneConfig(
-      recipe=recipe, eval_split=args.eval_split, holdout_fraction=args.holdout_fraction,
-      freeze=tuple(args.freeze), reseed_before=args.reseed_before,
-      reseed_threshold=args.reseed_threshold)
-  run = RunConfig(resume=args.resume, overwrite=args.overwrite, checkpoint_every=500,
-                  progress=not args.no_progress)
+      recipe=_recipe(args, args.dataset or "image-folder"), eval_split=args.eval_split,
+      holdout_fraction=args.holdout_fraction, freeze=tuple(args.freeze),
+      reseed_before=args.reseed_before, reseed_threshold=args.reseed_threshold)
+  run = _run_config(args, checkpoint_every=500)
   # A failed process of a multi-process run exits now, not at JAX's exit-time barrier.
   with cli_devices.fail_fast(multi_process, prog="vqzoo finetune"):
     result = finetune(args.base, args.out, config, dataset=args.dataset, images_dir=args.images,
@@ -265,19 +262,21 @@ def cmd_finetune(args):
                       push_to_hub=args.push_to_hub)
   if not distributed.is_main_process():
     return 0  # process 0 reports
-  print(json.dumps({"out": args.out, "before": result.metrics_before,
-                    "after": result.metrics_after}, indent=2))
+  before, after = result.metrics_before, result.metrics_after
+  _emit(args, {"out": args.out, "before": before, "after": after},
+        f"fine-tuned {args.base} into {args.out}: held-out MSE {before['mse']:.5f} -> "
+        f"{after['mse']:.5f}, PSNR {before['psnr']:.2f} -> {after['psnr']:.2f} dB, codes used "
+        f"{before['codes_used']} -> {after['codes_used']}")
 
 
 def cmd_sample(args):
   from vqzoo.grid import make_grid, save_png
-  model = _load(args.name)
-  label = None if args.label is None else args.label
   from vqzoo.sampling import sample_images
+  model = _load(args.name)
+  label = args.label
   images = sample_images(model, args.n, seed=args.seed, temperature=args.temperature,
                          label=label, progress=not args.no_progress)
-  per_row = args.per_row
-  save_png(args.out, make_grid([images[i:i + per_row] for i in range(0, len(images), per_row)]))
+  save_png(args.out, make_grid(_rows(images, args.per_row)))
   print(f"{args.n} samples of {args.name} (seed {args.seed}, temperature {args.temperature}"
         + (f", label {label}" if label is not None else "") + f"): {args.out}")
 
@@ -292,15 +291,13 @@ def _check_model_out(out: str) -> None:
 def cmd_fit_prior(args):
   _check_model_out(args.out)
   import dataclasses
-  from vqzoo.configs import RunConfig
   from vqzoo.pretrained.registry import PRIOR_RECIPE
   from vqzoo.training.prior_fitting import fit_model_prior
   recipe = dataclasses.replace(
       PRIOR_RECIPE, dataset=args.dataset or "image-folder", split=args.split, steps=args.steps,
       batch_size=args.batch_size, learning_rate=args.lr,
       warmup_steps=min(PRIOR_RECIPE.warmup_steps, args.steps - 1), seed=args.seed)
-  run = RunConfig(resume=args.resume, overwrite=args.overwrite, checkpoint_every=500,
-                  log_every=100, progress=not args.no_progress)
+  run = _run_config(args, checkpoint_every=500, log_every=100)
   _, metrics = fit_model_prior(args.name, args.out, recipe, dataset=args.dataset,
                                images_dir=args.images, data_dir=args.data_dir,
                                eval_split=args.eval_split,
@@ -348,9 +345,7 @@ def cmd_decode(args):
   paths = files if grid else [out / name for name in files]
   decoded_images.check_targets(paths, names, args.overwrite)
   if grid:
-    per_row = 16
-    atomic_write_bytes(out, decoded_images.png_bytes(make_grid(
-        [images[i:i + per_row] for i in range(0, len(images), per_row)])))
+    atomic_write_bytes(out, decoded_images.png_bytes(make_grid(_rows(images))))
   else:
     out.mkdir(parents=True, exist_ok=True)
     for path, image in zip(paths, images):
@@ -365,22 +360,75 @@ def cmd_decode(args):
         f"decoded {len(images)} images to {out}" + ("" if grid else f" ({len(images)} files)"))
 
 
+def _rows(images, per_row: int = 16) -> list:
+  """``images`` ``[N, ...]`` cut into grid rows of ``per_row`` (the last may be shorter)."""
+  return [images[i:i + per_row] for i in range(0, len(images), per_row)]
+
+
 def _emit(args, payload: dict, text: str) -> None:
   print(json.dumps(payload, indent=2) if getattr(args, "json", False) else text)
 
 
-def _add_tokenizer_parsers(sub) -> None:
-  e = sub.add_parser("encode", help="encode a dataset or a folder of images to a codes file")
+def _args_list(p) -> None:
+  p.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'mnist-*' (default: all)")
+
+
+def _args_info(p) -> None:
+  p.add_argument("name", help=SPEC_HELP)
+
+
+def _args_reconstruct(p) -> None:
+  p.add_argument("name", help=SPEC_HELP)
+  src = p.add_mutually_exclusive_group()
+  src.add_argument("--input", help="a PNG/JPEG image or a .npy array of images")
+  src.add_argument("--dataset", help="TFDS dataset name, e.g. mnist (default: the bundled "
+                                     "MNIST digits)")
+  p.add_argument("--split", default="test", help="TFDS split (default test)")
+  p.add_argument("--count", type=_int_in(1, MAX_COUNT), default=16,
+                 help=f"images to reconstruct from --dataset or the 32 bundled digits, 1 to "
+                      f"{MAX_COUNT} and at most as many as there are (default 16)")
+  p.add_argument("--data-dir", help=DATA_DIR_HELP)
+  p.add_argument("--out", default="reconstruction.png",
+                 help="grid image, .png or .jpg (default reconstruction.png)")
+
+
+def _args_eval(p) -> None:
+  p.add_argument("name", help=SPEC_HELP)
+  p.add_argument("--dataset", help="TFDS dataset (default: the zoo's, or the one the card names)")
+  p.add_argument("--split", default="test", help="TFDS split (default test)")
+  p.add_argument("--data-dir", help=DATA_DIR_HELP)
+  p.add_argument("--check-bar", action="store_true",
+                 help="zoo models: exit 1 when the measurement misses the variant's bar")
+
+
+def _args_push(p) -> None:
+  p.add_argument("dir", help="a directory written by save_pretrained (or any model spec)")
+  p.add_argument("repo_id", help="owner/name on the Hub")
+  p.add_argument("--message", default="Upload vqzoo model",
+                 help="commit message (default 'Upload vqzoo model')")
+  p.add_argument("--private", action="store_true", help="create the repo private")
+
+
+def _args_pull(p) -> None:
+  p.add_argument("repo", help="owner/name[@rev] or hf-hub:owner/name[@rev][#sha256=DIGEST]")
+  p.add_argument("--out", help="also save it to this directory")
+
+
+def _args_demo(p) -> None:
+  p.add_argument("--out", default="vqzoo_demo.png", help="grid image (default vqzoo_demo.png)")
+
+
+def _args_encode(e) -> None:
   e.add_argument("name", help="zoo name, hf-hub:owner/repo[@rev] or a path")
   src = e.add_mutually_exclusive_group(required=True)
   src.add_argument("--dataset", help="TFDS dataset, NAME[:split] (default split: test)")
   src.add_argument("--images", help="folder of PNG/JPEG images")
   e.add_argument("--out", required=True, help="codes file to write (.npz)")
-  e.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
+  e.add_argument("--data-dir", help=DATA_DIR_HELP)
   e.add_argument("--no-progress", action="store_true", help="no progress bar")
-  e.add_argument("--json", action="store_true", help="print a JSON summary")
-  e.set_defaults(fn=cmd_encode)
-  d = sub.add_parser("decode", help="decode a codes file (made by the same model) to images")
+
+
+def _args_decode(d) -> None:
   d.add_argument("name", help="the model that made the codes")
   d.add_argument("codes", help="codes file written by `vqzoo encode`")
   d.add_argument("--out", required=True,
@@ -389,12 +437,9 @@ def _add_tokenizer_parsers(sub) -> None:
   d.add_argument("--overwrite", action="store_true",
                  help="replace files already in --out (never the images that were encoded)")
   d.add_argument("--no-progress", action="store_true", help="no progress bar")
-  d.add_argument("--json", action="store_true", help="print a JSON summary")
-  d.set_defaults(fn=cmd_decode)
 
 
-def _add_prior_parsers(sub) -> None:
-  s = sub.add_parser("sample", help="draw images from a model's prior into a PNG grid")
+def _args_sample(s) -> None:
   s.add_argument("name", help="zoo name, hf-hub:owner/repo[@rev] or a path")
   s.add_argument("--n", type=_int_in(1, MAX_SAMPLES), default=64,
                  help=f"number of samples, 1 to {MAX_SAMPLES} (default 64)")
@@ -406,8 +451,9 @@ def _add_prior_parsers(sub) -> None:
   s.add_argument("--per-row", type=_positive_int, default=16, help="images per row (default 16)")
   s.add_argument("--out", default="samples.png", help="PNG to write (default samples.png)")
   s.add_argument("--no-progress", action="store_true", help="no progress bar")
-  s.set_defaults(fn=cmd_sample)
-  f = sub.add_parser("fit-prior", help="fit a prior over a model's codes (to sample from it)")
+
+
+def _args_fit_prior(f) -> None:
   f.add_argument("name", help="zoo name, hf-hub:owner/repo[@rev] or a path (e.g. a fine-tune)")
   f.add_argument("--out", required=True, help="output model directory (model + prior)")
   src = f.add_mutually_exclusive_group(required=True)
@@ -428,32 +474,24 @@ def _add_prior_parsers(sub) -> None:
   f.add_argument("--layers", type=int, default=PRIOR_LAYERS,
                  help=f"PixelCNN gated layers (default {PRIOR_LAYERS})")
   f.add_argument("--seed", type=_seed, default=r.seed, help=SEED_HELP.format(r.seed))
-  f.add_argument("--workdir", help="checkpoints (default OUT.work)")
-  f.add_argument("--resume", action="store_true", help="continue from the workdir checkpoint")
-  f.add_argument("--overwrite", action="store_true",
-                 help="start afresh over an earlier fit's checkpoint in the workdir")
-  f.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
-  f.add_argument("--no-progress", action="store_true", help="no progress bars")
-  f.set_defaults(fn=cmd_fit_prior)
+  _run_args(f)
+  f.add_argument("--data-dir", help=DATA_DIR_HELP)
 
 
-def _add_finetune_parser(sub) -> None:
-  from vqzoo.configs import PARTS, SCHEDULES, FinetuneConfig
+def _args_finetune(p) -> None:
+  from vqzoo.configs import PARTS, FinetuneConfig
   from vqzoo.training.image_folder import FOLDER_RULE
   d = FinetuneConfig()
-  r = d.recipe
-  p = sub.add_parser(
-      "finetune", help="fine-tune a model on a TFDS dataset or a folder of images",
-      description=("Fine-tune a pretrained VQ-VAE on a TFDS dataset or a folder of images.\n\n"
-                   "Image folders: " + FOLDER_RULE + "."),
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.description = ("Fine-tune a pretrained VQ-VAE on a TFDS dataset or a folder of images.\n\n"
+                   "Image folders: " + FOLDER_RULE + ".")
+  p.formatter_class = argparse.RawDescriptionHelpFormatter
   p.add_argument("--from", dest="base", required=True,
                  help="zoo name, hf-hub:owner/repo[@rev] or a model directory")
   p.add_argument("--out", required=True, help="output model directory")
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--dataset", help="TFDS dataset name, e.g. fashion_mnist")
   src.add_argument("--images", help="folder of PNG/JPEG images")
-  p.add_argument("--split", default=r.split, help=f"TFDS training split (default {r.split})")
+  _recipe_args(p, d.recipe)
   p.add_argument("--eval-split", default=d.eval_split,
                  help=f"TFDS held-out split (default {d.eval_split})")
   p.add_argument("--holdout-fraction", type=float, default=d.holdout_fraction,
@@ -461,31 +499,133 @@ def _add_finetune_parser(sub) -> None:
                       f"(default {d.holdout_fraction})")
   p.add_argument("--freeze", action="append", default=[], choices=PARTS,
                  help="part that does not train (repeatable)")
-  p.add_argument("--steps", type=int, default=r.steps, help=f"default {r.steps}")
-  p.add_argument("--batch-size", type=int, default=r.batch_size, help=f"default {r.batch_size}")
-  p.add_argument("--lr", type=float, default=r.learning_rate,
-                 help=f"peak learning rate (default {r.learning_rate})")
-  p.add_argument("--schedule", choices=SCHEDULES, default=r.schedule)
-  p.add_argument("--warmup-steps", type=int, default=r.warmup_steps,
-                 help=f"default {r.warmup_steps}")
-  p.add_argument("--final-lr-fraction", type=float, default=r.final_lr_fraction,
-                 help=f"default {r.final_lr_fraction}")
-  p.add_argument("--seed", type=_seed, default=r.seed, help=SEED_HELP.format(r.seed))
   p.add_argument("--reseed-before", action="store_true",
                  help="re-seed codes unused on the training data before training")
   p.add_argument("--reseed-threshold", type=float, default=None,
                  help="re-seed codes used less than this (vectors per batch) while training; "
                       "0 turns re-seeding off (default: the base model's own threshold)")
-  p.add_argument("--workdir", help="checkpoints (default OUT.work)")
+  _run_args(p)
+  p.add_argument("--data-dir", help=DATA_DIR_HELP)
+  p.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the result")
+  from vqzoo import cli_devices
+  cli_devices.add_flags(p)
+
+
+def _recipe_args(p, r) -> None:
+  """The optimiser and data-order flags of a :class:`~vqzoo.TrainConfig`, defaults from ``r``."""
+  from vqzoo.configs import SCHEDULES
+  p.add_argument("--split", default=r.split, help=f"TFDS training split (default {r.split})")
+  p.add_argument("--steps", type=_positive_int, default=r.steps, help=f"default {r.steps}")
+  p.add_argument("--batch-size", type=_positive_int, default=r.batch_size,
+                 help=f"default {r.batch_size}")
+  p.add_argument("--lr", type=float, default=r.learning_rate,
+                 help=f"peak learning rate (default {r.learning_rate})")
+  p.add_argument("--schedule", choices=SCHEDULES, default=r.schedule,
+                 help=f"after the warm-up (default {r.schedule})")
+  p.add_argument("--warmup-steps", type=int, default=r.warmup_steps,
+                 help=f"default {r.warmup_steps}")
+  p.add_argument("--final-lr-fraction", type=float, default=r.final_lr_fraction,
+                 help=f"default {r.final_lr_fraction}")
+  p.add_argument("--seed", type=_seed, default=r.seed, help=SEED_HELP.format(r.seed))
+
+
+def _recipe(args, dataset: str):
+  """The :class:`~vqzoo.TrainConfig` of :func:`_recipe_args`' flags."""
+  from vqzoo.configs import TrainConfig
+  return TrainConfig(dataset=dataset, split=args.split, steps=args.steps,
+                     batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
+                     warmup_steps=args.warmup_steps, final_lr_fraction=args.final_lr_fraction,
+                     seed=args.seed)
+
+
+def _run_args(p) -> None:
+  """The workdir flags of every training command (the one resume rule)."""
+  p.add_argument("--workdir", help="checkpoints and metrics (default OUT.work)")
   p.add_argument("--resume", action="store_true", help="continue from the workdir checkpoint")
   p.add_argument("--overwrite", action="store_true",
                  help="start afresh over an earlier run's checkpoint in the workdir")
-  p.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
-  p.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the result")
-  p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  from vqzoo import cli_devices
-  cli_devices.add_flags(p)
-  p.set_defaults(fn=cmd_finetune)
+  p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_config(args, **kwargs):
+  """The :class:`~vqzoo.RunConfig` of :func:`_run_args`' flags."""
+  from vqzoo.configs import RunConfig
+  return RunConfig(resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                   **kwargs)
+
+
+def _args_train(p) -> None:
+  from vqzoo.configs import ARCHITECTURES, TrainConfig
+  from vqzoo.training.image_folder import FOLDER_RULE
+  p.description = ("Train a new VQ-VAE from scratch on a TFDS dataset or a folder of images, "
+                   "from a model config file or from flags; the result is a model directory "
+                   "with a card, loadable by vqzoo.load(OUT).\n\nImage folders: "
+                   + FOLDER_RULE + ".")
+  p.formatter_class = argparse.RawDescriptionHelpFormatter
+  p.add_argument("--out", required=True, help="output model directory")
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--dataset", help="TFDS dataset name, e.g. fashion_mnist")
+  src.add_argument("--images", help="folder of PNG/JPEG images")
+  model = p.add_argument_group("the model (a --config file, or these flags)")
+  model.add_argument("--config", help="a JSON ModelConfig (e.g. a saved model's config.json)")
+  model.add_argument("--arch", choices=ARCHITECTURES, default="conv", help="default conv")
+  model.add_argument("--image-shape", default="28x28x1",
+                     help="HxWxC of the images, e.g. 32x32x3 (default 28x28x1)")
+  model.add_argument("--num-embeddings", type=_positive_int, default=128,
+                     help="K, codes in the codebook (default 128)")
+  model.add_argument("--embedding-dim", type=_positive_int, default=16,
+                     help="D, size of each code (default 16)")
+  model.add_argument("--hidden", type=_positive_int, default=64,
+                     help="conv channels (default 64)")
+  model.add_argument("--ema", action="store_true", help="EMA codebook (default: learnt)")
+  model.add_argument("--dead-code-threshold", type=float, default=1.0,
+                     help="re-seed codes used by fewer vectors per batch; 0 = off (default 1.0)")
+  _recipe_args(p, TrainConfig(steps=2000, learning_rate=2e-3, warmup_steps=100,
+                              final_lr_fraction=0.05))
+  p.add_argument("--eval-split", default="test",
+                 help="TFDS split the model is measured on (default test)")
+  p.add_argument("--holdout-fraction", type=float, default=0.1,
+                 help="share of an image folder held out to measure the model (default 0.1)")
+  p.add_argument("--checkpoint-every", type=_positive_int, default=500,
+                 help="steps between checkpoints (default 500)")
+  _run_args(p)
+  p.add_argument("--data-dir", help=DATA_DIR_HELP)
+
+
+def _model_config(args):
+  """The :class:`~vqzoo.ModelConfig` of ``vqzoo train``: a --config file, else the flags."""
+  from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig
+  from vqzoo.training.from_scratch import read_model_config
+  if args.config:
+    return read_model_config(args.config)
+  try:
+    shape = tuple(int(v) for v in args.image_shape.lower().split("x"))
+  except ValueError:
+    shape = ()
+  if len(shape) != 3:
+    raise ValueError(f"--image-shape: expected HxWxC such as 28x28x1 or 32x32x3, got "
+                     f"{args.image_shape!r}")
+  quantizer = QuantizerConfig(num_embeddings=args.num_embeddings,
+                              embedding_dim=args.embedding_dim, ema=args.ema,
+                              dead_code_threshold=args.dead_code_threshold)
+  conv = ConvConfig(num_hiddens=args.hidden) if args.arch == "conv" else None
+  return ModelConfig(arch=args.arch, image_shape=shape, quantizer=quantizer, conv=conv)
+
+
+def cmd_train(args):
+  from vqzoo.training.from_scratch import train_new_model
+  _check_model_out(args.out)
+  config = _model_config(args)
+  result = train_new_model(
+      config, _recipe(args, args.dataset or "image-folder"), args.out, images_dir=args.images,
+      eval_split=args.eval_split, holdout_fraction=args.holdout_fraction,
+      data_dir=args.data_dir, workdir=args.workdir,
+      run=_run_config(args, checkpoint_every=args.checkpoint_every))
+  m = result.metrics
+  _emit(args, {"out": args.out, "config": config.to_dict(), **m},
+        f"trained {args.out}: MSE {m['mse']:.5f}, PSNR {m['psnr']:.2f} dB, perplexity "
+        f"{m['perplexity']:.1f}, codes used {m['codes_used']} of "
+        f"{config.quantizer.num_embeddings}; load it with vqzoo.load({args.out!r})")
 
 
 MAX_SAMPLES = 10_000  # `vqzoo sample --n`: a 100x100 grid
@@ -524,6 +664,7 @@ EXIT_CODES = ("exit status: 0 done; 1 a quality bar was missed (only `vqzoo eval
               "line on stderr, no traceback); 141 the reader of the output went away (as in "
               "`vqzoo list | head -1`), quietly")
 SPEC_HELP = "zoo name, hf-hub:owner/repo[@rev][#sha256=DIGEST], or a path (./dir)"
+DATA_DIR_HELP = "TFDS data directory (default $TFDS_DATA_DIR)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -533,62 +674,51 @@ class _Parser(argparse.ArgumentParser):
     self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+class Command(NamedTuple):
+  """A subcommand: its name, one-line help, argument definitions and the function it runs."""
+
+  name: str
+  help: str
+  add_arguments: Callable[[argparse.ArgumentParser], None]
+  run: Callable[[argparse.Namespace], Any]
+
+
+COMMANDS = (
+    Command("list", "list zoo models", _args_list, cmd_list),
+    Command("info", "config, source, digests, size and metrics of a model", _args_info, cmd_info),
+    Command("reconstruct", "write an image grid: originals above reconstructions",
+            _args_reconstruct, cmd_reconstruct),
+    Command("eval", "measure a model on a full split", _args_eval, cmd_eval),
+    Command("push", "push a saved model directory to the Hub", _args_push, cmd_push),
+    Command("pull", "download and verify a model from the Hub", _args_pull, cmd_pull),
+    Command("demo", "reconstruct and sample with two zoo models, offline", _args_demo, cmd_demo),
+    Command("train", "train a new model from scratch on a TFDS dataset or a folder of images",
+            _args_train, cmd_train),
+    Command("finetune", "fine-tune a model on a TFDS dataset or a folder of images",
+            _args_finetune, cmd_finetune),
+    Command("fit-prior", "fit a prior over a model's codes (to sample from it)", _args_fit_prior,
+            cmd_fit_prior),
+    Command("sample", "draw images from a model's prior into a PNG grid", _args_sample,
+            cmd_sample),
+    Command("encode", "encode a dataset or a folder of images to a codes file", _args_encode,
+            cmd_encode),
+    Command("decode", "decode a codes file (made by the same model) to images", _args_decode,
+            cmd_decode),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
   from vqzoo import __version__
   p = _Parser(prog="vqzoo", description="A model zoo of VQ-VAEs in JAX/haiku.",
               epilog=EXIT_CODES)
   p.add_argument("--version", action="version", version=f"vqzoo {__version__}")
   sub = p.add_subparsers(dest="command", required=True)
-  s = sub.add_parser("list", help="list zoo models")
-  s.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'mnist-*' (default: all)")
-  s.set_defaults(fn=cmd_list)
-  s = sub.add_parser("info", help="config, source, digests, size and metrics of a model")
-  s.add_argument("name", help=SPEC_HELP)
-  s.set_defaults(fn=cmd_info)
-  s = sub.add_parser("reconstruct", help="write an image grid: originals above reconstructions")
-  s.add_argument("name", help=SPEC_HELP)
-  src = s.add_mutually_exclusive_group()
-  src.add_argument("--input", help="a PNG/JPEG image or a .npy array of images")
-  src.add_argument("--dataset", help="TFDS dataset name, e.g. mnist (default: the bundled "
-                                     "MNIST digits)")
-  s.add_argument("--split", default="test", help="TFDS split (default test)")
-  s.add_argument("--count", type=_int_in(1, MAX_COUNT), default=16,
-                 help=f"images to reconstruct from --dataset or the 32 bundled digits, 1 to "
-                      f"{MAX_COUNT} and at most as many as there are (default 16)")
-  s.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
-  s.add_argument("--out", default="reconstruction.png",
-                 help="grid image, .png or .jpg (default reconstruction.png)")
-  s.set_defaults(fn=cmd_reconstruct)
-  s = sub.add_parser("eval", help="measure a model on a full split")
-  s.add_argument("name", help=SPEC_HELP)
-  s.add_argument("--dataset", help="TFDS dataset (default: the zoo's, or the one the card names)")
-  s.add_argument("--split", default="test", help="TFDS split (default test)")
-  s.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
-  s.add_argument("--check-bar", action="store_true",
-                 help="zoo models: exit 1 when the measurement misses the variant's bar")
-  s.set_defaults(fn=cmd_eval)
-  s = sub.add_parser("push", help="push a saved model directory to the Hub")
-  s.add_argument("dir", help="a directory written by save_pretrained (or any model spec)")
-  s.add_argument("repo_id", help="owner/name on the Hub")
-  s.add_argument("--message", default="Upload vqzoo model",
-                 help="commit message (default 'Upload vqzoo model')")
-  s.add_argument("--private", action="store_true", help="create the repo private")
-  s.set_defaults(fn=cmd_push)
-  s = sub.add_parser("pull", help="download and verify a model from the Hub")
-  s.add_argument("repo", help="owner/name[@rev] or hf-hub:owner/name[@rev][#sha256=DIGEST]")
-  s.add_argument("--out", help="also save it to this directory")
-  s.set_defaults(fn=cmd_pull)
-  s = sub.add_parser("demo", help="reconstruct and sample with two zoo models, offline")
-  s.add_argument("--out", default="vqzoo_demo.png", help="grid image (default vqzoo_demo.png)")
-  s.set_defaults(fn=cmd_demo)
-  _add_finetune_parser(sub)
-  _add_prior_parsers(sub)
-  _add_tokenizer_parsers(sub)
-  for command in sub.choices.values():  # every subcommand: machine-readable output on request
-    if "--json" not in command._option_string_actions:
-      command.add_argument("--json", action="store_true",
-                           help="print the result as JSON (default: text)")
-    command.epilog = command.epilog or EXIT_CODES
+  output = argparse.ArgumentParser(add_help=False)  # every subcommand: JSON on request
+  output.add_argument("--json", action="store_true", help="print the result as JSON (default: text)")
+  for command in COMMANDS:
+    s = sub.add_parser(command.name, help=command.help, parents=[output], epilog=EXIT_CODES)
+    command.add_arguments(s)
+    s.set_defaults(fn=command.run)
   return p
 
 
@@ -603,6 +733,8 @@ def _missing_extra(error: ImportError) -> str:
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
+  from vqzoo import compilation_cache
+  compilation_cache.enable()  # the command's own process: each step compiles once, ever
   try:
     status = args.fn(args) or 0
     sys.stdout.flush()  # a reader that went away shows here, not at exit
