@@ -186,8 +186,8 @@ REGISTRY: dict[str, ZooEntry] = _build_registry()
 def _patterns(value: str | Sequence[str] | None, what: str) -> list[str]:
   if value is None or value == "":
     return []
-  patterns = [value] if isinstance(value, str) else list(value)
-  if not all(isinstance(p, str) for p in patterns):
+  patterns = [value] if isinstance(value, str) else value
+  if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
     raise TypeError(f"{what}: expected an fnmatch pattern or a list of them, got {value!r}")
   return patterns
 
