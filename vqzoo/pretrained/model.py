@@ -204,11 +204,17 @@ class PretrainedVQVAE(
   def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
     """``ModelHubMixin.push_to_hub`` (same arguments) within ``VQZOO_HUB_DEADLINE`` seconds.
 
+    Returns:
+      The commit info (``.oid``, ``.commit_url``).
+
     Raises:
-      vqzoo.pretrained.hub.HubError: the Hub failed or did not answer in time.
+      vqzoo.pretrained.hub.HubError: the Hub cannot be reached or failed, or the push was
+        cancelled at its deadline before anything was sent.
+      vqzoo.pretrained.hub.HubOutcomeUnknown: the deadline passed while the commit was being
+        sent; it may still land (the message names the command that shows the branch's head).
     """
-    return hub.with_deadline(lambda: super(PretrainedVQVAE, self).push_to_hub(repo_id, **kwargs),
-                             f"push to {repo_id}")
+    return hub.push(lambda: super(PretrainedVQVAE, self).push_to_hub(repo_id, **kwargs),
+                    repo_id, branch=kwargs.get("branch"), token=kwargs.get("token"))
 
   def _remember_loaded(self, data: bytes) -> None:
     """Records the weights file this model was loaded from (saved back unchanged, see above)."""
