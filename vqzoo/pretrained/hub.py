@@ -176,6 +176,12 @@ def _offline() -> bool:
   return bool(constants.HF_HUB_OFFLINE)
 
 
+def check_reachable(local_files_only: bool = False) -> str | None:
+  """:func:`unreachable`, unless the network is not to be used (``local_files_only`` or
+  ``HF_HUB_OFFLINE``): then ``None`` without a probe."""
+  return None if local_files_only or _offline() else unreachable()
+
+
 def with_deadline(fn: Callable[[], T], what: str) -> T:
   """Runs ``fn`` (a Hub download) and returns its result within :func:`deadline_s` seconds.
 
@@ -231,7 +237,7 @@ def push(fn: Callable[[], T], repo_id: str, *, branch: str | None = None,
   """
   what = f"push to {repo_id}"
   branch = branch or "main"
-  why = None if _offline() else unreachable()
+  why = check_reachable()
   if why or _offline():
     raise HubError(f"{what}: cannot reach the Hub at {endpoint()} ("
                    f"{why or 'HF_HUB_OFFLINE is set'}); nothing was sent")
@@ -286,14 +292,15 @@ def push(fn: Callable[[], T], repo_id: str, *, branch: str | None = None,
 
 def download(repo_id: str, filename: str, *, revision: str | None, cache_dir: str | None = None,
              force_download: bool = False, local_files_only: bool = False,
-             token: str | bool | None = None, optional: bool = False
-             ) -> tuple[str, bytes] | None:
+             token: str | bool | None = None, optional: bool = False,
+             unreachable_because: str | None = None) -> tuple[str, bytes] | None:
   """``(cache path, verified bytes)`` of ``filename`` in ``repo_id@revision``.
 
   With ``optional``, a file the repo does not have (or, offline, that the cache does not hold)
   gives ``None``; other failures raise. A file the cache already knows to be absent at a commit
   ``revision`` gives ``None`` without asking the Hub (the client would retry an unreachable Hub
-  for about 20 s before falling back to the cache).
+  for about 20 s before falling back to the cache). ``unreachable_because`` (what
+  :func:`check_reachable` said) reads the cache alone, and names the reason if it fails.
 
   Raises:
     IntegrityError: the bytes do not match the id the Hub announced (the entry is evicted).
@@ -308,7 +315,7 @@ def download(repo_id: str, filename: str, *, revision: str | None, cache_dir: st
                                  revision=revision) is _CACHED_NO_EXIST):
     return None
 
-  why = None if (local_files_only or _offline()) else unreachable()
+  why = unreachable_because
   if why is not None:  # the cache alone can answer: no request, no retries
     local_files_only = True
 

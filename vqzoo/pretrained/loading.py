@@ -193,6 +193,9 @@ class _HubFiles:
 
 
 def _read_hub(repo_id: str, revision: str | None, **hub_kwargs: Any) -> _HubFiles:
+  # One probe for the whole artifact: an unreachable Hub leaves the cache alone to answer.
+  offline = hub_kwargs.get("local_files_only", False)
+  hub_kwargs["unreachable_because"] = hub.check_reachable(offline)
   files, paths = {}, {}
   for name in ARTIFACT_FILES:
     paths[name], files[name] = hub.download(repo_id, name, revision=revision, **hub_kwargs)
@@ -332,5 +335,5 @@ def read_artifact(name_or_path: str | os.PathLike | ModelSource, *, revision: st
   return _artifact(files, card, {"path": os.path.abspath(source.name)}, source.name)
 
 
-__all__ = ["read_artifact", "resolve", "resolve_pretrained", "parse_hub_id", "parse_config", "parse_prior_config",
-           "verify_files", "ModelSource", "HUB_PREFIX"]
+__all__ = ["read_artifact", "resolve", "resolve_pretrained", "parse_hub_id", "parse_config",
+           "parse_prior_config", "verify_files", "Artifact", "ModelSource", "HUB_PREFIX"]
