@@ -148,7 +148,8 @@ def unreachable(url: str | None = None, timeout: float = 3.0) -> str | None:
   """
   split = urllib.parse.urlsplit(url or endpoint())
   host, port = split.hostname or "", split.port or (443 if split.scheme == "https" else 80)
-  proxy = urllib.request.getproxies().get(split.scheme)
+  proxies = urllib.request.getproxies()
+  proxy = proxies.get(split.scheme) or proxies.get("all")
   if proxy and not urllib.request.proxy_bypass(host):
     proxied = urllib.parse.urlsplit(proxy if "//" in proxy else f"http://{proxy}")
     host, port = proxied.hostname or "", proxied.port or 8080
