@@ -14,6 +14,7 @@ generator), but the same ``seed`` always gives the same weights.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from typing import Any, Callable
 
@@ -81,9 +82,12 @@ def _on_host(init: Any, shape: tuple[int, ...], rng: np.random.Generator) -> np.
   return None
 
 
-def _in_jax(init: Callable, shape: tuple[int, ...], dtype: Any, seed: int) -> np.ndarray:
+def _in_jax(init: Callable, shape: tuple[int, ...], dtype: Any, seed: int, name: str
+            ) -> np.ndarray:
+  """``init(shape, dtype)`` run by Haiku, compiled for this one shape."""
   fn = hk.transform(lambda: init(shape, dtype))
-  return np.asarray(jax.jit(fn.apply)({}, jax.random.PRNGKey(seed)))
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(name.encode()))
+  return np.asarray(jax.jit(fn.apply)({}, key))
 
 
 def initial_weights(config: ModelConfig, seed: int = 0) -> tuple[hk.Params, hk.State]:
@@ -106,8 +110,8 @@ def initial_weights(config: ModelConfig, seed: int = 0) -> tuple[hk.Params, hk.S
     def creator(next_creator, shape, dtype, init, context):
       module, _, name = context.full_name.rpartition("/")
       shape = tuple(int(d) for d in shape)
-      rng = np.random.default_rng([int(seed), zlib.crc32(f"{kind}/{context.full_name}".encode())])
-      value = _on_host(init, shape, rng)
+      key = f"{kind}/{context.full_name}"
+      value = _on_host(init, shape, np.random.default_rng([int(seed), zlib.crc32(key.encode())]))
       if value is None:
         pending.append((kind, module, name, init, shape, dtype))
       else:
@@ -124,6 +128,18 @@ def initial_weights(config: ModelConfig, seed: int = 0) -> tuple[hk.Params, hk.S
 
   x = jax.ShapeDtypeStruct((1, *config.image_shape), jnp.float32)
   jax.eval_shape(lambda x: build(config, wrap=recording).init(jax.random.PRNGKey(0), x, True), x)
-  for i, (kind, module, name, fn, shape, dtype) in enumerate(pending):
-    drawn[kind].setdefault(module, {})[name] = _in_jax(fn, shape, dtype, int(seed) * 1000 + i)
+  for kind, module, name, fn, shape, dtype in pending:
+    try:
+      value = _in_jax(fn, shape, dtype, int(seed), f"{kind}/{module}/{name}")
+    except Exception:  # an initialiser that needs its module's context: the whole init, once
+      full = _full_init(config, int(seed))
+      value = np.asarray(full[kind == "state"][module][name])
+    drawn[kind].setdefault(module, {})[name] = value
   return drawn["params"], drawn["state"]
+
+
+@functools.lru_cache(maxsize=2)
+def _full_init(config: ModelConfig, seed: int) -> tuple[hk.Params, hk.State]:
+  """``build(config).init`` itself, compiled (the slow path, for unknown initialisers only)."""
+  init = lambda rng: build(config).init(rng, jnp.zeros((1, *config.image_shape)), True)
+  return jax.jit(init)(jax.random.PRNGKey(seed))
