@@ -129,3 +129,18 @@ def test_from_pretrained_loads_a_local_folder(tmp_path, monkeypatch):
     vqzoo.PretrainedVQVAE.from_pretrained("./not-saved")  # a path, never a Hub id
   with pytest.raises(TypeError, match="unexpected arguments"):
     vqzoo.PretrainedVQVAE.from_pretrained("./saved-model", device_map="auto")
+
+
+def test_an_initialiser_that_cannot_run_alone_falls_back_to_the_compiled_init(monkeypatch):
+  from vqzoo.pretrained import initial
+
+  def cannot_run_alone(*args):
+    raise RuntimeError("needs its module")
+
+  monkeypatch.setattr(initial, "_in_jax", cannot_run_alone)
+  config = registry.get_config("mnist-conv-ema")
+  _, state = initial_weights(config, seed=0)
+  _, reference = build(config).init(jax.random.PRNGKey(0), jnp.zeros((1, *config.image_shape)),
+                                    True)
+  module = next(m for m in reference if "codebook" in reference[m])
+  np.testing.assert_array_equal(state[module]["codebook"], reference[module]["codebook"])
