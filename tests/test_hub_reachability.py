@@ -127,6 +127,7 @@ def test_a_push_past_its_deadline_is_outcome_unknown_and_the_named_command_tells
     other.push_to_hub("someone/slow", commit_message="second")
   message = str(e.value)
   assert "outcome is unknown" in message and "may still land" in message
+  assert "VQZOO_HUB_DEADLINE" in message
   assert "failed" not in message and "\n" not in message
   assert e.value.head_before == first and f"it was {first} before this push" in message
   assert f"`{e.value.check_command}`" in message
@@ -143,6 +144,30 @@ def test_a_push_past_its_deadline_is_outcome_unknown_and_the_named_command_tells
   command[0] = str(Path(sys.executable).parent / "hf")  # the environment's, activated or not
   out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
   assert out.returncode == 0 and head in out.stdout, out.stdout + out.stderr
+
+
+def test_a_push_whose_connection_drops_while_committing_is_outcome_unknown(hub, monkeypatch, model):
+  """The Hub makes the commit but the answer is cut off: the client retries (each lands)."""
+  from huggingface_hub.utils import _http
+  monkeypatch.setattr(_http, "time", type("NoWait", (), {"sleep": staticmethod(lambda s: None)}))
+  hub.set_failure("drop", lambda method, path: method == "POST" and "/commit/" in path)
+  with pytest.raises(HubOutcomeUnknown) as e:
+    model.push_to_hub("someone/dropped")
+  message = str(e.value)
+  assert "connection failed" in message and "may have landed" in message, message
+  assert "the branch main did not exist before this push" in message
+  assert e.value.head_before is None
+  assert WEIGHTS_NAME in hub.files("someone/dropped")  # it did land
+
+
+def test_a_push_the_hub_refuses_is_a_failure_not_unknown(hub, monkeypatch, model):
+  from huggingface_hub.utils import _http
+  monkeypatch.setattr(_http, "time", type("NoWait", (), {"sleep": staticmethod(lambda s: None)}))
+  hub.set_failure("500", lambda method, path: method == "POST" and "/commit/" in path)
+  with pytest.raises(HubError, match="the Hub failed.*500") as e:
+    model.push_to_hub("someone/refused")
+  assert not isinstance(e.value, HubOutcomeUnknown)
+  assert WEIGHTS_NAME not in hub.files("someone/refused")
 
 
 def test_a_push_whose_deadline_passes_before_sending_is_cancelled(hub, monkeypatch, model):

@@ -223,17 +223,50 @@ def _head(repo_id: str, branch: str, token: Any) -> str | None:
     return None
 
 
+def _may_have_landed(error: BaseException) -> bool:
+  """Whether a push that raised ``error`` may still have made its commit: the connection
+  failed with no answer, or a gateway gave up (502, 504) while the Hub behind it went on."""
+  from huggingface_hub.errors import HfHubHTTPError
+  transport: tuple[type, ...] = (ConnectionError, TimeoutError)
+  for client in ("httpx2", "httpx"):  # huggingface_hub's HTTP client (httpx2 in 2.x)
+    try:
+      transport += (__import__(client).TransportError,)
+    except (ImportError, AttributeError):
+      pass
+  seen = error
+  while seen is not None:
+    if isinstance(seen, HfHubHTTPError):
+      response = getattr(seen, "response", None)
+      return getattr(response, "status_code", None) in (502, 504)
+    if isinstance(seen, transport) and not isinstance(seen, HubError):
+      return True
+    seen = seen.__cause__ or seen.__context__
+  return False
+
+
+def _unknown(what: str, cause: str, repo_id: str, branch: str, head: str | None,
+             hint: str = "") -> HubOutcomeUnknown:
+  before = (f"it was {head} before this push" if head
+            else f"the branch {branch} did not exist before this push")
+  return HubOutcomeUnknown(
+      f"{what}: {cause} while sending the commit, so its outcome is unknown: it may have "
+      f"landed or may still land. `{check_command(repo_id, branch)}` shows the branch's head "
+      f"({before}); push again if it did not change{hint}", repo_id, branch, head)
+
+
 def push(fn: Callable[[], T], repo_id: str, *, branch: str | None = None,
          token: Any = None) -> T:
   """Runs ``fn`` (a push to ``repo_id``) within :func:`deadline_s` seconds, saying what happened.
 
   The branch's head is read first. A deadline reached before ``fn`` starts cancels it (nothing
-  is sent); one reached while ``fn`` runs raises :class:`HubOutcomeUnknown`, never a failure,
-  since its commit may still land (a late end is logged on the ``vqzoo`` logger).
+  is sent). Once ``fn`` runs, a deadline, a dropped connection or a gateway timeout raises
+  :class:`HubOutcomeUnknown`, never a failure, since the commit may still land (a push that
+  ends after its deadline is logged on the ``vqzoo`` logger).
 
   Raises:
-    HubError: the Hub cannot be reached, failed, or the push was cancelled at its deadline.
-    HubOutcomeUnknown: the deadline passed while the commit was being sent.
+    HubError: the Hub cannot be reached, answered with an error, or the push was cancelled at
+      its deadline before anything was sent.
+    HubOutcomeUnknown: the commit may or may not have landed (the message says how to tell).
     FileNotFoundError: no such revision.
   """
   what = f"push to {repo_id}"
@@ -243,51 +276,48 @@ def push(fn: Callable[[], T], repo_id: str, *, branch: str | None = None,
     raise HubError(f"{what}: cannot reach the Hub at {endpoint()} ("
                    f"{why or 'HF_HUB_OFFLINE is set'}); nothing was sent")
   lock = threading.Lock()
-  phase = {"now": "reading the head", "cancelled": False, "head": None}
+  phase = {"now": "reading the head", "head": None}  # -> "pushing" -> "abandoned"/"cancelled"
   result: dict[str, Any] = {}
 
   def run() -> None:
     try:
       head = _head(repo_id, branch, token)
       with lock:
-        if phase["cancelled"]:
+        if phase["now"] == "cancelled":
           return
         phase.update(now="pushing", head=head)
-      result["value"] = fn()
+      outcome = ("value", fn())
     except BaseException as e:  # handed to the caller below, or logged if it is gone
-      result["error"] = e
+      outcome = ("error", e)
     with lock:
+      result[outcome[0]] = outcome[1]
       late = phase["now"] == "abandoned"
     if late:
-      outcome = (f"failed after all ({_one_line(result['error'])})" if "error" in result
-                 else f"landed after all ({result['value']})")
-      _log.warning("%s: it ran past its deadline and %s", what, outcome)
+      said = (f"failed after all ({_one_line(outcome[1])})" if outcome[0] == "error"
+              else f"landed after all ({outcome[1]})")
+      _log.warning("%s: it ran past its deadline and %s", what, said)
 
   deadline = deadline_s()
   worker = threading.Thread(target=run, name=f"vqzoo-hub: {what}", daemon=True)
   worker.start()
   worker.join(deadline)
   with lock:
-    alive, now = worker.is_alive(), phase["now"]
-    if alive and now != "pushing":
-      phase["cancelled"] = True
-    elif alive:
-      phase["now"] = "abandoned"
-  if alive and now != "pushing":
+    now = phase["now"]
+    if not result:  # still running: stop it before it sends anything, or leave it be
+      phase["now"] = "abandoned" if now == "pushing" else "cancelled"
+  if not result and now != "pushing":
     raise HubError(f"{what}: no answer from the Hub within {deadline:g} s while reading the "
                    f"branch {branch}; cancelled before anything was sent (set "
                    "VQZOO_HUB_DEADLINE to wait longer)")
-  if alive:
-    head = phase["head"]
-    before = (f"it was {head} before this push" if head
-              else f"the branch {branch} did not exist before this push")
-    raise HubOutcomeUnknown(
-        f"{what}: no answer from the Hub within {deadline:g} s while sending the commit, so "
-        f"its outcome is unknown: it may still land. `{check_command(repo_id, branch)}` shows "
-        f"the branch's head ({before}); push again if it did not change (set "
-        "VQZOO_HUB_DEADLINE to wait longer)", repo_id, branch, head)
+  if not result:
+    raise _unknown(what, f"no answer from the Hub within {deadline:g} s", repo_id, branch,
+                   phase["head"], " (set VQZOO_HUB_DEADLINE to wait longer)")
   if "error" in result:
-    raise _translate(result["error"], what) from result["error"]
+    error = result["error"]
+    if now == "pushing" and _may_have_landed(error):
+      raise _unknown(what, f"the connection failed ({_one_line(error)})", repo_id, branch,
+                     phase["head"]) from error
+    raise _translate(error, what) from error
   return result["value"]
 
 
