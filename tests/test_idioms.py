@@ -125,6 +125,8 @@ def test_from_pretrained_loads_a_local_folder(tmp_path, monkeypatch):
     loaded = vqzoo.PretrainedVQVAE.from_pretrained(spec)
     assert loaded.source["path"] == str(tmp_path / "saved-model"), spec
     assert all(np.array_equal(x, y) for x, y in zip(leaves(model), leaves(loaded)))
+  (tmp_path / "mnist-mlp").mkdir()  # a zoo name stays the zoo model; the folder is ./mnist-mlp
+  assert vqzoo.PretrainedVQVAE.from_pretrained("mnist-mlp").source["zoo"] == "mnist-mlp"
   with pytest.raises(FileNotFoundError, match="no such model directory"):
     vqzoo.PretrainedVQVAE.from_pretrained("./not-saved")  # a path, never a Hub id
   with pytest.raises(TypeError, match="unexpected arguments"):

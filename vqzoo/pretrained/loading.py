@@ -110,18 +110,19 @@ def resolve(spec: str | os.PathLike, revision: str | None = None) -> ModelSource
 def resolve_pretrained(spec: str | os.PathLike, revision: str | None = None) -> ModelSource:
   """:func:`resolve` with the ``from_pretrained`` (Hugging Face) reading of a bare name.
 
-  An existing directory is a path (``"saved-model"``, ``"./saved-model"``, ``"owner/repo"``
-  when that folder exists), a zoo name is the zoo model, and any other ``owner/repo[@rev]``
-  is that Hub repo.
+  A zoo name is the zoo model (a folder of that name is given as ``./name``); an existing
+  directory is a path (``"saved-model"``, ``"./saved-model"``, ``"owner/repo"`` when that
+  folder exists); any other ``owner/repo[@rev]`` is that Hub repo.
 
   Raises:
     KeyError, ValueError: as :func:`resolve`.
   """
-  if isinstance(spec, str) and spec and not spec.startswith(HUB_PREFIX):
+  if (isinstance(spec, str) and spec and not spec.startswith(HUB_PREFIX)
+      and spec not in registry.REGISTRY):
     if os.path.isdir(os.path.expanduser(spec)):
       hub.check_revision(revision)
       return ModelSource("path", os.path.expanduser(spec))
-    if spec not in registry.REGISTRY and re.fullmatch(_BARE_HUB_ID, spec):
+    if re.fullmatch(_BARE_HUB_ID, spec):
       return resolve(HUB_PREFIX + spec, revision)
   return resolve(spec, revision)
 
@@ -275,7 +276,7 @@ def _read_zoo(source: ModelSource, **hub_kwargs: Any) -> Artifact:
     try:
       verify_files(files, pins, f"bundled {entry.name}", exact=True)
       return _artifact(files, card, {**record, "bundled": True}, f"bundled {entry.name}",
-                    entry.config)
+                       entry.config)
     except IntegrityError as e:
       bundled_error = e  # an altered bundled file: fetch the pinned one from the Hub instead
   try:

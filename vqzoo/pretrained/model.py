@@ -258,8 +258,8 @@ class PretrainedVQVAE(
                       **kwargs: Any) -> "PretrainedVQVAE":
     """Same as :func:`vqzoo.load`, with the Hugging Face reading of a bare ``owner/repo``.
 
-    An existing directory (``"./saved-model"``, ``"saved-model"``, a ``Path``) is loaded from
-    disk; a zoo name is the zoo model; any other ``owner/repo[@rev]`` is that Hub repo (as
+    A zoo name is the zoo model; an existing directory (``"./saved-model"``, ``"saved-model"``,
+    a ``Path``) is loaded from disk; any other ``owner/repo[@rev]`` is that Hub repo (as
     ``hf-hub:owner/repo``). ``expected_sha256`` pins the weights file.
 
     Raises:
