@@ -11,9 +11,9 @@ fails is evicted from the cache.
 A Hub that cannot be reached at all (the name does not resolve, the connection is refused, no
 route) is told apart before any request (:func:`unreachable`): a download then uses the cache
 alone, and fails at once, in one line, if the file is not there; a push fails at once. A push
-that runs past its deadline is never reported as failed while its commit may still land: it
-is cancelled if nothing was sent yet, else it raises :class:`HubOutcomeUnknown`, which names
-the command that shows whether the commit landed.
+is never reported as failed while its commit may still land: one that runs past its deadline
+is cancelled if nothing was sent yet; past that point a deadline or a dropped connection
+raises :class:`HubOutcomeUnknown`, which names the command that shows whether it landed.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class HubError(ConnectionError):
 
 
 class HubOutcomeUnknown(HubError):
-  """A push ran past its deadline after it began to send its commit: it may still land.
+  """A push whose commit may or may not land: after it began to send, it ran past its
+  deadline, its connection failed, or a gateway timed out.
 
   Attributes:
     repo_id, branch: where the commit was going.
