@@ -92,6 +92,12 @@ def test_pretrained_create_model_with_overrides_works_where_shapes_allow():
   assert changed.config.quantizer.commitment_cost == 0.5
   assert all(np.array_equal(x, y) for x, y in zip(leaves(trained), leaves(changed)))
   assert changed.source["zoo"] == CONV and changed.source["overrides"] == {"commitment_cost": 0.5}
+  assert changed.prior == trained.prior is not None  # the prior still fits: kept
+  with pytest.warns(UserWarning, match=r"prior models codes on a \(7, 7\) grid.*\(8, 8\)"):
+    larger = vqzoo.create_model(CONV, pretrained=True, image_shape=(32, 32, 1))
+  assert larger.prior is None and trained.prior is not None
+  assert larger.encode(np.zeros((1, 32, 32, 1), np.uint8)).shape == (1, 8, 8)
+  assert all(np.array_equal(x, y) for x, y in zip(leaves(trained), leaves(larger)))
   with pytest.raises(ValueError) as e:
     vqzoo.create_model(CONV, pretrained=True, num_embeddings=256)
   message = str(e.value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import warnings
 from typing import Any
 
 from vqzoo.configs import ModelConfig
@@ -99,7 +100,9 @@ def create_model(name: str, pretrained: bool = False, *, seed: int = 0,
     revision, cache_dir, local_files_only, token, force_download, expected_sha256: as
       :func:`load`, with ``pretrained=True``.
     **overrides: config fields to change, e.g. ``num_embeddings=256`` (see
-      :func:`with_overrides`). With ``pretrained=True`` the trained weights must still fit.
+      :func:`with_overrides`). With ``pretrained=True`` the trained weights must still fit
+      (a conv model takes another ``image_shape``); a prior that does not fit the new code
+      grid is left out, with a warning.
 
   Returns:
     A :class:`~vqzoo.PretrainedVQVAE`; with overrides, ``source["overrides"]`` records them.
@@ -123,14 +126,23 @@ def create_model(name: str, pretrained: bool = False, *, seed: int = 0,
     return load(name, **load_kwargs)
   else:
     artifact = read_artifact(name, **load_kwargs)
-    try:
-      model = PretrainedVQVAE.from_artifact(artifact, config)
+    try:  # the model first, the prior (if it still fits) after
+      model = PretrainedVQVAE.from_artifact(
+          dataclasses.replace(artifact, prior=None, prior_params=None), config)
     except ValueError as e:
       changed = ", ".join(f"{k}={v!r}" for k, v in sorted(overrides.items()))
       raise ValueError(f"create_model({name!r}, pretrained=True, {changed}): the trained "
                        f"weights do not fit the changed config ({e}). Use pretrained=False "
                        "for a fresh model of this shape, or change only fields that keep "
                        "every tensor's shape (e.g. commitment_cost, decay).") from None
+    prior = artifact.prior
+    if prior is not None and (prior.num_embeddings, tuple(prior.latent_shape)) == (
+        config.quantizer.num_embeddings, config.latent_shape):
+      model.set_prior(prior, artifact.prior_params)
+    elif prior is not None:
+      warnings.warn(f"create_model({name!r}): the zoo's prior models codes on a "
+                    f"{tuple(prior.latent_shape)} grid, the changed config makes a "
+                    f"{config.latent_shape} grid; loaded without the prior", stacklevel=2)
     model.card = None  # the zoo card describes the unchanged model
   if overrides:
     model.source = {**model.source, "overrides": dict(sorted(overrides.items()))}
