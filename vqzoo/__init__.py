@@ -9,7 +9,7 @@ Layers: :mod:`vqzoo.nn` (plain Haiku modules), :mod:`vqzoo.pretrained` (the arti
 :mod:`vqzoo.training` (data, training, fine-tuning, evaluation), :mod:`vqzoo.cpu_tuning`.
 """
 
-__version__ = "0.2.0"
+from vqzoo._version import __version__  # first: a module imported below may read it
 
 import importlib.abc as _abc
 import sys as _sys

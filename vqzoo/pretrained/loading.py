@@ -1,4 +1,4 @@
-"""``vqzoo.load``: one model spec -> a verified, ready model.
+"""Reading a model: one model spec -> its verified files, as an :class:`Artifact`.
 
 A model spec is one of
 
@@ -26,13 +26,16 @@ import re
 from typing import Any, Mapping
 
 from vqzoo.configs import ModelConfig, PriorConfig
-from vqzoo.pretrained import hub, registry
+from vqzoo.pretrained import hub, registry, serialization
+from vqzoo.pretrained.artifact import Artifact
 from vqzoo.pretrained.integrity import (ARTIFACT_FILES, CARD_NAME, CONFIG_NAME,
                                         PRIOR_CONFIG_NAME, PRIOR_FILES, PRIOR_WEIGHTS_NAME,
                                         WEIGHTS_NAME, IntegrityError, manifest_digest,
                                         read_bounded, sha256_bytes)
 
 HUB_PREFIX = "hf-hub:"
+# owner/repo[@rev] as from_pretrained takes it; a leading "." or "~" is a path, never an owner.
+_BARE_HUB_ID = r"[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+(@.+)?"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +107,26 @@ def resolve(spec: str | os.PathLike, revision: str | None = None) -> ModelSource
                  f"hf-hub:owner/name.")
 
 
+def resolve_pretrained(spec: str | os.PathLike, revision: str | None = None) -> ModelSource:
+  """:func:`resolve` with the ``from_pretrained`` (Hugging Face) reading of a bare name.
+
+  A zoo name is the zoo model (a folder of that name is given as ``./name``); an existing
+  directory is a path (``"saved-model"``, ``"./saved-model"``, ``"owner/repo"`` when that
+  folder exists); any other ``owner/repo[@rev]`` is that Hub repo.
+
+  Raises:
+    KeyError, ValueError: as :func:`resolve`.
+  """
+  if (isinstance(spec, str) and spec and not spec.startswith(HUB_PREFIX)
+      and spec not in registry.REGISTRY):
+    if os.path.isdir(os.path.expanduser(spec)):
+      hub.check_revision(revision)
+      return ModelSource("path", os.path.expanduser(spec))
+    if re.fullmatch(_BARE_HUB_ID, spec):
+      return resolve(HUB_PREFIX + spec, revision)
+  return resolve(spec, revision)
+
+
 def _parse_json_config(data: bytes, where: str, cls: type, what: str) -> Any:
   try:
     raw = json.loads(data.decode("utf-8"))
@@ -173,6 +196,9 @@ class _HubFiles:
 
 
 def _read_hub(repo_id: str, revision: str | None, **hub_kwargs: Any) -> _HubFiles:
+  # One probe for the whole artifact: an unreachable Hub leaves the cache alone to answer.
+  offline = hub_kwargs.get("local_files_only", False)
+  hub_kwargs["unreachable_because"] = hub.check_reachable(offline)
   files, paths = {}, {}
   for name in ARTIFACT_FILES:
     paths[name], files[name] = hub.download(repo_id, name, revision=revision, **hub_kwargs)
@@ -214,10 +240,9 @@ def _verify_manifest(files: Mapping[str, bytes], digest: str | None, where: str)
   return actual
 
 
-def _build(files: Mapping[str, bytes], card: str | None, source: dict[str, Any], where: str,
-           expected_config: ModelConfig | None = None):
-  from vqzoo.pretrained.model import PretrainedVQVAE
-  from vqzoo.pretrained import serialization
+def _artifact(files: Mapping[str, bytes], card: str | None, source: dict[str, Any], where: str,
+              expected_config: ModelConfig | None = None) -> Artifact:
+  """Parses verified files into an :class:`Artifact` (shapes are checked by the model)."""
   config = parse_config(files[CONFIG_NAME], f"{where}/{CONFIG_NAME}")
   if expected_config is not None and config != expected_config:
     raise IntegrityError(f"refusing {where}/{CONFIG_NAME}: it differs from the registry's config "
@@ -231,16 +256,15 @@ def _build(files: Mapping[str, bytes], card: str | None, source: dict[str, Any],
     prior = parse_prior_config(files[PRIOR_CONFIG_NAME], f"{where}/{PRIOR_CONFIG_NAME}")
     prior_params, _ = serialization.parse_weights(files[PRIOR_WEIGHTS_NAME],
                                                   f"{where}/{PRIOR_WEIGHTS_NAME}")
-  source = {**source, "sha256": sha256_bytes(files[WEIGHTS_NAME]),
-            "manifest_sha256": _verify_manifest(files, None, where),
-            "codec_sha256": manifest_digest({n: sha256_bytes(files[n]) for n in ARTIFACT_FILES})}
-  model = PretrainedVQVAE(config, params, state, card=card, source=source, prior=prior,
-                          prior_params=prior_params)
-  model._remember_loaded(files[WEIGHTS_NAME])
-  return model
+  digests = {"sha256": sha256_bytes(files[WEIGHTS_NAME]),
+             "manifest_sha256": _verify_manifest(files, None, where),
+             "codec_sha256": manifest_digest({n: sha256_bytes(files[n]) for n in ARTIFACT_FILES})}
+  return Artifact(config=config, params=params, state=state, weights=files[WEIGHTS_NAME],
+                  prior=prior, prior_params=prior_params, card=card, source=source,
+                  digests=digests)
 
 
-def _load_zoo(source: ModelSource, **hub_kwargs: Any):
+def _read_zoo(source: ModelSource, **hub_kwargs: Any) -> Artifact:
   entry = registry.get_entry(source.name)
   if entry.weights.sha256 is None:
     raise FileNotFoundError(f"zoo model {source.name!r} has no trained weights yet; train it "
@@ -253,8 +277,8 @@ def _load_zoo(source: ModelSource, **hub_kwargs: Any):
     files, card = _read_dir(str(entry.bundled_dir))
     try:
       verify_files(files, pins, f"bundled {entry.name}", exact=True)
-      return _build(files, card, {**record, "bundled": True}, f"bundled {entry.name}",
-                    entry.config)
+      return _artifact(files, card, {**record, "bundled": True}, f"bundled {entry.name}",
+                       entry.config)
     except IntegrityError as e:
       bundled_error = e  # an altered bundled file: fetch the pinned one from the Hub instead
   try:
@@ -266,18 +290,18 @@ def _load_zoo(source: ModelSource, **hub_kwargs: Any):
     raise
   where = f"hf-hub:{entry.weights.repo_id}@{record['revision']}"
   fetched.checked(lambda: verify_files(fetched.files, pins, where, exact=True))
-  return _build(fetched.files, fetched.card, {**record, **fetched.record}, where, entry.config)
+  return _artifact(fetched.files, fetched.card, {**record, **fetched.record}, where, entry.config)
 
 
-def load(name_or_path: str | os.PathLike, *, revision: str | None = None,
-         cache_dir: str | None = None, local_files_only: bool = False,
-         token: str | bool | None = None, force_download: bool = False,
-         expected_sha256: str | None = None):
-  """Loads a ready-to-use, verified model.
+def read_artifact(name_or_path: str | os.PathLike | ModelSource, *, revision: str | None = None,
+                  cache_dir: str | None = None, local_files_only: bool = False,
+                  token: str | bool | None = None, force_download: bool = False,
+                  expected_sha256: str | None = None) -> Artifact:
+  """Reads and verifies a model's files; :func:`vqzoo.load` builds the model from them.
 
   Args:
     name_or_path: a zoo name, ``"hf-hub:owner/repo[@rev][#sha256=DIGEST]"`` or a path (see
-      the module docstring).
+      the module docstring), or a :class:`ModelSource` already resolved.
     revision: Hub revision (branch, tag or commit); overrides ``@rev``.
     cache_dir: Hugging Face cache directory.
     local_files_only: never touch the network (``HF_HUB_OFFLINE=1`` does the same).
@@ -286,7 +310,7 @@ def load(name_or_path: str | os.PathLike, *, revision: str | None = None,
     expected_sha256: sha256 the weights file (``model.safetensors``) must have.
 
   Returns:
-    A :class:`~vqzoo.PretrainedVQVAE`; its ``source`` says where it came from and the digests.
+    The verified :class:`~vqzoo.pretrained.artifact.Artifact`.
 
   Raises:
     IntegrityError: a file differs from its pin, or a zoo model's config from the registry's.
@@ -294,46 +318,25 @@ def load(name_or_path: str | os.PathLike, *, revision: str | None = None,
     file. vqzoo.pretrained.hub.HubError: the Hub failed or did not answer in time.
     ValueError: a malformed spec, config or weights file.
   """
-  source = resolve(name_or_path, revision)
+  source = (name_or_path if isinstance(name_or_path, ModelSource)
+            else resolve(name_or_path, revision))
   hub_kwargs = dict(cache_dir=cache_dir, local_files_only=local_files_only, token=token,
                     force_download=force_download)
   weights_pin = {} if expected_sha256 is None else {WEIGHTS_NAME: expected_sha256}
   if source.kind == "zoo":
-    model = _load_zoo(source, **hub_kwargs)
-    verify_files({WEIGHTS_NAME: model._loaded_bytes}, weights_pin, str(source))
-    return model
+    artifact = _read_zoo(source, **hub_kwargs)
+    verify_files({WEIGHTS_NAME: artifact.weights}, weights_pin, str(source))
+    return artifact
   if source.kind == "hub":
     fetched = _read_hub(source.name, source.revision, **hub_kwargs)
     where = str(source)
     fetched.checked(lambda: (verify_files(fetched.files, weights_pin, where),
                              _verify_manifest(fetched.files, source.sha256, where)))
-    return _build(fetched.files, fetched.card, fetched.record, where)
+    return _artifact(fetched.files, fetched.card, fetched.record, where)
   files, card = _read_dir(source.name)
   verify_files(files, weights_pin, source.name)
-  return _build(files, card, {"path": os.path.abspath(source.name)}, source.name)
+  return _artifact(files, card, {"path": os.path.abspath(source.name)}, source.name)
 
 
-def create_model(name: str, pretrained: bool = False, seed: int = 0, **load_kwargs: Any):
-  """A zoo architecture, as ``timm.create_model``: fresh (``pretrained=False``) or trained.
-
-  Args:
-    name: a zoo name (``vqzoo.list_models()``).
-    pretrained: load the zoo's trained, verified weights (and prior) with :func:`load`.
-    seed: initialisation seed of a fresh model.
-    **load_kwargs: passed to :func:`load` when ``pretrained``.
-  """
-  from vqzoo.pretrained.model import PretrainedVQVAE
-  if pretrained:
-    return load(name, **load_kwargs)
-  if load_kwargs:
-    raise TypeError(f"create_model: {sorted(load_kwargs)} only apply with pretrained=True")
-  import jax
-  import jax.numpy as jnp
-  from vqzoo.nn import build
-  config = registry.get_config(name)
-  params, state = build(config).init(jax.random.PRNGKey(seed),
-                                     jnp.zeros((1, *config.image_shape)), True)
-  return PretrainedVQVAE(config, params, state)
-
-
-__all__ = ["create_model", "load", "resolve", "parse_hub_id", "parse_config", "ModelSource", "HUB_PREFIX"]
+__all__ = ["read_artifact", "resolve", "resolve_pretrained", "parse_hub_id", "parse_config",
+           "parse_prior_config", "verify_files", "Artifact", "ModelSource", "HUB_PREFIX"]

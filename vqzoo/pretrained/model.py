@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,11 @@ from vqzoo.configs import ModelConfig, PriorConfig
 from vqzoo.images import to_float_images
 from vqzoo.io import atomic_write_bytes
 from vqzoo.nn import build
-from vqzoo.pretrained import serialization
+from vqzoo.pretrained import hub, loading, serialization
+from vqzoo.pretrained.artifact import Artifact
 from vqzoo.pretrained.cards import render_card
 from vqzoo.pretrained.inference import Inference
+from vqzoo.pretrained.initial import initial_weights
 from vqzoo.pretrained.generation import FIT_HINT, Generation, NoPriorError
 from vqzoo.pretrained.integrity import (CARD_NAME, CONFIG_NAME, PRIOR_CONFIG_NAME, PRIOR_FILES,
                                         PRIOR_WEIGHTS_NAME, WEIGHTS_NAME)
@@ -48,7 +49,7 @@ class PretrainedVQVAE(
   Args:
     config: the :class:`ModelConfig`.
     params, state: Haiku params and state (the EMA codebook lives in state); a fresh
-      initialisation (seed 0) when omitted.
+      initialisation (:meth:`from_config` with ``seed=0``) when both are omitted.
     card: the model card (Markdown), if any.
     source: where it was loaded from (``{"repo_id", "revision", "commit", "sha256"}`` or
       ``{"path", "sha256"}``).
@@ -65,10 +66,13 @@ class PretrainedVQVAE(
                prior_params: hk.Params | None = None):
     if not isinstance(config, ModelConfig):
       raise ValueError(f"config: expected a vqzoo.ModelConfig, got {type(config).__name__}")
-    init = lambda rng: build(config).init(rng, jnp.zeros((1, *config.image_shape)), True)
     if params is None or state is None:
-      params, state = init(jax.random.PRNGKey(0))
-    template_params, template_state = jax.eval_shape(init, jax.random.PRNGKey(0))
+      if params is not None or state is not None:
+        raise ValueError("params, state: give both or neither (neither: a fresh initialisation)")
+      params, state = initial_weights(config, 0)
+    template_params, template_state = jax.eval_shape(
+        lambda: build(config).init(jax.random.PRNGKey(0), jnp.zeros((1, *config.image_shape)),
+                                   True))
     serialization.check_structure(template_params, params, "params")
     serialization.check_structure(template_state, state, "state")
     serialization.check_values(template_params, params, "params")
@@ -207,17 +211,51 @@ class PretrainedVQVAE(
   def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
     """``ModelHubMixin.push_to_hub`` (same arguments) within ``VQZOO_HUB_DEADLINE`` seconds.
 
+    Returns:
+      The commit info (``.oid``, ``.commit_url``).
+
     Raises:
-      vqzoo.pretrained.hub.HubError: the Hub failed or did not answer in time.
+      vqzoo.pretrained.hub.HubError: the Hub cannot be reached or failed, or the push was
+        cancelled at its deadline before anything was sent.
+      vqzoo.pretrained.hub.HubOutcomeUnknown: the deadline passed while the commit was being
+        sent; it may still land (the message names the command that shows the branch's head).
     """
-    from vqzoo.pretrained import hub
-    return hub.with_deadline(lambda: super(PretrainedVQVAE, self).push_to_hub(repo_id, **kwargs),
-                             f"push to {repo_id}")
+    return hub.push(lambda: super(PretrainedVQVAE, self).push_to_hub(repo_id, **kwargs),
+                    repo_id, branch=kwargs.get("branch"), token=kwargs.get("token"))
 
   def _remember_loaded(self, data: bytes) -> None:
     """Records the weights file this model was loaded from (saved back unchanged, see above)."""
     self._loaded_bytes = data
     self._loaded_leaves = jax.tree_util.tree_leaves((self.params, self.state))
+
+  # ------------------------------------------------------------------ constructors
+
+  @classmethod
+  def from_artifact(cls, artifact: Artifact, config: ModelConfig | None = None
+                    ) -> "PretrainedVQVAE":
+    """The model an :class:`~vqzoo.pretrained.artifact.Artifact` describes.
+
+    Args:
+      artifact: read and verified by :func:`vqzoo.pretrained.loading.read_artifact`.
+      config: a config to use instead of the artifact's (its weights must fit it).
+
+    Raises:
+      ValueError: the weights do not have the shapes ``config`` needs (the message names them).
+    """
+    model = cls(config or artifact.config, artifact.params, artifact.state,
+                card=artifact.card, source={**artifact.source, **artifact.digests},
+                prior=artifact.prior, prior_params=artifact.prior_params)
+    model._remember_loaded(artifact.weights)
+    return model
+
+  @classmethod
+  def from_config(cls, config: ModelConfig, *, seed: int = 0) -> "PretrainedVQVAE":
+    """A freshly initialised (untrained) model of ``config``, as ``diffusers``' ``from_config``.
+
+    The weights are drawn on the host (:mod:`vqzoo.pretrained.initial`): no compilation.
+    """
+    params, state = initial_weights(config, seed)
+    return cls(config, params, state)
 
   @classmethod
   def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
@@ -225,21 +263,28 @@ class PretrainedVQVAE(
                       force_download: bool = False, local_files_only: bool = False,
                       token: str | bool | None = None, expected_sha256: str | None = None,
                       **kwargs: Any) -> "PretrainedVQVAE":
-    """Same as :func:`vqzoo.load`: a zoo name, ``owner/repo`` on the Hub, or a path.
+    """Same as :func:`vqzoo.load`, with the Hugging Face reading of a bare ``owner/repo``.
 
-    ``owner/repo`` (the Hugging Face convention) is read as ``hf-hub:owner/repo`` unless it is
-    an existing directory given as a path (``./owner/repo``); ``expected_sha256`` pins the
-    weights file.
+    A zoo name is the zoo model; an existing directory (``"./saved-model"``, ``"saved-model"``,
+    a ``Path``) is loaded from disk; any other ``owner/repo[@rev]`` is that Hub repo (as
+    ``hf-hub:owner/repo``). ``expected_sha256`` pins the weights file.
+
+    Raises:
+      TypeError: an argument this method does not take. Otherwise as :func:`vqzoo.load`.
     """
-    from vqzoo.pretrained.loading import HUB_PREFIX, load
-    spec = pretrained_model_name_or_path
-    if (isinstance(spec, str) and re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(@.+)?", spec)
-        and ".." not in spec):
-      spec = HUB_PREFIX + spec
     if kwargs:
-      raise TypeError(f"from_pretrained: unexpected arguments {sorted(kwargs)}")
-    return load(spec, revision=revision, cache_dir=cache_dir, force_download=force_download,
-                local_files_only=local_files_only, token=token, expected_sha256=expected_sha256)
+      raise TypeError(f"from_pretrained: unexpected arguments {sorted(kwargs)}; it takes "
+                      "revision, cache_dir, force_download, local_files_only, token and "
+                      "expected_sha256")
+    source = loading.resolve_pretrained(pretrained_model_name_or_path, revision)
+    artifact = loading.read_artifact(source, cache_dir=cache_dir, force_download=force_download,
+                                     local_files_only=local_files_only, token=token,
+                                     expected_sha256=expected_sha256)
+    return cls.from_artifact(artifact)
+
+  def __call__(self, images: Any) -> np.ndarray:
+    """``model(images)``: :meth:`reconstruct` (``[B, H, W(, C)]`` -> ``[B, H, W, C]`` float32)."""
+    return self.reconstruct(images)
 
   def __repr__(self) -> str:
     q = self.config.quantizer

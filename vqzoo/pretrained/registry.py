@@ -14,7 +14,7 @@ import difflib
 import fnmatch
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from vqzoo.configs import ConvConfig, ModelConfig, PriorConfig, QuantizerConfig, TrainConfig
 
@@ -209,10 +209,32 @@ def _build_registry() -> dict[str, ZooEntry]:
 REGISTRY: dict[str, ZooEntry] = _build_registry()
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-  """Sorted zoo names, optionally filtered by an fnmatch ``pattern`` (``"mnist-*"``)."""
+def _patterns(value: str | Sequence[str] | None, what: str) -> list[str]:
+  if value is None or value == "":
+    return []
+  patterns = [value] if isinstance(value, str) else value
+  if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+    raise TypeError(f"{what}: expected an fnmatch pattern or a list of them, got {value!r}")
+  return patterns
+
+
+def list_models(pattern: str | Sequence[str] | None = None, pretrained: bool = False,
+                exclude_filters: str | Sequence[str] | None = None) -> list[str]:
+  """Sorted zoo names, as ``timm.list_models``.
+
+  Args:
+    pattern: an fnmatch pattern (``"mnist-*"``) or a list of them (a name matching any is
+      kept); ``None`` or ``""``: every name.
+    pretrained: only the models with trained weights (those ``load`` and
+      ``create_model(..., pretrained=True)`` can give).
+    exclude_filters: patterns whose matches are left out.
+  """
+  keep, drop = _patterns(pattern, "pattern"), _patterns(exclude_filters, "exclude_filters")
   names = sorted(REGISTRY)
-  return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+  if keep:
+    names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in keep)]
+  names = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in drop)]
+  return [n for n in names if REGISTRY[n].weights.sha256] if pretrained else names
 
 
 def get_entry(name: str) -> ZooEntry:
