@@ -708,7 +708,7 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-  from vqzoo import __version__
+  from vqzoo._version import __version__
   p = _Parser(prog="vqzoo", description="A model zoo of VQ-VAEs in JAX/haiku.",
               epilog=EXIT_CODES)
   p.add_argument("--version", action="version", version=f"vqzoo {__version__}")

@@ -14,7 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from vqzoo import __version__, cpu_tuning
+from vqzoo import cpu_tuning
+from vqzoo._version import __version__
 from vqzoo.configs import FinetuneConfig, RunConfig
 from vqzoo.images import uint8_to_float
 from vqzoo.nn import apply_reseeds, build, replace_codes
