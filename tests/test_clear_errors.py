@@ -17,7 +17,7 @@ from PIL import Image
 
 import vqzoo
 from vqzoo.cli import MAX_COUNT, MAX_SAMPLES, main
-from vqzoo.training.tokenizing import encode_to_file
+from vqzoo.pretrained.tokenizing import encode_to_file
 
 MODEL = "mnist-mlp"
 REPO = Path(__file__).resolve().parent.parent

@@ -38,7 +38,7 @@ def test_finetune_own_images(tmp_path, mnist_test):
 def test_tokenizer_and_prior(tmp_path):
   _run(["bash", str(EXAMPLES / "tokenizer_and_prior.sh"), str(tmp_path / "o"), "test[:200]",
         "5"], tmp_path)
-  from vqzoo.training.tokenizing import read_codes
+  from vqzoo.pretrained.tokenizing import read_codes
   assert read_codes(tmp_path / "o" / "codes.npz")["codes"].shape == (200, 7, 7)
   with Image.open(tmp_path / "o" / "sneakers.png") as im:
     assert np.asarray(im).size > 0

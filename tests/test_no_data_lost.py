@@ -361,7 +361,7 @@ def test_decode_gives_every_image_its_own_file(encoded, tmp_path, capsys):
 
 
 def test_decode_of_codes_that_share_one_name_writes_every_image(tmp_path, capsys):
-  from vqzoo.training.tokenizing import encode_to_file
+  from vqzoo.pretrained.tokenizing import encode_to_file
   model = vqzoo.load("mnist-mlp")
   codes = tmp_path / "same.npz"
   digits = np.asarray(vqzoo.cli._bundled_digits()[:10])

@@ -9,7 +9,7 @@ from PIL import Image
 import vqzoo
 from vqzoo.cli import main
 from vqzoo.training.data import load_images, load_labels
-from vqzoo.training.tokenizing import read_codes
+from vqzoo.pretrained.tokenizing import read_codes
 
 MODEL = "fashion-mnist-conv-ema"
 

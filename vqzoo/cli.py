@@ -322,7 +322,7 @@ def _source_images(args, image_shape):
 
 
 def cmd_encode(args):
-  from vqzoo.training.tokenizing import encode_to_file
+  from vqzoo.pretrained.tokenizing import encode_to_file
   model = _load(args.name)
   images, labels, names = _source_images(args, model.config.image_shape)
   summary = encode_to_file(model, args.name, images, args.out, labels=labels, names=names,
@@ -335,7 +335,7 @@ def cmd_decode(args):
   from vqzoo import decoded_images
   from vqzoo.grid import make_grid
   from vqzoo.io import atomic_write_bytes
-  from vqzoo.training.tokenizing import decode_file
+  from vqzoo.pretrained.tokenizing import decode_file
   model = _load(args.name)
   images, content = decode_file(model, args.codes, progress=not args.no_progress)
   names = content.get("names")

@@ -61,9 +61,9 @@ def read_codes(path: str | os.PathLike) -> dict[str, Any]:
 
   Raises:
     ValueError: not a vqzoo codes file, or a truncated, empty or inconsistent one (see
-      :mod:`vqzoo.training.codes_file`).
+      :mod:`vqzoo.pretrained.codes_file`).
   """
-  from vqzoo.training import codes_file
+  from vqzoo.pretrained import codes_file
   return codes_file.read(path, FORMAT)
 
 
