@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Time to the first training step: a fresh process, from start to one completed step.
+
+Each row runs ``scripts/train.py --variant NAME --steps 1`` style training in a child process
+(``vqzoo.training.train`` with ``until_step=1`` after the entry points' compilation-cache
+set-up; vqzoo's dataset cache is kept), twice against one empty compilation cache: the first run compiles ("first run"), the
+second finds the step in JAX's persistent compilation cache ("cached"). The dataset is decoded
+once beforehand, so neither row counts TFDS decoding.
+
+  python benchmarks/startup.py --json bench_results/startup.json
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHILD = """
+import sys, time, tempfile
+start = float(sys.argv[1])
+from vqzoo import compilation_cache
+compilation_cache.enable()
+import vqzoo
+from vqzoo.configs import RunConfig
+from vqzoo.pretrained import registry
+from vqzoo.training import train
+from vqzoo.training.data import load_images
+entry = registry.get_entry(sys.argv[2])
+images = load_images(entry.recipe.dataset, entry.recipe.split)
+train(entry.config, entry.recipe, tempfile.mkdtemp(), images,
+      run=RunConfig(until_step=1, progress=False))
+print(time.time() - start)
+"""
+MODELS = ("mnist-conv-ema", "cifar10-conv-ema")
+
+
+def time_to_first_step(name: str, cache: str) -> float:
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache,  # an empty cache of its own
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}  # as compilation_cache.enable
+  start = time.time()
+  out = subprocess.run([sys.executable, "-c", CHILD, str(start), name], cwd=REPO, env=env,
+                       capture_output=True, text=True, check=True)
+  return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--models", nargs="+", default=list(MODELS))
+  parser.add_argument("--json", help="also write the rows here")
+  args = parser.parse_args(argv)
+  from vqzoo.pretrained import registry
+  from vqzoo.training.data import load_images
+  rows = {}
+  print("| model | first run (s) | cached (s) |")
+  print("| --- | ---: | ---: |")
+  for name in args.models:
+    recipe = registry.get_entry(name).recipe
+    load_images(recipe.dataset, recipe.split)  # decoded and cached once, outside the timing
+    with tempfile.TemporaryDirectory() as cache:
+      first = time_to_first_step(name, cache)
+      cached = time_to_first_step(name, cache)
+    rows[name] = {"first_run_s": first, "cached_s": cached}
+    print(f"| {name} | {first:.1f} | {cached:.1f} |", flush=True)
+  if args.json:
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
