@@ -102,7 +102,7 @@ def test_bound_with_the_uniform_prior(colour_model):
       got["bits_per_dim"]
 
 
-def test_bound_uses_the_models_prior(colour_model):
+def test_bound_uses_the_models_prior():
   from vqzoo.nn import prior_bits
   model = vqzoo.create_model("mnist-conv-ema", image_shape=(32, 32, 3), **TINY)
   prior = PriorConfig.for_model(model.config, num_classes=10, hidden=8, num_layers=1)
