@@ -91,6 +91,7 @@ def test_bound_with_the_uniform_prior(colour_model):
   decoder = _numpy_decoder_bits(x, recon, sigma)
   prior = 8 * 8 * math.log2(16)  # the uniform prior over an 8x8 grid of K=16 codes
   assert got["prior"] == "uniform" and got["num_images"] == 5
+  assert got["total_bits"] == pytest.approx(got["prior_bits"] + got["decoder_bits"])
   assert got["prior_bits"] == pytest.approx(prior)
   assert got["decoder_bits"] == pytest.approx(decoder.mean(), rel=2e-5)
   assert got["bits_per_dim"] == pytest.approx((prior + decoder.mean()) / (32 * 32 * 3), rel=2e-5)

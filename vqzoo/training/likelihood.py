@@ -142,8 +142,8 @@ def likelihood_bound(model: Any, images: Any, sigma: float, labels: Any = None,
     batch_size: images per call.
 
   Returns:
-    ``prior_bits``, ``decoder_bits`` and ``bits_per_image`` (means over the images),
-    ``bits_per_dim`` (``bits_per_image / (H * W * C)``), ``sigma``, ``prior``
+    ``prior_bits``, ``decoder_bits`` and their sum ``total_bits`` (means over the images, in
+    bits per image), ``bits_per_dim`` (``total_bits / (H * W * C)``), ``sigma``, ``prior``
     (``"uniform"`` or the prior's kind), ``conditional``, ``num_images``, and
     ``paper_cifar10_bits_per_dim`` for comparison.
   """
@@ -166,7 +166,7 @@ def likelihood_bound(model: Any, images: Any, sigma: float, labels: Any = None,
   return {
       "prior_bits": prior_total / n,
       "decoder_bits": decoder_total / n,
-      "bits_per_image": per_image,
+      "total_bits": per_image,
       "bits_per_dim": per_image / dims,
       "sigma": float(sigma),
       "prior": "uniform" if model.prior is None else model.prior.kind,
