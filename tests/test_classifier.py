@@ -204,3 +204,17 @@ def test_classifier_frechet_distance_on_mnist(mnist_params, mnist_test, mnist_tr
   noise = classifier_frechet_distance(mnist_test, shuffled, "mnist", mnist_params)
   assert real < 0.05 * noise
   assert classifier_frechet_distance(mnist_test[:2000], mnist_test[:2000], "mnist") < 1e-6
+
+
+def test_classifier_frechet_distance_on_cifar10(tfds_dir):
+  from vqzoo.training.data import load_images
+  test = load_images("cifar10", "test[:2000]", tfds_dir)
+  train = load_images("cifar10", "train[:2000]", tfds_dir)
+  params = classifier.load_classifier("cifar10")
+  real = classifier_frechet_distance(test, train, "cifar10", params)
+  flat = test.reshape(len(test), -1, 3)
+  shuffled = np.random.default_rng(0).permuted(flat, axis=1).reshape(test.shape)  # pixels moved
+  noise = classifier_frechet_distance(test, shuffled, "cifar10", params)
+  assert real < 0.1 * noise
+  with pytest.raises(ValueError, match="3 channel"):
+    classifier_frechet_distance(test[..., :1], train, "cifar10", params)
