@@ -3,9 +3,12 @@
 
 Prints tables and writes JSON. Rows: training throughput (images/s, steady state after
 compilation), inference throughput of ``reconstruct``, cold start to the first result, and the
-nearest-code search (time and peak memory) against the seed's broadcast formula.
+nearest-code search (time and peak memory) against the seed's broadcast formula. The models:
+the MNIST MLP and conv models at batch 128 and 1024, and the CIFAR-10 conv model (32x32x3
+images, 128 channels, an 8x8 grid) at batch 128.
 
   python benchmarks/run_all.py --json bench_results/latest.json
+  python benchmarks/run_all.py --models cifar10-conv-ema --only train --only infer
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from vqzoo.pretrained import registry
 from vqzoo.training import trainer as train_lib
 
 HERE = Path(__file__).resolve().parent
-MODELS = ("mnist-mlp", "mnist-conv-ema")
-BATCHES = (128, 1024)
+# Each model's rows, at these batch sizes.
+MODEL_BATCHES = {"mnist-mlp": (128, 1024), "mnist-conv-ema": (128, 1024),
+                 "cifar10-conv-ema": (128,)}
+MODELS = tuple(MODEL_BATCHES)
 
 
 def _time_loop(fn, min_seconds: float, min_iters: int = 5) -> float:
@@ -45,9 +50,13 @@ def _time_loop(fn, min_seconds: float, min_iters: int = 5) -> float:
       return elapsed / iters
 
 
-def _images(batch: int) -> np.ndarray:
+def _images(batch: int, image_shape=(28, 28, 1)) -> np.ndarray:
+  """``[batch, H, W, C]`` float32: MNIST-like sparse binary pixels for a grey model, uniform
+  colour pixels for a colour one."""
   rng = np.random.default_rng(0)
-  return (rng.random((batch, 28, 28, 1)) < 0.2).astype(np.float32)  # MNIST-like sparsity
+  if image_shape[-1] == 1:
+    return (rng.random((batch, *image_shape)) < 0.2).astype(np.float32)  # MNIST-like sparsity
+  return rng.random((batch, *image_shape), dtype=np.float32)
 
 
 def jax_train_ips(config, batch, seconds, plain_jit=False):
@@ -59,10 +68,11 @@ def jax_train_ips(config, batch, seconds, plain_jit=False):
   if plain_jit:
     step = compilation.jit(train_lib.make_train_step(config, optimizer, axis_name=None),
                            donate_argnums=(0,))
-    holder, x = [jax.device_put(ts)], _images(batch)
+    holder, x = [jax.device_put(ts)], _images(batch, config.image_shape)
   else:
     step, parallel = train_lib.compile_step(config, optimizer, jax.local_devices()[:1])
-    holder, x = [parallel.replicate(ts)], parallel.shard(_images(batch))  # as train() runs it
+    holder = [parallel.replicate(ts)]  # as train() runs it
+    x = parallel.shard(_images(batch, config.image_shape))
 
   def run():
     holder[0], metrics = step(holder[0], x)
@@ -78,14 +88,14 @@ def torch_train_ips(config, batch, seconds):
   torch.manual_seed(0)
   model = build_torch(config).train()
   step = torch_train_step(model, torch.optim.Adam(model.parameters(), 1e-3))
-  x = torch.from_numpy(_images(batch))
+  x = torch.from_numpy(_images(batch, config.image_shape))
   for _ in range(3):
     step(x)
   return batch / _time_loop(lambda: step(x), seconds)
 
 
 def jax_infer_ips(model, batch, seconds):
-  x = _images(batch)
+  x = _images(batch, model.config.image_shape)
   for _ in range(3):
     model.reconstruct(x)
   return batch / _time_loop(lambda: model.reconstruct(x), seconds)
@@ -95,7 +105,7 @@ def torch_infer_ips(config, batch, seconds):
   import torch
   from torch_reference import build_torch
   model = build_torch(config).eval()
-  x = _images(batch)
+  x = _images(batch, config.image_shape)
 
   def run():
     with torch.inference_mode():
@@ -202,6 +212,8 @@ def main(argv=None):
   parser.add_argument("--seconds", type=float, default=3.0, help="timing window per row")
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--only", choices=("train", "infer", "cold", "quantizer"), action="append")
+  parser.add_argument("--models", choices=MODELS, action="append",
+                      help="models of the train/infer rows (repeatable; default: all)")
   args = parser.parse_args(argv)
   sys.path.insert(0, str(HERE))
   import torch
@@ -212,10 +224,10 @@ def main(argv=None):
                         "jax_devices": str(jax.devices()), "torch_threads": args.threads},
             "rows": []}
 
-  for name in MODELS:
+  for name in args.models or MODELS:
     config = registry.get_config(name)
     model = vqzoo.PretrainedVQVAE(config)
-    for batch in BATCHES:
+    for batch in MODEL_BATCHES[name]:
       if "train" in parts:
         v, t = jax_train_ips(config, batch, args.seconds), torch_train_ips(config, batch, args.seconds)
         j = jax_train_ips(config, batch, args.seconds, plain_jit=True)

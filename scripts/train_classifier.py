@@ -3,6 +3,9 @@
 
   python scripts/train_classifier.py --dataset mnist
   python scripts/train_classifier.py --dataset fashion_mnist --steps 6000
+  python scripts/train_classifier.py --dataset cifar10 --steps 6000
+
+Colour datasets (``cifar10``) train with random left-right flips (``--flip``/``--no-flip``).
 
 Trains on the full train split, measures accuracy on the full test split, writes
 ``<dataset>.safetensors`` atomically and records test accuracy, steps, seed and the file's
@@ -24,7 +27,8 @@ from vqzoo.pretrained.integrity import sha256_bytes
 from vqzoo.training import classifier
 from vqzoo.training.data import load_images, load_labels
 
-DEFAULT_STEPS = {"mnist": 3000, "fashion_mnist": 6000}
+DEFAULT_STEPS = {"mnist": 3000, "fashion_mnist": 6000, "cifar10": 6000}
+FLIP_DATASETS = ("cifar10",)  # natural images: a mirrored photo is still the same class
 
 
 def main(argv=None) -> int:
@@ -37,6 +41,9 @@ def main(argv=None) -> int:
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--learning-rate", type=float, default=1e-3)
+  parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                      help=f"random left-right flips in training (default: on for "
+                           f"{', '.join(FLIP_DATASETS)})")
   parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
   parser.add_argument("--out-dir", default=str(classifier.CLASSIFIERS_DIR),
                       help="where the weights and metrics.json go (default: the package assets)")
@@ -47,6 +54,7 @@ def main(argv=None) -> int:
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
   args = parser.parse_args(argv)
   steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.dataset]
+  flip = args.flip if args.flip is not None else args.dataset in FLIP_DATASETS
   if steps < 1:
     parser.error("--steps: expected >= 1")
   if args.resume and args.overwrite:
@@ -60,7 +68,8 @@ def main(argv=None) -> int:
   params = classifier.train_classifier(train_x, train_y, steps, args.batch_size, args.seed,
                                        args.learning_rate, workdir=args.workdir,
                                        run=RunConfig(resume=args.resume, overwrite=args.overwrite,
-                                                     progress=not args.no_progress))
+                                                     progress=not args.no_progress),
+                                       flip=flip)
   seconds = time.time() - start
   test_accuracy = classifier.accuracy(params, test_x, test_y)
   train_accuracy = classifier.accuracy(params, train_x, train_y)
@@ -76,6 +85,7 @@ def main(argv=None) -> int:
       "batch_size": args.batch_size,
       "seed": args.seed,
       "learning_rate": args.learning_rate,
+      "flip": flip,
       "num_params": classifier.num_params(params),
       "feature_dim": classifier.FEATURE_DIM,
       "train_seconds": round(seconds, 1),

@@ -42,8 +42,9 @@ def test_load_labels(tfds_dir, mnist_test_labels):
 def test_shipped_files_are_small_and_recorded(dataset):
   record = classifier.read_metrics()[dataset]
   assert classifier.weights_path(dataset).stat().st_size < 1_000_000
-  assert record["num_params"] == classifier.num_params(classifier.init_params())
-  assert record["test_accuracy"] >= {"mnist": 0.985, "fashion_mnist": 0.89}[dataset]
+  shape = classifier.image_shape_for(dataset)
+  assert record["num_params"] == classifier.num_params(classifier.init_params(image_shape=shape))
+  assert record["test_accuracy"] >= {"mnist": 0.985, "fashion_mnist": 0.89, "cifar10": 0.6}[dataset]
   params = classifier.load_classifier(dataset)
   assert classifier.num_params(params) == record["num_params"]
 
@@ -81,6 +82,42 @@ def test_features_and_predict_shapes_and_input_forms(mnist_params, mnist_test):
     classifier.features(mnist_params, np.zeros((2, 32, 32, 1), np.uint8))
 
 
+def test_colour_classifier_shapes_and_errors(mnist_params):
+  colour = classifier.init_params(seed=3, image_shape=(32, 32, 3))
+  assert classifier.image_shape_of(colour) == (32, 32, 3)
+  assert classifier.image_shape_of(mnist_params) == (28, 28, 1)
+  # Only the first conv differs: 3 input channels instead of 1.
+  assert classifier.num_params(colour) - classifier.num_params(mnist_params) == 2 * 3 * 3 * 32
+  rgb = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+  feats = classifier.features(colour, rgb, batch_size=4)
+  assert feats.shape == (7, classifier.FEATURE_DIM)
+  np.testing.assert_allclose(feats, classifier.features(colour, rgb), atol=1e-5)
+  # Each image's features depend on that image alone.
+  np.testing.assert_allclose(classifier.features(colour, rgb[2:3]), feats[2:3], atol=1e-5)
+  with pytest.raises(ValueError, match="3 channel"):
+    classifier.features(colour, rgb[..., :1])
+  with pytest.raises(ValueError, match="1 channel"):
+    classifier.predict(mnist_params, np.zeros((2, 28, 28, 3), np.uint8))
+  with pytest.raises(ValueError, match="not a vqzoo classifier"):
+    classifier.image_shape_of({"other": {}})
+  with pytest.raises(KeyError, match="no classifier shape"):
+    classifier.image_shape_for("svhn")
+
+
+def test_train_classifier_flips_are_seeded_and_change_training():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+  y = rng.integers(0, 10, 64)
+  a = classifier.train_classifier(x, y, steps=2, batch_size=32, seed=1, flip=True)
+  b = classifier.train_classifier(x, y, steps=2, batch_size=32, seed=1, flip=True)
+  assert_trees_equal(a, b)
+  assert classifier.image_shape_of(a) == (32, 32, 3)
+  plain = classifier.train_classifier(x, y, steps=2, batch_size=32, seed=1)
+  assert not np.allclose(plain["classifier/conv_0"]["w"], a["classifier/conv_0"]["w"])
+  with pytest.raises(ValueError, match="images_u8"):
+    classifier.train_classifier(x[:, :30], y, steps=1, batch_size=32)
+
+
 def test_tampered_weights_raise_integrity_error(tmp_path):
   for name in ("mnist.safetensors", classifier.METRICS_NAME):
     shutil.copy(classifier.CLASSIFIERS_DIR / name, tmp_path / name)
@@ -92,7 +129,7 @@ def test_tampered_weights_raise_integrity_error(tmp_path):
   with pytest.raises(vqzoo.IntegrityError, match="sha256"):
     classifier.load_classifier("mnist", tmp_path)
   with pytest.raises(KeyError, match="no classifier"):
-    classifier.load_classifier("cifar10", tmp_path)
+    classifier.load_classifier("svhn", tmp_path)
 
 
 def test_train_classifier_is_seeded(mnist_test, mnist_test_labels):
@@ -167,3 +204,17 @@ def test_classifier_frechet_distance_on_mnist(mnist_params, mnist_test, mnist_tr
   noise = classifier_frechet_distance(mnist_test, shuffled, "mnist", mnist_params)
   assert real < 0.05 * noise
   assert classifier_frechet_distance(mnist_test[:2000], mnist_test[:2000], "mnist") < 1e-6
+
+
+def test_classifier_frechet_distance_on_cifar10(tfds_dir):
+  from vqzoo.training.data import load_images
+  test = load_images("cifar10", "test[:2000]", tfds_dir)
+  train = load_images("cifar10", "train[:2000]", tfds_dir)
+  params = classifier.load_classifier("cifar10")
+  real = classifier_frechet_distance(test, train, "cifar10", params)
+  flat = test.reshape(len(test), -1, 3)
+  shuffled = np.random.default_rng(0).permuted(flat, axis=1).reshape(test.shape)  # pixels moved
+  noise = classifier_frechet_distance(test, shuffled, "cifar10", params)
+  assert real < 0.1 * noise
+  with pytest.raises(ValueError, match="3 channel"):
+    classifier_frechet_distance(test[..., :1], train, "cifar10", params)

@@ -29,6 +29,17 @@ def test_evaluate_script_measures_a_zoo_variant(tfds_dir, capsys):
   assert measured["mse"] == pytest.approx(registry.get_entry("mnist-mlp").metrics["mse"], rel=1e-4)
 
 
+def test_evaluate_script_bits_per_dim(tfds_dir, capsys):
+  evaluate = runpy.run_path("scripts/evaluate.py")["main"]
+  assert evaluate(["mnist-conv-ema", "--data-dir", tfds_dir, "--split", "test[:64]",
+                   "--sigma-split", "train[:256]", "--bits-per-dim"]) == 0
+  bound = json.loads(capsys.readouterr().out)["likelihood"]
+  assert bound["sigma_split"] == "train[:256]" and bound["num_images"] == 64
+  assert 0 < bound["sigma"] < 0.2 and bound["prior_bits"] > 0 and bound["decoder_bits"] > 0
+  assert bound["bits_per_dim"] == pytest.approx(bound["total_bits"] / 784)
+  assert bound["bits_per_dim"] < 8  # a real bound: better than 8 bits per uint8 pixel
+
+
 def test_train_script_reproduces_a_variant_briefly(tmp_path, tfds_dir, capsys):
   """A short run of the registry recipe: the script trains, measures and saves a loadable model."""
   train = runpy.run_path("scripts/train.py")["main"]

@@ -23,6 +23,7 @@ from vqzoo.images import uint8_to_float
 
 DEMO_MODELS = ("mnist-mlp", "mnist-conv-ema")
 DEMO_DIGITS = "mnist_test_digits.npy"
+DIGITS_SHAPE = (28, 28, 1)  # the bundled digits'
 
 
 def _load(name):
@@ -137,10 +138,15 @@ def cmd_reconstruct(args):
   model = _load(args.name)
   if args.input:
     images = _read_input(args.input, model.config.image_shape)
-  elif args.dataset:
+  elif args.dataset or tuple(model.config.image_shape) != DIGITS_SHAPE:
     from vqzoo.training.data import load_images
-    images = _first(load_images(args.dataset, args.split, args.data_dir), args.count,
-                    f"{args.dataset} {args.split}")
+    dataset = args.dataset or _model_dataset(model, args.name)
+    if dataset is None:
+      shape = "x".join(map(str, model.config.image_shape))
+      raise ValueError(f"{args.name} reads {shape} images, not the bundled 28x28 grey MNIST "
+                       "digits, and names no dataset: pass --input or --dataset")
+    images = _first(load_images(dataset, args.split, args.data_dir), args.count,
+                    f"{dataset} {args.split}")
   else:
     images = _first(_bundled_digits(), args.count, "the bundled MNIST digits")
   x = model.preprocess(images)
@@ -381,11 +387,12 @@ def _args_reconstruct(p) -> None:
   p.add_argument("name", help=SPEC_HELP)
   src = p.add_mutually_exclusive_group()
   src.add_argument("--input", help="a PNG/JPEG image or a .npy array of images")
-  src.add_argument("--dataset", help="TFDS dataset name, e.g. mnist (default: the bundled "
-                                     "MNIST digits)")
+  src.add_argument("--dataset", help="TFDS dataset name, e.g. cifar10 (default: the bundled "
+                                     "MNIST digits for a 28x28 grey model, else the model's "
+                                     "own dataset, e.g. cifar10 for a CIFAR-10 model)")
   p.add_argument("--split", default="test", help="TFDS split (default test)")
   p.add_argument("--count", type=_int_in(1, MAX_COUNT), default=16,
-                 help=f"images to reconstruct from --dataset or the 32 bundled digits, 1 to "
+                 help=f"images to reconstruct from a dataset or the 32 bundled digits, 1 to "
                       f"{MAX_COUNT} and at most as many as there are (default 16)")
   p.add_argument("--data-dir", help=DATA_DIR_HELP)
   p.add_argument("--out", default="reconstruction.png",

@@ -29,13 +29,19 @@ def as_image_batch(images, image_shape: Sequence[int]) -> np.ndarray:
   if x.ndim == 3 and c == 1:
     x = x[..., None]
   if x.ndim != 4:
-    raise ValueError(f"images: expected shape {expected}, got {x.shape} (rank {x.ndim})")
+    hint = ("; a batch of grey images? this model reads colour (RGB): np.repeat(x[..., None], "
+            "3, axis=-1)" if x.ndim == 3 and c == 3 and tuple(x.shape[1:]) == (h, w) else "")
+    raise ValueError(f"images: expected shape {expected}, got {x.shape} (rank {x.ndim}){hint}")
   if tuple(x.shape[1:3]) != (h, w):
     raise ValueError(f"images: expected {h}x{w} pixels ({expected}), got {x.shape[1]}x"
                      f"{x.shape[2]} (shape {x.shape})")
   if x.shape[3] != c:
+    hint = {(3, 1): "; this model reads colour (RGB): repeat a grey image's channel, "
+                    "np.repeat(x, 3, axis=-1)",
+            (1, 3): "; this model reads grey images: convert colour first, e.g. "
+                    "PIL's Image.convert('L')"}.get((c, x.shape[3]), "")
     raise ValueError(f"images: expected {c} channel(s) ({expected}), got {x.shape[3]} "
-                     f"(shape {x.shape})")
+                     f"(shape {x.shape}){hint}")
   if x.shape[0] == 0:
     raise ValueError(f"images: expected at least one image ({expected}), got an empty batch")
   return x

@@ -97,9 +97,11 @@ def classifier_frechet_distance(images_a: Any, images_b: Any, dataset: str,
   """The classifier Fréchet distance between two image sets (not FID; see the module docstring).
 
   Args:
-    images_a: ``[N_a, 28, 28(, 1)]`` uint8, or float in [0, 1] (e.g. samples).
-    images_b: ``[N_b, 28, 28(, 1)]`` likewise (e.g. the dataset's test split).
-    dataset: whose shipped classifier gives the features: ``"mnist"`` or ``"fashion_mnist"``.
+    images_a: ``[N_a, H, W, C]`` uint8, or float in [0, 1] (e.g. samples): ``[N, 28, 28(, 1)]``
+      for the grey datasets, ``[N, 32, 32, 3]`` for ``cifar10``.
+    images_b: ``[N_b, H, W, C]`` likewise (e.g. the dataset's test split).
+    dataset: whose shipped classifier gives the features: ``"mnist"``, ``"fashion_mnist"`` or
+      ``"cifar10"``.
     params: classifier parameters to use instead of the shipped ones.
 
   Returns:
