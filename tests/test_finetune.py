@@ -11,7 +11,7 @@ from vqzoo import FinetuneConfig, RunConfig, TrainConfig
 from vqzoo.nn import part_of, part_prefixes
 from vqzoo.pretrained import load
 from vqzoo.training import finetuning as ft
-from vqzoo.training.image_folder import load_image_folder
+from vqzoo.image_folder import load_image_folder
 
 QUIET = RunConfig(progress=False)
 BASE = "mnist-mlp"

@@ -16,7 +16,7 @@ from PIL import Image, ImageFile
 
 from vqzoo.cli import _read_input, main
 from vqzoo.training import data
-from vqzoo.training.image_folder import MAX_IMAGE_PIXELS, load_image_folder, open_image
+from vqzoo.image_folder import MAX_IMAGE_PIXELS, load_image_folder, open_image
 
 MNIST = (28, 28, 1)
 

@@ -345,7 +345,7 @@ def test_decode_gives_every_image_its_own_file(encoded, tmp_path, capsys):
   assert summary["images"] == 4 and len(os.listdir(out)) == 4
   assert "a.jpg -> a-2.png" in captured.err and "sub/b.png -> sub_b-2.png" in captured.err
   model = vqzoo.load("mnist-mlp")
-  from vqzoo.training.image_folder import load_image_folder
+  from vqzoo.image_folder import load_image_folder
   images, paths = load_image_folder(folder, model.config.image_shape)
   by_name = {os.path.relpath(p, folder): image for p, image in zip(paths, images)}
   for source, written in [("a.png", "a.png"), ("a.jpg", "a-2.png"), ("sub_b.png", "sub_b.png"),

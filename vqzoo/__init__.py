@@ -28,7 +28,6 @@ _MOVED = {
     "vqzoo.data": "vqzoo.training.data",
     "vqzoo.train": "vqzoo.training.trainer",
     "vqzoo.finetune": "vqzoo.training.finetuning",
-    "vqzoo.image_folder": "vqzoo.training.image_folder",
     "vqzoo.zoo": "scripts/zoo_tools.py (maintainer tooling) and vqzoo.pretrained.cards.zoo_table",
 }
 

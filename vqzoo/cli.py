@@ -42,7 +42,7 @@ def _read_input(path: str, image_shape) -> np.ndarray:
   """``--input``: a ``.npy`` array as saved, or one PNG/JPEG image -> ``[1, H, W, C]`` uint8.
 
   An image is read like a file of an image folder (see
-  :func:`vqzoo.training.image_folder.open_image`): converted to grayscale for a
+  :func:`vqzoo.image_folder.open_image`): converted to grayscale for a
   1-channel model or RGB for a 3-channel one (16-bit PNGs scaled to 8 bits),
   and refused if it is larger than ``MAX_IMAGE_PIXELS``. It is not resized.
 
@@ -56,7 +56,7 @@ def _read_input(path: str, image_shape) -> np.ndarray:
       return np.load(path, allow_pickle=False)
     except EOFError as e:  # an empty or truncated file
       raise ValueError(f"{path}: not a complete .npy file ({e})") from e
-  from vqzoo.training.image_folder import open_image
+  from vqzoo.image_folder import open_image
   channels = image_shape[-1]
   if channels not in (1, 3):
     raise ValueError(f"{path}: images feed 1- or 3-channel models, this one has {channels} "
@@ -318,7 +318,7 @@ def cmd_fit_prior(args):
 def _source_images(args, image_shape):
   """``(images, labels or None, names or None)`` from --dataset NAME[:split] or --images DIR."""
   if args.images:
-    from vqzoo.training.image_folder import load_image_folder
+    from vqzoo.image_folder import load_image_folder
     images, paths = load_image_folder(args.images, image_shape)
     return images, None, [os.path.relpath(p, args.images) for p in paths]
   from vqzoo.training.data import load_images, load_labels
@@ -487,7 +487,7 @@ def _args_fit_prior(f) -> None:
 
 def _args_finetune(p) -> None:
   from vqzoo.configs import PARTS, FinetuneConfig
-  from vqzoo.training.image_folder import FOLDER_RULE
+  from vqzoo.image_folder import FOLDER_RULE
   d = FinetuneConfig()
   p.description = ("Fine-tune a pretrained VQ-VAE on a TFDS dataset or a folder of images.\n\n"
                    "Image folders: " + FOLDER_RULE + ".")
@@ -563,7 +563,7 @@ def _run_config(args, **kwargs):
 
 def _args_train(p) -> None:
   from vqzoo.configs import ARCHITECTURES, TrainConfig
-  from vqzoo.training.image_folder import FOLDER_RULE
+  from vqzoo.image_folder import FOLDER_RULE
   p.description = ("Train a new VQ-VAE from scratch on a TFDS dataset or a folder of images, "
                    "from a model config file or from flags; the result is a model directory "
                    "with a card, loadable by vqzoo.load(OUT).\n\nImage folders: "

@@ -12,7 +12,7 @@ from vqzoo.configs import FinetuneConfig, RunConfig, TrainConfig
 from vqzoo.training.data import batch_indices, batches, load_images
 from vqzoo.training.metrics import evaluate, measure
 from vqzoo.training.finetuning import FinetuneResult, finetune, reseed_unused_codes
-from vqzoo.training.image_folder import load_image_folder, split_holdout
+from vqzoo.image_folder import load_image_folder, split_holdout
 from vqzoo.training.trainer import TrainResult, TrainState, train
 
 __all__ = ["FinetuneConfig", "RunConfig", "TrainConfig", "batch_indices", "batches", "load_images", "evaluate", "measure",

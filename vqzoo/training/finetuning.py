@@ -24,7 +24,7 @@ from vqzoo.pretrained.cards import metrics_table, render_card
 from vqzoo.pretrained.saving import save_model_folder
 from vqzoo.training import data as data_lib
 from vqzoo.training.metrics import evaluate
-from vqzoo.training.image_folder import load_image_folder, split_holdout
+from vqzoo.image_folder import load_image_folder, split_holdout
 from vqzoo.training.trainer import train
 
 
@@ -108,7 +108,7 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
     config: the recipe (steps, optimiser, frozen parts, re-seeding, held-out share).
     dataset: TFDS dataset to train on (``config.recipe.split``) and measure on
       (``config.eval_split``).
-    images_dir: a folder of images instead (see :mod:`vqzoo.training.image_folder`).
+    images_dir: a folder of images instead (see :mod:`vqzoo.image_folder`).
     data_dir: TFDS data directory.
     workdir: checkpoints and metrics (default ``OUT.work``), under the resume rule of every
       run (:mod:`vqzoo.training.checkpoint`): ``run.resume`` continues there, ``run.overwrite``

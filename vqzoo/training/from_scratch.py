@@ -19,7 +19,7 @@ from vqzoo.pretrained import PretrainedVQVAE
 from vqzoo.pretrained.cards import render_card
 from vqzoo.pretrained.saving import save_model_folder
 from vqzoo.training import data as data_lib
-from vqzoo.training.image_folder import load_image_folder, split_holdout
+from vqzoo.image_folder import load_image_folder, split_holdout
 from vqzoo.training.metrics import evaluate
 from vqzoo.training.trainer import train
 

@@ -198,7 +198,7 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
   """
   from vqzoo.pretrained import load
   from vqzoo.training.data import load_images, load_labels
-  from vqzoo.training.image_folder import load_image_folder, split_holdout
+  from vqzoo.image_folder import load_image_folder, split_holdout
   if (dataset is None) == (images_dir is None):
     raise ValueError("give exactly one source of codes: dataset or images_dir")
   model = load(base)
