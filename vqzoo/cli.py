@@ -9,13 +9,14 @@ before JAX has loaded.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import numpy as np
 
@@ -676,7 +677,8 @@ class _Parser(argparse.ArgumentParser):
     self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-class Command(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Command:
   """A subcommand: its name, one-line help, argument definitions and the function it runs."""
 
   name: str
