@@ -25,8 +25,8 @@ def recipe_warnings(recipe: TrainConfig, num_train: int | None = None) -> list[s
   out = []
   if recipe.warmup_steps >= recipe.steps:
     out.append(f"the learning-rate warm-up ({recipe.warmup_steps} steps) is not shorter than "
-               f"the run ({recipe.steps} steps): the rate never reaches its peak; lower "
-               "--warmup-steps or raise --steps")
+               f"the run ({recipe.steps} steps): the rate never reaches its peak; shorten "
+               "the warm-up or run more steps")
   if num_train is not None and recipe.batch_size > num_train:
     out.append(f"batch size {recipe.batch_size} is larger than the {num_train} training images: "
                f"each batch holds every image (batch {num_train}); lower --batch-size or add "
