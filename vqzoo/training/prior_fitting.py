@@ -226,7 +226,8 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
   metrics = {**prior_nll(model, encode_images(model, test_images, progress=run.progress),
                          test_labels, codes), "eval_split": eval_split}
   warned = checks.emit(checks.prior_warnings(metrics) + (
-      checks.held_out_warnings(len(test_images)) if images_dir is not None else []))
+      checks.held_out_warnings(len(test_images) if eval_split == "held-out" else 0)
+      if images_dir is not None else []))
   data = ({"source": "tfds", "dataset": dataset, "split": recipe.split, "eval_split": eval_split}
           if dataset is not None else
           {"source": "image-folder", "folder": Path(images_dir).name, "images": len(everything),
