@@ -86,7 +86,8 @@ def render_card(name: str, config: ModelConfig, description: str = "",
           if config.arch == "mlp" else
           f"conv encoder/decoder, {config.conv.num_hiddens} channels, "
           f"{config.conv.num_residual_layers} residual layers of {config.conv.num_residual_hiddens}")
-  parts = [_front_matter(name, dataset, metrics, held_out, base_datasets), f"# {name}", "", description or
+  parts = [_front_matter(name, dataset, metrics, held_out, base_datasets), f"# {name}", "",
+           description or
            "A VQ-VAE (van den Oord et al., 2017, arXiv:1711.00937) from vqzoo.", "",
            "## Architecture", "",
            f"- {arch}; input {'x'.join(map(str, config.image_shape))}, latent grid "
@@ -112,7 +113,8 @@ def render_card(name: str, config: ModelConfig, description: str = "",
   for title, body in (extra_sections or {}).items():
     parts += [f"## {title}", "", body.strip(), ""]
   parts += ["## Usage", "", "```python", "import vqzoo",
-            f'model = vqzoo.load("{load_spec or name}")', "codes = model.encode(images)   # uint8 or [0, 1] floats",
+            f'model = vqzoo.load("{load_spec or name}")',
+            "codes = model.encode(images)   # uint8 or [0, 1] floats",
             "recon = model.decode(codes)", "```", "",
             "## Limitations", "",
             "Trained on small grayscale images; reconstructions of other kinds of images will be "
