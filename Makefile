@@ -40,7 +40,7 @@ bench: .venv-bench/.done
 	.venv-bench/bin/python benchmarks/run_all.py --json bench_results/latest.json
 
 docs: .venv-test/.done
-	.venv-test/bin/python -W error -m pdoc $(DOC_MODULES) -o build/docs
+	.venv-test/bin/python -W error -m pdoc --no-show-source $(DOC_MODULES) -o build/docs
 
 clean:
 	rm -rf .venv .venv-test .venv-bench build *.egg-info

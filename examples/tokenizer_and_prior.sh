@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # A VQ-VAE as a tokenizer, then a prior over its tokens, from the shell:
 #   bash examples/tokenizer_and_prior.sh OUT_DIR [SPLIT] [STEPS]
+# in the environment README.md sets up (source .venv-test/bin/activate; TFDS_DATA_DIR naming the
+# prepared datasets), e.g. `bash examples/tokenizer_and_prior.sh out "test[:500]" 50` for a
+# quick try (defaults: the whole test split, 2000 steps).
 set -euo pipefail
 out=${1:-example_output}; split=${2:-test}; steps=${3:-2000}
 mkdir -p "$out"

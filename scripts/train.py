@@ -26,6 +26,7 @@ exits at once with status 1 (2 for a usage error); the others then fail within s
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -38,7 +39,7 @@ from vqzoo import compilation_cache  # noqa: E402
 from vqzoo import cli_devices  # noqa: E402
 from vqzoo.configs import RunConfig  # noqa: E402
 from vqzoo.pretrained import registry  # noqa: E402
-from vqzoo.training import distributed  # noqa: E402
+from vqzoo.training import checks, distributed  # noqa: E402
 
 
 def main(argv=None):
@@ -86,6 +87,10 @@ def main(argv=None):
 
 def _run(args, parser, run):
   workdir = args.workdir or f"runs/{args.variant}"
+  recipe = registry.get_entry(args.variant).recipe
+  recipe = dataclasses.replace(recipe, steps=args.steps) if args.steps else recipe
+  for message in checks.recipe_warnings(recipe):  # e.g. --steps below the recipe's warm-up
+    print(f"{parser.prog}: warning: {message}", file=sys.stderr)
   try:
     model = zoo_tools.train_variant(args.variant, workdir, data_dir=args.data_dir, run=run,
                                     steps=args.steps)

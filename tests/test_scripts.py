@@ -45,8 +45,11 @@ def test_train_script_reproduces_a_variant_briefly(tmp_path, tfds_dir, capsys):
   train = runpy.run_path("scripts/train.py")["main"]
   rc = train(["--variant", "mnist-mlp", "--steps", "200", "--workdir", str(tmp_path / "w"),
               "--out", str(tmp_path / "model"), "--data-dir", tfds_dir, "--no-progress"])
-  metrics = json.loads(capsys.readouterr().out)
+  captured = capsys.readouterr()
+  metrics = json.loads(captured.out)
   assert rc == 1  # 200 steps are far from the bar, and the script says so
+  assert (": warning: the learning-rate warm-up (200 steps) is not shorter than the run "
+          "(200 steps)") in captured.err  # the recipe's warm-up is as long as this short run
   assert metrics["num_images"] == 10000 and metrics["mse"] < 0.06
   import vqzoo
   assert vqzoo.load(str(tmp_path / "model")).config == vqzoo.get_config("mnist-mlp")

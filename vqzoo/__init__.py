@@ -5,8 +5,21 @@
     model = vqzoo.load("mnist-mlp")
     codes = model.encode(images); recon = model.decode(codes)
 
-Layers: :mod:`vqzoo.nn` (plain Haiku modules), :mod:`vqzoo.pretrained` (the artifact),
-:mod:`vqzoo.training` (data, training, fine-tuning, evaluation), :mod:`vqzoo.cpu_tuning`.
+The modules, in three layers and a few helpers:
+
+- `vqzoo.nn`: plain Haiku modules (quantizers, encoders and decoders, `VQVAE`, priors).
+- `vqzoo.pretrained`: loaded and saved models, the zoo's registry, cards, the Hub.
+- `vqzoo.training`: data, training, fine-tuning, prior fitting, evaluation.
+- `vqzoo.configs`: the validated config dataclasses.
+- `vqzoo.cpu_tuning`: the CPU-only speed-ups.
+- `vqzoo.images`: checking user images and codes.
+- `vqzoo.grid`: PNG grids of images.
+- `vqzoo.io` and `vqzoo.folders`: atomic file writes; folders replaced whole.
+- `vqzoo.cli`: the ``vqzoo`` command.
+
+The guide below is the repository's README.
+
+.. include:: ../README.md
 """
 
 from vqzoo._version import __version__  # first: a module imported below may read it

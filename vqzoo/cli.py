@@ -84,10 +84,12 @@ def cmd_list(args):
   if args.json:
     print(json.dumps(rows, indent=2))
     return
-  for r in rows:
+  name_width = max((len(r["name"]) for r in rows), default=0)
+  description_width = max((len(r["description"]) for r in rows), default=0)
+  for r in rows:  # columns as wide as their widest entry
     tail = (f"mse {r['mse']:.4f}  codes {r['codes_used']}" if r["mse"] is not None
             else "(not trained)")
-    print(f"{r['name']:24s} {r['description']:72s} {tail}")
+    print(f"{r['name']:{name_width}s}  {r['description']:{description_width}s}  {tail}")
 
 
 def _model_dataset(model, spec: str) -> str | None:
@@ -741,8 +743,11 @@ def _missing_extra(error: ImportError) -> str:
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
+  import warnings
   from vqzoo import compilation_cache
   compilation_cache.enable()  # the command's own process: each step compiles once, ever
+  shown_by_python = warnings.showwarning
+  warnings.showwarning = _one_line_warnings(args.command, shown_by_python)
   try:
     status = args.fn(args) or 0
     sys.stdout.flush()  # a reader that went away shows here, not at exit
@@ -756,6 +761,26 @@ def main(argv=None) -> int:
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"vqzoo {args.command}: error: {message}", file=sys.stderr)
     return 2
+  finally:
+    warnings.showwarning = shown_by_python
+
+
+def _one_line_warnings(command: str, default: Callable) -> Callable:
+  """A ``warnings.showwarning`` printing vqzoo's own warnings as ``vqzoo CMD: warning: ...``.
+
+  A warning raised inside the library (skipped image files, a prior worse than its baseline,
+  a recipe that does not fit its data) is a message to the user, not a Python location; other
+  packages' warnings go to ``default``.
+  """
+  package = str(Path(__file__).resolve().parent)
+
+  def show(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, UserWarning) and str(Path(filename).resolve()).startswith(package):
+      print(f"vqzoo {command}: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+      default(message, category, filename, lineno, file, line)
+
+  return show
 
 
 def _reader_gone() -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from vqzoo.configs import ModelConfig, TrainConfig
 
@@ -21,11 +21,12 @@ METRIC_ROWS = (("mse", "MSE (per pixel, [0, 1] scale)", "{:.5f}"), ("psnr", "PSN
 
 
 def _front_matter(name: str, dataset: str | None, metrics: Mapping[str, Any] | None,
-                  held_out: int | None = None) -> str:
+                  held_out: int | None = None, base_datasets: Sequence[str] = ()) -> str:
   lines = ["---", "library_name: vqzoo", "license: apache-2.0",
            "tags:", "- vq-vae", "- jax", "- haiku", "- vqzoo", "- image-reconstruction"]
-  if dataset:
-    lines += ["datasets:", f"- {HUB_DATASET_IDS.get(dataset, dataset)}"]
+  named = list(dict.fromkeys(d for d in (dataset, *base_datasets) if d))
+  if named:
+    lines += ["datasets:", *(f"- {HUB_DATASET_IDS.get(d, d)}" for d in named)]
   if metrics:
     if dataset:
       data = [f"      type: {HUB_DATASET_IDS.get(dataset, dataset)}",
@@ -61,18 +62,32 @@ def render_card(name: str, config: ModelConfig, description: str = "",
                 recipe: TrainConfig | None = None, metrics: Mapping[str, Any] | None = None,
                 dataset: str | None = None, lineage: Mapping[str, Any] | None = None,
                 extra_sections: Mapping[str, str] | None = None,
-                held_out: int | None = None) -> str:
+                held_out: int | None = None, load_spec: str | None = None,
+                base_datasets: Sequence[str] = ()) -> str:
   """Renders a full model card for a vqzoo model.
 
-  ``dataset`` names the TFDS dataset the metrics were measured on (its full test split);
-  without one, ``held_out`` says how many held-out images of an image folder they come from.
+  Args:
+    name: the model's name (the card's title).
+    config: the model.
+    description: the card's first paragraph.
+    recipe: the training recipe, if trained.
+    metrics: reconstruction metrics (see :data:`METRIC_ROWS`).
+    dataset: the TFDS dataset the metrics were measured on (its full test split); without
+      one, ``held_out`` says how many held-out images of an image folder they come from.
+    lineage: where the model came from (a JSON record).
+    extra_sections: more sections, title -> Markdown.
+    held_out: see ``dataset``.
+    load_spec: what the usage snippet loads (default ``name``, a zoo name; a saved folder
+      is ``"./NAME"``).
+    base_datasets: TFDS datasets a base model was trained on, credited beside ``dataset``.
   """
   q = config.quantizer
   arch = ("MLP encoder/decoder " + f"{list(config.mlp.encoder_sizes)} / {list(config.mlp.decoder_sizes)}"
           if config.arch == "mlp" else
           f"conv encoder/decoder, {config.conv.num_hiddens} channels, "
           f"{config.conv.num_residual_layers} residual layers of {config.conv.num_residual_hiddens}")
-  parts = [_front_matter(name, dataset, metrics, held_out), f"# {name}", "", description or
+  parts = [_front_matter(name, dataset, metrics, held_out, base_datasets), f"# {name}", "",
+           description or
            "A VQ-VAE (van den Oord et al., 2017, arXiv:1711.00937) from vqzoo.", "",
            "## Architecture", "",
            f"- {arch}; input {'x'.join(map(str, config.image_shape))}, latent grid "
@@ -98,17 +113,39 @@ def render_card(name: str, config: ModelConfig, description: str = "",
   for title, body in (extra_sections or {}).items():
     parts += [f"## {title}", "", body.strip(), ""]
   parts += ["## Usage", "", "```python", "import vqzoo",
-            f'model = vqzoo.load("{name}")', "codes = model.encode(images)   # uint8 or [0, 1] floats",
+            f'model = vqzoo.load("{load_spec or name}")',
+            "codes = model.encode(images)   # uint8 or [0, 1] floats",
             "recon = model.decode(codes)", "```", "",
             "## Limitations", "",
             "Trained on small grayscale images; reconstructions of other kinds of images will be "
             "poor. MSE is the only objective, so reconstructions are slightly blurry.", ""]
+  credits = []
   if dataset in DATASET_CREDITS:
     title, authors, _, licence = DATASET_CREDITS[dataset]
-    parts += ["## Data and credit", "",
-              f"Trained and evaluated on {title} by {authors}, distributed under the {licence} "
-              "licence, read through TensorFlow Datasets.", ""]
+    credits.append(f"{'Fine-tuned' if base_datasets else 'Trained'} and evaluated on {title} by "
+                   f"{authors}, distributed under the {licence} licence, read through "
+                   "TensorFlow Datasets.")
+  for base in dict.fromkeys(base_datasets):
+    if base in DATASET_CREDITS:
+      title, authors, _, licence = DATASET_CREDITS[base]
+      credits.append(f"The base model was trained on {title} by {authors}, distributed under "
+                     f"the {licence} licence, read through TensorFlow Datasets.")
+  if credits:
+    parts += ["## Data and credit", "", " ".join(credits), ""]
   return "\n".join(parts)
+
+
+def card_datasets(card: str | None) -> list[str]:
+  """The TFDS names of the datasets a card's front matter lists (known ones only)."""
+  if not card:
+    return []
+  from huggingface_hub import ModelCard
+  try:
+    named = ModelCard(card).data.datasets or []
+  except Exception:  # noqa: BLE001 - a card without valid front matter names nothing
+    return []
+  by_hub_id = {v: k for k, v in HUB_DATASET_IDS.items()}
+  return [by_hub_id.get(d, d) for d in named if d in by_hub_id or d in HUB_DATASET_IDS]
 
 
 def prior_section(prior: Any, recipe: Any, m: Mapping[str, Any]) -> str:

@@ -119,7 +119,8 @@ _CONV_Q = dict(num_embeddings=128, embedding_dim=16, commitment_cost=0.25)
 _CONV = ConvConfig(num_hiddens=64, num_residual_layers=2, num_residual_hiddens=32)
 
 
-MLP_DESCRIPTION = "784-128-64-64 MLP (the loss specification's architecture)"
+# The MLP by its shape: 784 pixels -> 128 -> 64 -> one D-vector per image, and back.
+MLP_DESCRIPTION = "784-128-64-D MLP VQ-VAE (van den Oord et al. 2017)"
 
 
 def _entries() -> list[dict[str, Any]]:

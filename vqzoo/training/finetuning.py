@@ -20,8 +20,9 @@ from vqzoo.configs import FinetuneConfig, RunConfig
 from vqzoo.images import uint8_to_float
 from vqzoo.nn import apply_reseeds, build, replace_codes
 from vqzoo.pretrained import PretrainedVQVAE, load
-from vqzoo.pretrained.cards import metrics_table, render_card
+from vqzoo.pretrained.cards import card_datasets, metrics_table, render_card
 from vqzoo.pretrained.saving import save_model_folder
+from vqzoo.training import checks
 from vqzoo.training import data as data_lib
 from vqzoo.training.metrics import evaluate
 from vqzoo.image_folder import load_image_folder, split_holdout
@@ -68,6 +69,14 @@ def _portable(source: dict[str, Any]) -> dict[str, Any]:
   if "path" in source:
     out["directory"] = Path(source["path"]).name
   return out
+
+
+def _base_datasets(model: PretrainedVQVAE) -> list[str]:
+  """The TFDS datasets the base model was trained on: the zoo's recipe, else its card's."""
+  if "zoo" in model.source:
+    from vqzoo.pretrained import registry
+    return [registry.get_entry(model.source["zoo"]).recipe.dataset]
+  return card_datasets(model.card)
 
 
 def _data(base_config, config: FinetuneConfig, dataset: str | None, images_dir: str | None,
@@ -124,6 +133,8 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
   model_config = base_model.config
   train_images, eval_images, data_info = _data(model_config, config, dataset, images_dir,
                                                data_dir)
+  warned = checks.emit(checks.recipe_warnings(config.recipe, len(train_images))
+                       + checks.held_out_warnings(len(eval_images)))
   params, state = base_model.params, base_model.state
   reseeded = 0
   if config.reseed_before and "codebook" not in config.freeze:
@@ -150,7 +161,8 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
   card = render_card(
       out.name, model_config, f"Fine-tuned from `{base_label}` with vqzoo.", recipe=recipe,
       metrics=after, dataset=dataset, lineage=lineage, held_out=len(eval_images),
-      extra_sections={
+      load_spec=f"./{out.name}", base_datasets=_base_datasets(base_model),
+      extra_sections={**checks.card_section(warned),
           "Fine-tuning": (f"{result.step} steps; frozen: {', '.join(config.freeze) or 'nothing'}; "
                           "dead-code re-seeding while fine-tuning: "
                           + (f"codes used by fewer than {threshold} vectors per batch"

@@ -23,7 +23,7 @@ import optax
 
 from vqzoo.configs import PriorConfig, RunConfig, TrainConfig
 from vqzoo.nn import prior_bits
-from vqzoo.training import loop
+from vqzoo.training import checks, loop
 from vqzoo.training.checkpoint import TrainState
 from vqzoo.training.data import batch_indices
 from vqzoo.training.parallel import DataParallel
@@ -223,7 +223,49 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
   workdir = Path(workdir or out.with_name(out.name + ".work"))
   params = fit_prior(config, recipe, codes, labels, workdir=workdir, run=run)
   model.set_prior(config, params)
-  metrics = prior_nll(model, encode_images(model, test_images, progress=run.progress),
-                      test_labels, codes)
+  metrics = {**prior_nll(model, encode_images(model, test_images, progress=run.progress),
+                         test_labels, codes), "eval_split": eval_split}
+  warned = checks.emit(checks.prior_warnings(metrics) + (
+      checks.held_out_warnings(len(test_images) if eval_split == "held-out" else 0)
+      if images_dir is not None else []))
+  data = ({"source": "tfds", "dataset": dataset, "split": recipe.split, "eval_split": eval_split}
+          if dataset is not None else
+          {"source": "image-folder", "folder": Path(images_dir).name, "images": len(everything),
+           "held_out": len(test_images) if eval_split == "held-out" else 0})
+  model.card = prior_card(model, base, out.name, config, recipe, metrics, data, warned)
   model.save_pretrained(out)
-  return model, {**metrics, "eval_split": eval_split}
+  return model, metrics
+
+
+def prior_card(model: Any, base: str, name: str, config: PriorConfig, recipe: TrainConfig,
+               metrics: dict[str, Any], data: dict[str, Any], warned: Sequence[str]) -> str:
+  """The card of a model saved by :func:`fit_model_prior`: its prior, scores and warnings."""
+  from vqzoo.pretrained.cards import render_card
+  from vqzoo.training.finetuning import _base_datasets, _portable
+  base_label = base if "path" not in model.source else Path(base).name
+  kind = (f"a gated PixelCNN over the code grid (van den Oord et al. 2016), {config.hidden} "
+          f"channels, {config.num_layers} gated layers, {recipe.steps} Adam steps of batch "
+          f"{recipe.batch_size}" if config.kind == "pixelcnn" else
+          "a categorical distribution over the one code per image, fitted exactly by counting")
+  cond = (f", conditioned on the {config.num_classes} class labels" if config.num_classes
+          else ", unconditional")
+  where = (f"`{data['dataset']}` split `{data['split']}`" if data["source"] == "tfds"
+           else f"the images of the folder `{data['folder']}`")
+  rows = [f"| this prior | {metrics['prior_bits']:.1f} |"]
+  if "prior_bits_marginal" in metrics:
+    rows.append(f"| this prior (label summed out) | {metrics['prior_bits_marginal']:.1f} |")
+  section = "\n".join([
+      f"The prior is {kind}{cond}, fitted to the codes of {where}. "
+      "`model.sample(n)` draws codes from it and decodes them.", "",
+      f"Negative log-likelihood of the {metrics['eval_split']} codes, bits per image (lower is "
+      "better; a useful prior is well below the unigram baseline):", "",
+      "| model of the codes | bits per image |", "| --- | ---: |", *rows,
+      f"| unigram code frequencies | {metrics['unigram_bits']:.1f} |",
+      f"| uniform | {metrics['uniform_bits']:.1f} |"])
+  lineage = {"base": base_label, "base_source": _portable(model.source), "prior_data": data,
+             "prior": config.to_dict(), "prior_recipe": recipe.to_dict()}
+  return render_card(
+      name, model.config, f"`{base_label}` with a prior over its codes fitted by "
+      "`vqzoo fit-prior`.", lineage=lineage, load_spec=f"./{name}",
+      base_datasets=_base_datasets(model),
+      extra_sections={**checks.card_section(warned), "Prior": section})

@@ -1,0 +1,72 @@
+"""Warnings about results and recipes that should not be trusted as they stand.
+
+Each check returns plain sentences; :func:`emit` raises each as a :class:`ResultWarning`
+(which ``vqzoo`` prints as one ``vqzoo CMD: warning: ...`` line), and the commands that write
+a model card also list them there, under "Warnings".
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterable, Mapping
+
+from vqzoo.configs import TrainConfig
+
+MIN_HELD_OUT = 20  # fewer held-out images than this measure too little to compare models
+
+
+class ResultWarning(UserWarning):
+  """A result or a recipe that is probably not what the user wants."""
+
+
+def recipe_warnings(recipe: TrainConfig, num_train: int | None = None) -> list[str]:
+  """Warm-up not shorter than the run; a batch larger than the ``num_train`` training images
+  (where the batch is cut to the images, as in fine-tuning; ``None``: not checked)."""
+  out = []
+  if recipe.warmup_steps >= recipe.steps:
+    out.append(f"the learning-rate warm-up ({recipe.warmup_steps} steps) is not shorter than "
+               f"the run ({recipe.steps} steps): the rate never reaches its peak; shorten "
+               "the warm-up or run more steps")
+  if num_train is not None and recipe.batch_size > num_train:
+    out.append(f"batch size {recipe.batch_size} is larger than the {num_train} training images: "
+               f"each batch holds every image (batch {num_train}); lower --batch-size or add "
+               "images")
+  return out
+
+
+def held_out_warnings(num_held_out: int, what: str = "held-out") -> list[str]:
+  """Too few held-out images (fewer than :data:`MIN_HELD_OUT`) to measure a model."""
+  if num_held_out >= MIN_HELD_OUT:
+    return []
+  return [f"only {num_held_out} {what} image{'s' if num_held_out != 1 else ''} to measure on "
+          f"(at least {MIN_HELD_OUT} are needed for a usable measurement): the metrics are "
+          "noise; add images or raise the held-out fraction"]
+
+
+def prior_warnings(metrics: Mapping[str, Any]) -> list[str]:
+  """A fitted prior that scores worse than the unigram (or uniform) baseline."""
+  prior, unigram = metrics["prior_bits"], metrics["unigram_bits"]
+  if prior <= unigram:
+    return []
+  uniform = metrics.get("uniform_bits", float("inf"))
+  where = metrics.get("eval_split", "held-out")
+  return [f"the fitted prior scores {prior:.1f} bits per image on the {where} codes, worse than "
+          f"the unigram baseline ({unigram:.1f})"
+          + (f" and the uniform one ({uniform:.1f})" if prior > uniform else "")
+          + ": it is not a useful model of the codes; fit it for more steps or on more images"]
+
+
+def emit(messages: Iterable[str]) -> list[str]:
+  """Raises each message as a :class:`ResultWarning`; returns them, for the model card."""
+  messages = list(messages)
+  for message in messages:
+    warnings.warn(message, ResultWarning, stacklevel=2)
+  return messages
+
+
+def card_section(messages: Iterable[str]) -> dict[str, str]:
+  """``{"Warnings": bulleted list}`` for a card's ``extra_sections``; empty without messages."""
+  messages = list(messages)
+  if not messages:
+    return {}
+  return {"Warnings": "\n".join(f"- {m[0].upper()}{m[1:]}." for m in messages)}
