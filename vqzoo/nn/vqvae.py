@@ -17,8 +17,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from vqzoo.configs import PARTS, ModelConfig  # noqa: F401  (PARTS: re-exported by vqzoo.nn)
-from vqzoo.nn import nets, quantizers
+from vqzoo.configs import PARTS, ModelConfig, QuantizerConfig  # noqa: F401  (PARTS: re-exported)
+from vqzoo.nn import fsq, nets, quantizers
 
 ModuleOrFactory = Union[hk.Module, Callable[[], hk.Module]]
 
@@ -97,14 +97,7 @@ class VQVAE(hk.Module):
     if not isinstance(config, ModelConfig):
       raise TypeError(f"config: expected a vqzoo.ModelConfig, got {type(config).__name__}")
     q = config.quantizer
-    common = dict(num_embeddings=q.num_embeddings, embedding_dim=q.embedding_dim,
-                  commitment_cost=q.commitment_cost, decay=q.decay,
-                  dead_code_threshold=q.dead_code_threshold,
-                  cross_replica_axis=cross_replica_axis, name="quantizer")
-    if q.ema:
-      quantizer = lambda: quantizers.VectorQuantizerEMA(epsilon=q.epsilon, **common)
-    else:
-      quantizer = lambda: quantizers.VectorQuantizer(**common)
+    quantizer = lambda: make_quantizer(q, cross_replica_axis)
     if config.arch == "mlp":
       encoder = lambda: nets.MLPEncoder(config.mlp.encoder_sizes, q.embedding_dim, name="encoder")
       decoder = lambda: nets.MLPDecoder(config.mlp.decoder_sizes, config.image_shape,
@@ -178,6 +171,21 @@ class VQVAE(hk.Module):
         loss=recon + q.loss, reconstruction_loss=recon, codebook_loss=q.codebook_loss,
         commitment_loss=q.commitment_loss, perplexity=q.perplexity, code_counts=q.code_counts,
         reseeds=q.reseeds)
+
+
+def make_quantizer(config: QuantizerConfig, cross_replica_axis: str | None = None,
+                   name: str | None = "quantizer") -> hk.Module:
+  """The quantizer of ``config.kind`` (inside a Haiku transform)."""
+  q = config
+  if q.kind == "fsq":
+    return fsq.FSQ(q.levels, cross_replica_axis=cross_replica_axis, name=name)
+  common = dict(num_embeddings=q.num_embeddings, embedding_dim=q.embedding_dim,
+                commitment_cost=q.commitment_cost, decay=q.decay,
+                dead_code_threshold=q.dead_code_threshold,
+                cross_replica_axis=cross_replica_axis, name=name)
+  if q.ema:
+    return quantizers.VectorQuantizerEMA(epsilon=q.epsilon, **common)
+  return quantizers.VectorQuantizer(**common)
 
 
 def _check_spec(spec: Any) -> None:
