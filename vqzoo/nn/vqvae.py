@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vqzoo.configs import PARTS, ModelConfig, QuantizerConfig  # noqa: F401  (PARTS: re-exported)
-from vqzoo.nn import fsq, nets, quantizers
+from vqzoo.nn import fsq, nets, quantizers, residual
 
 ModuleOrFactory = Union[hk.Module, Callable[[], hk.Module]]
 
@@ -183,6 +183,11 @@ def make_quantizer(config: QuantizerConfig, cross_replica_axis: str | None = Non
                 commitment_cost=q.commitment_cost, decay=q.decay,
                 dead_code_threshold=q.dead_code_threshold,
                 cross_replica_axis=cross_replica_axis, name=name)
+  if q.kind == "rvq":
+    if q.ema:
+      common["epsilon"] = q.epsilon
+    return residual.ResidualVQ(num_stages=q.num_stages, ema=q.ema,
+                               quantizer_dropout=q.quantizer_dropout, **common)
   if q.ema:
     return quantizers.VectorQuantizerEMA(epsilon=q.epsilon, **common)
   return quantizers.VectorQuantizer(**common)
