@@ -18,6 +18,7 @@ KINDS = {
     "fsq": QuantizerConfig(kind="fsq", levels=(8, 5, 5, 5)),
     "rvq": QuantizerConfig(16, 8, kind="rvq", num_stages=2, quantizer_dropout=0.5, ema=True,
                            dead_code_threshold=0.5),
+    "lfq": QuantizerConfig(256, kind="lfq"),
 }
 
 
@@ -56,11 +57,15 @@ def test_kind_is_validated_and_old_configs_load_unchanged():
   fsq = QuantizerConfig(kind="fsq", levels=[8, 5, 5, 5])
   assert (fsq.num_embeddings, fsq.embedding_dim, fsq.levels) == (1000, 4, (8, 5, 5, 5))
   assert QuantizerConfig.from_dict(fsq.to_dict()) == fsq
+  assert QuantizerConfig(128, kind="lfq").embedding_dim == 7
   for bad, field in ((dict(kind="pq"), "kind"), (dict(kind="fsq"), "levels"),
                      (dict(kind="fsq", levels=(8, 2)), "levels"),
                      (dict(kind="fsq", levels=(8, 5), embedding_dim=3), "embedding_dim"),
                      (dict(levels=(8, 5)), "levels"), (dict(num_stages=2), "num_stages"),
                      (dict(kind="fsq", levels=(5, 5), ema=True), "ema"),
+                     (dict(kind="lfq", num_embeddings=100), "num_embeddings"),
+                     (dict(kind="lfq", num_embeddings=128, embedding_dim=6), "embedding_dim"),
+                     (dict(entropy_weight=0.5), "entropy_weight"),
                      (dict(gradient_estimator="reinforce"), "gradient_estimator")):
     with pytest.raises(ValueError, match=field):
       QuantizerConfig(**bad)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vqzoo.configs import PARTS, ModelConfig, QuantizerConfig  # noqa: F401  (PARTS: re-exported)
-from vqzoo.nn import fsq, nets, quantizers, residual
+from vqzoo.nn import fsq, lfq, nets, quantizers, residual
 
 ModuleOrFactory = Union[hk.Module, Callable[[], hk.Module]]
 
@@ -179,6 +179,11 @@ def make_quantizer(config: QuantizerConfig, cross_replica_axis: str | None = Non
   q = config
   if q.kind == "fsq":
     return fsq.FSQ(q.levels, cross_replica_axis=cross_replica_axis, name=name)
+  if q.kind == "lfq":
+    return lfq.LFQ(q.embedding_dim, commitment_cost=q.commitment_cost,
+                   entropy_weight=q.entropy_weight, diversity_gamma=q.diversity_gamma,
+                   temperature=q.entropy_temperature, cross_replica_axis=cross_replica_axis,
+                   name=name)
   common = dict(num_embeddings=q.num_embeddings, embedding_dim=q.embedding_dim,
                 commitment_cost=q.commitment_cost, decay=q.decay,
                 dead_code_threshold=q.dead_code_threshold,
