@@ -19,6 +19,10 @@ KINDS = {
     "rvq": QuantizerConfig(16, 8, kind="rvq", num_stages=2, quantizer_dropout=0.5, ema=True,
                            dead_code_threshold=0.5),
     "lfq": QuantizerConfig(256, kind="lfq"),
+    "vq-options": QuantizerConfig(32, 8, cosine=True, lookup_dim=4, kmeans_init=True,
+                                  gradient_estimator="rotation", dead_code_threshold=0.5),
+    "rvq-options": QuantizerConfig(16, 8, kind="rvq", num_stages=2, ema=True, lookup_dim=4,
+                                   kmeans_init=True),
 }
 
 
@@ -44,7 +48,7 @@ def test_each_kind_trains_and_round_trips_through_the_codec(kind, tmp_path):
   again, _ = codec.apply.reconstruct(result.params, result.state, None, x)
   np.testing.assert_allclose(decoded, again, atol=1e-5)
   assert np.mean((again - x) ** 2) < np.mean(x ** 2)  # better than black: it learnt something
-  if kind == "rvq":  # a prefix of the codes decodes at that depth
+  if kind.startswith("rvq"):  # a prefix of the codes decodes at that depth
     shallow, _ = codec.apply.decode(result.params, result.state, None, codes[..., :1])
     assert shallow.shape == x.shape and not np.allclose(shallow, decoded)
 
@@ -66,6 +70,9 @@ def test_kind_is_validated_and_old_configs_load_unchanged():
                      (dict(kind="lfq", num_embeddings=100), "num_embeddings"),
                      (dict(kind="lfq", num_embeddings=128, embedding_dim=6), "embedding_dim"),
                      (dict(entropy_weight=0.5), "entropy_weight"),
+                     (dict(kind="rvq", num_stages=2, cosine=True), "cosine"),
+                     (dict(kind="rvq", num_stages=2, gradient_estimator="rotation"),
+                      "gradient_estimator"),
                      (dict(gradient_estimator="reinforce"), "gradient_estimator")):
     with pytest.raises(ValueError, match=field):
       QuantizerConfig(**bad)

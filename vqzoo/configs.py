@@ -126,11 +126,13 @@ class QuantizerConfig(_Config):
     diversity_gamma: ``"lfq"``: weight of the batch-average entropy inside the penalty.
     entropy_temperature: ``"lfq"``: temperature of the soft code assignment the entropies
       are computed from.
-    cosine: ``"vq"``/``"rvq"``: l2-normalised codes and inputs (cosine similarity search).
+    cosine: ``"vq"``: l2-normalised codes and inputs (cosine similarity search; not for
+      ``"rvq"``, whose unit-norm stage outputs would not shrink the residual).
     lookup_dim: ``"vq"``/``"rvq"``: search a low-dimensional space, projecting inputs
       ``D -> lookup_dim`` and codes back; ``None`` searches in ``D``.
     kmeans_init: ``"vq"``/``"rvq"``: set the codebook by k-means on the first training batch.
-    gradient_estimator: ``"vq"``/``"rvq"``: one of :data:`GRADIENT_ESTIMATORS`.
+    gradient_estimator: ``"vq"``: one of :data:`GRADIENT_ESTIMATORS` (``"rvq"`` passes the
+      gradient straight through its sum of stages).
   """
 
   num_embeddings: int = _DEFAULT_K
@@ -211,9 +213,9 @@ class QuantizerConfig(_Config):
     owners = {"num_stages": ("rvq",), "quantizer_dropout": ("rvq",),
               "entropy_weight": ("lfq",), "diversity_gamma": ("lfq",),
               "entropy_temperature": ("lfq",), "ema": ("vq", "rvq"),
-              "dead_code_threshold": ("vq", "rvq"), "cosine": ("vq", "rvq"),
+              "dead_code_threshold": ("vq", "rvq"), "cosine": ("vq",),
               "lookup_dim": ("vq", "rvq"), "kmeans_init": ("vq", "rvq"),
-              "gradient_estimator": ("vq", "rvq")}
+              "gradient_estimator": ("vq",)}
     for name, kinds in owners.items():
       _require(self.kind in kinds or getattr(self, name) == defaults[name], f"quantizer.{name}",
                f"its default {defaults[name]!r} unless kind is one of {kinds}",

@@ -39,7 +39,7 @@ class ResidualVQ(hk.Module):
     cross_replica_axis: ``pmap``/``shard_map`` axis to sum every stage's statistics over.
     name: module name.
     **stage_kwargs: passed to every stage (``decay``, ``epsilon`` (EMA), ``dead_code_threshold``,
-      ``cosine``, ``lookup_dim``, ``kmeans_init``, ``gradient_estimator``, ``dtype``).
+      ``lookup_dim``, ``kmeans_init``, ``kmeans_iters``, ``dtype``).
 
   ``loss`` sums the stages' losses (each on its residual ``r_n = z_e - sg(e_0 + ... +
   e_{n-1})``, so every commitment term trains the encoder); every stage keeps learning in a
@@ -57,6 +57,12 @@ class ResidualVQ(hk.Module):
       raise ValueError(f"num_stages: expected an integer >= 1, got {num_stages!r}")
     if not 0.0 <= quantizer_dropout <= 1.0:
       raise ValueError(f"quantizer_dropout: expected a number in [0, 1], got {quantizer_dropout}")
+    if stage_kwargs.get("gradient_estimator", "straight_through") != "straight_through":
+      raise ValueError("gradient_estimator: the residual quantizer passes gradients straight "
+                       "through its sum of stages; expected 'straight_through'")
+    if stage_kwargs.get("cosine", False):
+      raise ValueError("cosine: unit-norm stage outputs would not shrink the residual; "
+                       "expected False for a residual quantizer")
     cls = quantizers.VectorQuantizerEMA if ema else quantizers.VectorQuantizer
     if not ema and "epsilon" in stage_kwargs:
       raise ValueError("epsilon: only for EMA stages (ema=True)")

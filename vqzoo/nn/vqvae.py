@@ -187,12 +187,14 @@ def make_quantizer(config: QuantizerConfig, cross_replica_axis: str | None = Non
   common = dict(num_embeddings=q.num_embeddings, embedding_dim=q.embedding_dim,
                 commitment_cost=q.commitment_cost, decay=q.decay,
                 dead_code_threshold=q.dead_code_threshold,
-                cross_replica_axis=cross_replica_axis, name=name)
+                cross_replica_axis=cross_replica_axis, name=name, cosine=q.cosine,
+                lookup_dim=q.lookup_dim, kmeans_init=q.kmeans_init)
   if q.kind == "rvq":
     if q.ema:
       common["epsilon"] = q.epsilon
     return residual.ResidualVQ(num_stages=q.num_stages, ema=q.ema,
                                quantizer_dropout=q.quantizer_dropout, **common)
+  common["gradient_estimator"] = q.gradient_estimator
   if q.ema:
     return quantizers.VectorQuantizerEMA(epsilon=q.epsilon, **common)
   return quantizers.VectorQuantizer(**common)
