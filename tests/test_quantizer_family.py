@@ -76,3 +76,43 @@ def test_kind_is_validated_and_old_configs_load_unchanged():
                      (dict(gradient_estimator="reinforce"), "gradient_estimator")):
     with pytest.raises(ValueError, match=field):
       QuantizerConfig(**bad)
+
+
+USER_QUANTIZERS = {
+    "vq": lambda: vnn.VectorQuantizer(4, 32, 0.25, cosine=True, lookup_dim=3,
+                                      gradient_estimator="rotation"),
+    "ema": lambda: vnn.VectorQuantizerEMA(4, 32, 0.25, kmeans_init=True),
+    "fsq": lambda: vnn.FSQ((5, 5, 5, 5)),
+    "rvq": lambda: vnn.ResidualVQ(4, 16, 3, 0.25, quantizer_dropout=0.5),
+    "lfq": lambda: vnn.LFQ(4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(USER_QUANTIZERS))
+def test_each_module_in_a_user_written_transform_with_its_own_encoder(name):
+  """A user's own modules around each quantizer: gradients reach the encoder, codes decode."""
+  class Encoder(hk.Module):
+    def __call__(self, x):
+      return hk.Linear(4)(hk.Flatten()(x))
+
+  class Decoder(hk.Module):
+    def __call__(self, z):
+      return hk.Reshape((28, 28, 1))(hk.Linear(784)(z))
+
+  def forward(x, is_training):
+    return vnn.VQVAE(Encoder(name="enc"), Decoder(name="dec"), USER_QUANTIZERS[name]())(
+        x, is_training)
+
+  def decode(codes):
+    return vnn.VQVAE(Encoder(name="enc"), Decoder(name="dec"),
+                     USER_QUANTIZERS[name]()).decode_codes(codes)
+
+  model = hk.transform_with_state(forward)
+  x = synthetic_images(32).astype(np.float32) / 255
+  params, state = model.init(jax.random.PRNGKey(0), x, True)
+  loss = lambda p: model.apply(p, state, jax.random.PRNGKey(1), x, True)[0].loss
+  grads = jax.grad(loss)(params)
+  assert np.any(np.asarray(grads["enc/linear"]["w"]) != 0)
+  out, _ = model.apply(params, state, None, x, False)
+  decoded, _ = hk.transform_with_state(decode).apply(params, state, None, out.codes)
+  np.testing.assert_allclose(decoded, out.reconstruction, atol=1e-5)

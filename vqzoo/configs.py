@@ -335,6 +335,12 @@ class ModelConfig(_Config):
       return ()
     return (self.image_shape[0] // 4, self.image_shape[1] // 4)
 
+  @property
+  def codes_shape(self) -> tuple[int, ...]:
+    """Shape of one image's codes: :attr:`latent_shape`, then ``(N,)`` for a residual
+    quantizer (:attr:`QuantizerConfig.code_shape`)."""
+    return self.latent_shape + self.quantizer.code_shape
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(_Config):
