@@ -3,6 +3,7 @@
 
 import math
 
+import chex
 import haiku as hk
 import jax
 import numpy as np
@@ -116,3 +117,30 @@ def test_each_module_in_a_user_written_transform_with_its_own_encoder(name):
   out, _ = model.apply(params, state, None, x, False)
   decoded, _ = hk.transform_with_state(decode).apply(params, state, None, out.codes)
   np.testing.assert_allclose(decoded, out.reconstruction, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["fsq", "lfq", "rvq", "rvq-options", "vq-options"])
+def test_a_pmapped_train_step_equals_one_device_on_the_whole_batch(kind):
+  """Every statistic of the new kinds (EMA per stage, k-means, LFQ's entropies, usage and
+  re-seeding, the dropout depth) is taken over the global batch, as on one device."""
+  from vqzoo.training import trainer as train_lib
+  n_dev = 2
+  config = _config(KINDS[kind])
+  recipe = TrainConfig(steps=2, batch_size=16, learning_rate=1e-3, warmup_steps=0)
+  optimizer = train_lib.make_optimizer(recipe)
+  ts = jax.device_get(train_lib.init_train_state(config, optimizer, seed=0))
+  images = synthetic_images(32, seed=1).astype(np.float32) / 255
+  one = jax.jit(train_lib.make_train_step(config, optimizer))
+  many = jax.pmap(train_lib.make_train_step(config, optimizer, axis_name=train_lib.AXIS),
+                  axis_name=train_lib.AXIS, devices=jax.local_devices()[:n_dev])
+  rts = jax.tree_util.tree_map(lambda x: np.broadcast_to(x, (n_dev, *np.shape(x))), ts)
+  for i in range(2):
+    batch = images[i * 16:(i + 1) * 16]
+    ts, metrics = one(ts, batch)
+    rts, rmetrics = many(rts, batch.reshape(n_dev, 8, *batch.shape[1:]))
+  chex.assert_trees_all_close(jax.tree_util.tree_map(lambda x: np.asarray(x)[0], rts.params),
+                              jax.device_get(ts.params), rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(jax.tree_util.tree_map(lambda x: np.asarray(x)[1], rts.state),
+                              jax.device_get(ts.state), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(rmetrics["perplexity"])[0], metrics["perplexity"],
+                             rtol=1e-4)
