@@ -23,7 +23,7 @@ KINDS = {
     "vq-options": QuantizerConfig(32, 8, cosine=True, lookup_dim=4, kmeans_init=True,
                                   gradient_estimator="rotation", dead_code_threshold=0.5),
     "rvq-options": QuantizerConfig(16, 8, kind="rvq", num_stages=2, ema=True, lookup_dim=4,
-                                   kmeans_init=True),
+                                   kmeans_init=True, gradient_estimator="rotation"),
 }
 
 
@@ -72,8 +72,6 @@ def test_kind_is_validated_and_old_configs_load_unchanged():
                      (dict(kind="lfq", num_embeddings=128, embedding_dim=6), "embedding_dim"),
                      (dict(entropy_weight=0.5), "entropy_weight"),
                      (dict(kind="rvq", num_stages=2, cosine=True), "cosine"),
-                     (dict(kind="rvq", num_stages=2, gradient_estimator="rotation"),
-                      "gradient_estimator"),
                      (dict(gradient_estimator="reinforce"), "gradient_estimator")):
     with pytest.raises(ValueError, match=field):
       QuantizerConfig(**bad)
@@ -84,7 +82,8 @@ USER_QUANTIZERS = {
                                       gradient_estimator="rotation"),
     "ema": lambda: vnn.VectorQuantizerEMA(4, 32, 0.25, kmeans_init=True),
     "fsq": lambda: vnn.FSQ((5, 5, 5, 5)),
-    "rvq": lambda: vnn.ResidualVQ(4, 16, 3, 0.25, quantizer_dropout=0.5),
+    "rvq": lambda: vnn.ResidualVQ(4, 16, 3, 0.25, quantizer_dropout=0.5,
+                                  gradient_estimator="rotation"),
     "lfq": lambda: vnn.LFQ(4),
 }
 

@@ -92,6 +92,24 @@ def test_gradients_reach_the_encoder_once_and_every_codebook():
   assert np.all(np.isfinite(g_z))
 
 
+def test_rotation_estimator_on_the_sum_changes_only_the_gradient():
+  z = _z(64)
+  st, rot = _rvq(), _rvq(gradient_estimator="rotation")
+  params, state = st.init(jax.random.PRNGKey(0), z)
+  a, _ = st.apply(params, state, None, z)
+  b, _ = rot.apply(params, state, None, z)
+  np.testing.assert_allclose(a.quantized, b.quantized, atol=1e-6)
+  np.testing.assert_array_equal(a.codes, b.codes)
+  g = lambda m: jax.grad(lambda z: jnp.sum(m.apply(params, state, None, z)[0].quantized
+                                           * np.arange(D)))(z)
+  rotated = g(rot)
+  assert not np.allclose(rotated, g(st), atol=1e-3)
+  # The scaled rotation maps z onto e, so its transpose keeps the norm ratio ||e|| / ||z||.
+  np.testing.assert_allclose(np.linalg.norm(rotated, axis=1),
+                             np.linalg.norm(a.quantized, axis=1) / np.linalg.norm(z, axis=1)
+                             * np.linalg.norm(np.arange(D)), rtol=1e-4)
+
+
 def test_ema_stages_in_a_user_transform_under_pmap_equal_one_device_on_the_whole_batch():
   n_dev = 2
   z = _z(128, seed=1)
@@ -127,6 +145,10 @@ def test_bfloat16_inputs_give_the_float32_codes():
 def test_bad_arguments_are_refused():
   with pytest.raises(ValueError, match="num_stages"):
     hk.transform(lambda: ResidualVQ(D, K, 0, 0.25)).init(None)
+  with pytest.raises(ValueError, match="gradient_estimator"):
+    hk.transform(lambda: ResidualVQ(D, K, N, 0.25, gradient_estimator="gumbel")).init(None)
+  with pytest.raises(ValueError, match="cosine"):
+    hk.transform(lambda: ResidualVQ(D, K, N, 0.25, cosine=True)).init(None)
   with pytest.raises(ValueError, match="depth"):
     _rvq().init(jax.random.PRNGKey(0), _z(4), False, 4)
   with pytest.raises(ValueError, match="residual codes"):

@@ -131,8 +131,8 @@ class QuantizerConfig(_Config):
     lookup_dim: ``"vq"``/``"rvq"``: search a low-dimensional space, projecting inputs
       ``D -> lookup_dim`` and codes back; ``None`` searches in ``D``.
     kmeans_init: ``"vq"``/``"rvq"``: set the codebook by k-means on the first training batch.
-    gradient_estimator: ``"vq"``: one of :data:`GRADIENT_ESTIMATORS` (``"rvq"`` passes the
-      gradient straight through its sum of stages).
+    gradient_estimator: ``"vq"``/``"rvq"``: one of :data:`GRADIENT_ESTIMATORS` (for ``"rvq"``
+      applied once, to the sum of the stages).
   """
 
   num_embeddings: int = _DEFAULT_K
@@ -215,7 +215,7 @@ class QuantizerConfig(_Config):
               "entropy_temperature": ("lfq",), "ema": ("vq", "rvq"),
               "dead_code_threshold": ("vq", "rvq"), "cosine": ("vq",),
               "lookup_dim": ("vq", "rvq"), "kmeans_init": ("vq", "rvq"),
-              "gradient_estimator": ("vq",)}
+              "gradient_estimator": ("vq", "rvq")}
     for name, kinds in owners.items():
       _require(self.kind in kinds or getattr(self, name) == defaults[name], f"quantizer.{name}",
                f"its default {defaults[name]!r} unless kind is one of {kinds}",

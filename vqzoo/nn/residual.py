@@ -38,28 +38,32 @@ class ResidualVQ(hk.Module):
       uniformly from ``1..N`` (needs an rng; the same on every replica); 0 disables it.
     cross_replica_axis: ``pmap``/``shard_map`` axis to sum every stage's statistics over.
     name: module name.
+    gradient_estimator: how the decoder's gradient reaches ``z_e`` through the sum ``e`` of the
+      stages: ``"straight_through"`` (``z_e + sg[e - z_e]``) or ``"rotation"`` (the rotation
+      trick of :func:`~vqzoo.nn.quantizers.rotation_trick` from ``z_e`` onto ``e``).
     **stage_kwargs: passed to every stage (``decay``, ``epsilon`` (EMA), ``dead_code_threshold``,
       ``lookup_dim``, ``kmeans_init``, ``kmeans_iters``, ``dtype``).
 
   ``loss`` sums the stages' losses (each on its residual ``r_n = z_e - sg(e_0 + ... +
   e_{n-1})``, so every commitment term trains the encoder); every stage keeps learning in a
   batch that stops early (its residual does not depend on the depth). Only ``quantized`` sees
-  the depth; its gradient to ``z_e`` is straight-through on the sum. Stages are the child modules
+  the depth; its gradient to ``z_e`` passes through the sum once (``gradient_estimator``). Stages are the child modules
   ``stage_0`` .. ``stage_{N-1}``.
   """
 
   def __init__(self, embedding_dim: int, num_embeddings: int, num_stages: int,
                commitment_cost: float, ema: bool = False, quantizer_dropout: float = 0.0,
                cross_replica_axis: str | None = None, name: str | None = None,
-               **stage_kwargs: Any):
+               gradient_estimator: str = "straight_through", **stage_kwargs: Any):
     super().__init__(name=name)
     if not isinstance(num_stages, int) or num_stages < 1:
       raise ValueError(f"num_stages: expected an integer >= 1, got {num_stages!r}")
     if not 0.0 <= quantizer_dropout <= 1.0:
       raise ValueError(f"quantizer_dropout: expected a number in [0, 1], got {quantizer_dropout}")
-    if stage_kwargs.get("gradient_estimator", "straight_through") != "straight_through":
-      raise ValueError("gradient_estimator: the residual quantizer passes gradients straight "
-                       "through its sum of stages; expected 'straight_through'")
+    if gradient_estimator not in quantizers.GRADIENT_ESTIMATORS:
+      raise ValueError(f"gradient_estimator: expected one of {quantizers.GRADIENT_ESTIMATORS}, "
+                       f"got {gradient_estimator!r}")
+    self.gradient_estimator = gradient_estimator
     if stage_kwargs.get("cosine", False):
       raise ValueError("cosine: unit-norm stage outputs would not shrink the residual; "
                        "expected False for a residual quantizer")
@@ -131,8 +135,8 @@ class ResidualVQ(hk.Module):
     for o in outs:
       reseeds = {**reseeds, **o.reseeds}
     return QuantizerOutput(
-        # Straight-through on the sum: the decoder's gradient reaches z_e once, at any depth.
-        quantized=(z32 + jax.lax.stop_gradient(e - z32)).astype(z_e.dtype),
+        # On the sum: the decoder's gradient reaches z_e once, at any depth.
+        quantized=self._estimate(z32, e).astype(z_e.dtype),
         codes=codes,
         loss=sum(o.loss for o in outs),
         codebook_loss=sum(o.codebook_loss for o in outs),
@@ -140,6 +144,11 @@ class ResidualVQ(hk.Module):
         perplexity=jnp.mean(jnp.stack([o.perplexity for o in outs])),
         code_counts=jnp.stack([o.code_counts for o in outs]),
         reseeds=reseeds)
+
+  def _estimate(self, z32: jax.Array, e: jax.Array) -> jax.Array:
+    if self.gradient_estimator == "rotation":
+      return quantizers.rotation_trick(z32, e)
+    return z32 + jax.lax.stop_gradient(e - z32)
 
   def replace_codes(self, dead: jax.Array, fresh: jax.Array) -> Reseeds:
     """Moves stage ``n``'s ``dead[n]`` codes (``[N, K]`` bool) onto ``fresh[n]`` (``[N, K, D]``).

@@ -199,7 +199,8 @@ def make_quantizer(config: QuantizerConfig, cross_replica_axis: str | None = Non
     if q.ema:
       common["epsilon"] = q.epsilon
     return residual.ResidualVQ(num_stages=q.num_stages, ema=q.ema,
-                               quantizer_dropout=q.quantizer_dropout, **common)
+                               quantizer_dropout=q.quantizer_dropout,
+                               gradient_estimator=q.gradient_estimator, **common)
   common["gradient_estimator"] = q.gradient_estimator
   if q.ema:
     return quantizers.VectorQuantizerEMA(epsilon=q.epsilon, **common)
