@@ -14,8 +14,8 @@ D = 6
 K = 2 ** D
 
 
-def _apply(z, **kwargs):
-  return hk.transform(lambda z: LFQ(D, **kwargs)(z)).apply({}, None, z)
+def _apply(z, is_training=True, **kwargs):
+  return hk.transform(lambda z: LFQ(D, **kwargs)(z, is_training)).apply({}, None, z)
 
 
 def _z(n=512, seed=0, scale=0.05):
@@ -64,6 +64,9 @@ def test_entropy_penalty_equals_the_brute_force_softmax(tau):
   commitment = np.mean((z - np.where(z > 0, 1, -1)) ** 2)
   np.testing.assert_allclose(out.loss, 0.5 * commitment + 0.2 * (want[0] - 2.0 * want[1]),
                              rtol=1e-4)
+  evaluation = _apply(z, False, temperature=tau, commitment_cost=0.5, entropy_weight=0.2)
+  np.testing.assert_allclose(evaluation.loss, 0.5 * commitment, rtol=1e-5)  # no penalty
+  np.testing.assert_array_equal(evaluation.codes, out.codes)
 
 
 def test_the_penalty_gradient_spreads_codes_over_a_batch():
@@ -81,7 +84,7 @@ def test_batch_statistics_under_pmap_equal_one_device_on_the_whole_batch():
   ref = _apply(z)
 
   def shard(z):
-    return hk.transform(lambda z: LFQ(D, cross_replica_axis="i")(z)).apply({}, None, z)
+    return hk.transform(lambda z: LFQ(D, cross_replica_axis="i")(z, True)).apply({}, None, z)
   out = jax.pmap(shard, axis_name="i", devices=jax.local_devices()[:n_dev])(z.reshape(n_dev, -1, D))
   alone = jax.pmap(lambda z: _apply(z), devices=jax.local_devices()[:n_dev])(z.reshape(n_dev, -1, D))
   for r in range(n_dev):

@@ -27,7 +27,8 @@ import numpy as np
 
 from vqzoo.nn.quantizers import QuantizerOutput, _perplexity, _psum
 
-#: The largest ``d``: the batch entropy holds an ``[N, 2^d]`` table of code probabilities.
+#: The largest ``d``: the batch entropy holds an ``[N, 2^d]`` table of code probabilities
+#: (in training only).
 MAX_DIM = 20
 
 
@@ -109,9 +110,9 @@ class LFQ(hk.Module):
 
     ``quantized`` (``z_e``'s dtype) is straight-through ``sign(z_e)`` (``-1`` at 0);
     ``loss = beta * commitment + entropy_weight * penalty``; ``codebook_loss`` is 0 (no
-    codebook). ``is_training`` changes nothing (accepted for the common interface).
+    codebook). Only ``is_training`` computes the penalty (its ``[N, 2^d]`` table of code
+    probabilities, a training regulariser); otherwise it is 0, as in vector-quantize-pytorch.
     """
-    del is_training
     if z_e.ndim < 1 or z_e.shape[-1] != self.embedding_dim:
       raise ValueError(f"quantizer input: expected [..., {self.embedding_dim}], "
                        f"got shape {z_e.shape}")
@@ -122,8 +123,10 @@ class LFQ(hk.Module):
     codes = jnp.sum(positive.astype(jnp.int32) << shifts, axis=-1).astype(jnp.int32)
     chex.assert_shape(codes, z_e.shape[:-1])
     commitment = jnp.mean(jnp.square(z - signs))
-    per_sample, batch = self.entropies(z)
-    penalty = per_sample - self.diversity_gamma * batch
+    penalty = jnp.zeros((), jnp.float32)
+    if is_training and self.entropy_weight > 0:
+      per_sample, batch = self.entropies(z)
+      penalty = per_sample - self.diversity_gamma * batch
     counts = _psum(jnp.bincount(jnp.reshape(codes, (-1,)), length=self.num_embeddings),
                    self.cross_replica_axis)
     return QuantizerOutput(
