@@ -86,7 +86,8 @@ def test_batch_statistics_under_pmap_equal_one_device_on_the_whole_batch():
   def shard(z):
     return hk.transform(lambda z: LFQ(D, cross_replica_axis="i")(z, True)).apply({}, None, z)
   out = jax.pmap(shard, axis_name="i", devices=jax.local_devices()[:n_dev])(z.reshape(n_dev, -1, D))
-  alone = jax.pmap(lambda z: _apply(z), devices=jax.local_devices()[:n_dev])(z.reshape(n_dev, -1, D))
+  alone = jax.pmap(lambda z: _apply(z), devices=jax.local_devices()[:n_dev])(
+      z.reshape(n_dev, -1, D))  # no axis: each replica's own entropies
   for r in range(n_dev):
     np.testing.assert_array_equal(out.code_counts[r], ref.code_counts)
     np.testing.assert_allclose(out.perplexity[r], ref.perplexity, rtol=1e-5)

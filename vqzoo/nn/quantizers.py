@@ -351,10 +351,10 @@ class VectorQuantizer(_Quantizer):
   Params: ``codebook`` ``[K, D]`` (and ``project_in``/``project_out`` with a ``lookup_dim``).
   With ``kmeans_init`` the first training batch's centroids come back in
   :attr:`QuantizerOutput.reseeds` (a parameter cannot be rewritten): apply them with
-  :func:`apply_reseeds` as the trainer does. State, only with a ``dead_code_threshold`` (without one the
-  module is stateless and runs under a plain ``hk.transform``): ``usage`` ``[K]``, the moving
-  average of vectors per batch assigned to each code, and ``usage_updates``, how many batches
-  it has seen.
+  :func:`apply_reseeds` as the trainer does. State, only with a ``dead_code_threshold`` or
+  ``kmeans_init`` (without either the module is stateless and runs under a plain
+  ``hk.transform``): ``usage`` ``[K]``, the moving average of vectors per batch assigned to
+  each code, and ``usage_updates``, how many batches it has seen (re-seeding); ``kmeans_done``.
   """
 
   def __init__(self, embedding_dim: int, num_embeddings: int, commitment_cost: float,

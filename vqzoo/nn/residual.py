@@ -47,8 +47,8 @@ class ResidualVQ(hk.Module):
   ``loss`` sums the stages' losses (each on its residual ``r_n = z_e - sg(e_0 + ... +
   e_{n-1})``, so every commitment term trains the encoder); every stage keeps learning in a
   batch that stops early (its residual does not depend on the depth). Only ``quantized`` sees
-  the depth; its gradient to ``z_e`` passes through the sum once (``gradient_estimator``). Stages are the child modules
-  ``stage_0`` .. ``stage_{N-1}``.
+  the depth; its gradient to ``z_e`` passes through the sum once (``gradient_estimator``).
+  Stages are the child modules ``stage_0`` .. ``stage_{N-1}``.
   """
 
   def __init__(self, embedding_dim: int, num_embeddings: int, num_stages: int,
