@@ -74,7 +74,8 @@ class _Config:
 
   def to_dict(self) -> dict[str, Any]:
     """Plain JSON-able data (tuples as lists, nested configs as dicts)."""
-    return _plain(dataclasses.asdict(self))
+    return {f.name: (value.to_dict() if isinstance(value, _Config) else _plain(value))
+            for f in dataclasses.fields(self) for value in (getattr(self, f.name),)}
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any]):
@@ -86,31 +87,96 @@ class _Config:
     return cls(**kwargs)
 
 
+#: Quantizer kinds: a codebook (van den Oord et al. 2017), finite scalar quantization
+#: (Mentzer et al. 2023), residual VQ (Zeghidour et al. 2021) and lookup-free quantization
+#: (Yu et al. 2023).
+QUANTIZER_KINDS = ("vq", "fsq", "rvq", "lfq")
+GRADIENT_ESTIMATORS = ("straight_through", "rotation")
+_DEFAULT_K, _DEFAULT_D = 512, 64
+# QuantizerConfig fields added with the quantizer family; the older ones always appear.
+_LATER_FIELDS = ("kind", "levels", "num_stages", "quantizer_dropout", "entropy_weight",
+                 "diversity_gamma", "entropy_temperature", "cosine", "lookup_dim", "kmeans_init",
+                 "gradient_estimator")
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantizerConfig(_Config):
-  """The codebook.
+  """The quantizer.
 
   Attributes:
-    num_embeddings: K, the number of codes.
-    embedding_dim: D, the size of each code vector.
-    commitment_cost: beta, the weight of the commitment term.
+    num_embeddings: K, the number of codes (per stage for ``"rvq"``). For ``"fsq"`` it is
+      ``prod(levels)`` and for ``"lfq"`` a power of two ``2^d``; left at its default it is
+      derived, otherwise it must agree.
+    embedding_dim: D, the size of each code vector (what the encoder outputs). For ``"fsq"``
+      it is ``len(levels)`` and for ``"lfq"`` ``log2(num_embeddings)``; derived or checked
+      like ``num_embeddings``.
+    commitment_cost: beta, the weight of the commitment term (``"vq"``, ``"rvq"``, ``"lfq"``).
     ema: update the codebook by exponential moving averages (state) instead of
-      the embedding loss (params).
+      the embedding loss (params); ``"vq"`` and ``"rvq"`` (every stage) only.
     decay: EMA decay; also the decay of the code-usage statistics.
     epsilon: Laplace smoothing of EMA cluster sizes.
     dead_code_threshold: codes whose EMA usage (vectors per batch) falls below
       this are re-seeded from encoder outputs while training; 0 disables it.
+    kind: one of :data:`QUANTIZER_KINDS`.
+    levels: values per dimension for ``"fsq"``, e.g. ``(8, 5, 5, 5)``.
+    num_stages: N, the residual stages of ``"rvq"`` (1 for the other kinds).
+    quantizer_dropout: ``"rvq"``: share of training batches that stop at a random depth
+      ``1..N`` so that one model decodes at any depth; 0 disables it.
+    entropy_weight: ``"lfq"``: weight of the entropy penalty.
+    diversity_gamma: ``"lfq"``: weight of the batch-average entropy inside the penalty.
+    entropy_temperature: ``"lfq"``: temperature of the soft code assignment the entropies
+      are computed from.
+    cosine: ``"vq"``: l2-normalised codes and inputs (cosine similarity search; not for
+      ``"rvq"``, whose unit-norm stage outputs would not shrink the residual).
+    lookup_dim: ``"vq"``/``"rvq"``: search a low-dimensional space, projecting inputs
+      ``D -> lookup_dim`` and codes back; ``None`` searches in ``D``.
+    kmeans_init: ``"vq"``/``"rvq"``: set the codebook by k-means on the first training batch.
+    gradient_estimator: ``"vq"``/``"rvq"``: one of :data:`GRADIENT_ESTIMATORS` (for ``"rvq"``
+      applied once, to the sum of the stages).
   """
 
-  num_embeddings: int = 512
-  embedding_dim: int = 64
+  num_embeddings: int = _DEFAULT_K
+  embedding_dim: int = _DEFAULT_D
   commitment_cost: float = 0.25
   ema: bool = False
   decay: float = 0.99
   epsilon: float = 1e-5
   dead_code_threshold: float = 0.0
+  kind: str = "vq"
+  levels: tuple[int, ...] | None = None
+  num_stages: int = 1
+  quantizer_dropout: float = 0.0
+  entropy_weight: float = 0.1
+  diversity_gamma: float = 1.0
+  entropy_temperature: float = 0.01
+  cosine: bool = False
+  lookup_dim: int | None = None
+  kmeans_init: bool = False
+  gradient_estimator: str = "straight_through"
 
   def __post_init__(self):
+    _require(self.kind in QUANTIZER_KINDS, "quantizer.kind", f"one of {QUANTIZER_KINDS}",
+             self.kind)
+    if self.kind == "fsq":
+      _require(self.levels is not None, "quantizer.levels", "levels for kind='fsq'", None)
+      levels = _int_tuple(self.levels, "quantizer.levels", "a sequence of integers >= 3")
+      _require(len(levels) >= 1 and all(_is_int(l) and l >= 3 for l in levels),
+               "quantizer.levels", "a non-empty sequence of integers >= 3", levels)
+      object.__setattr__(self, "levels", levels)
+      self._derive(math.prod(levels), len(levels), f"prod(levels) = {math.prod(levels)}",
+                   f"len(levels) = {len(levels)}")
+    else:
+      _require(self.levels is None, "quantizer.levels", "None unless kind='fsq'", self.levels)
+    if self.kind == "lfq":
+      k = self.num_embeddings
+      _require(_is_int(k) and 2 <= k <= MAX_CODES and k & (k - 1) == 0,
+               "quantizer.num_embeddings", f"a power of two in [2, {MAX_CODES}] for kind='lfq'",
+               k)
+      d = k.bit_length() - 1
+      if self.embedding_dim == _DEFAULT_D and d != _DEFAULT_D:
+        object.__setattr__(self, "embedding_dim", d)
+      _require(self.embedding_dim == d, "quantizer.embedding_dim",
+               f"log2(num_embeddings) = {d} for kind='lfq'", self.embedding_dim)
     _require(_is_int(self.num_embeddings) and 1 <= self.num_embeddings <= MAX_CODES,
              "quantizer.num_embeddings", f"an integer in [1, {MAX_CODES}]", self.num_embeddings)
     _require(_is_int(self.embedding_dim) and 1 <= self.embedding_dim <= MAX_WIDTH,
@@ -124,6 +190,59 @@ class QuantizerConfig(_Config):
              "quantizer.epsilon", "a finite number > 0", self.epsilon)
     _require(_is_number(self.dead_code_threshold) and 0 <= self.dead_code_threshold < math.inf,
              "quantizer.dead_code_threshold", "a finite number >= 0", self.dead_code_threshold)
+    _require(_is_int(self.num_stages) and 1 <= self.num_stages <= 64, "quantizer.num_stages",
+             "an integer in [1, 64]", self.num_stages)
+    _require(_is_number(self.quantizer_dropout) and 0 <= self.quantizer_dropout <= 1,
+             "quantizer.quantizer_dropout", "a number in [0, 1]", self.quantizer_dropout)
+    for name in ("entropy_weight", "diversity_gamma"):
+      value = getattr(self, name)
+      _require(_is_number(value) and 0 <= value < math.inf, f"quantizer.{name}",
+               "a finite number >= 0", value)
+    _require(_is_number(self.entropy_temperature) and 0 < self.entropy_temperature < math.inf,
+             "quantizer.entropy_temperature", "a finite number > 0", self.entropy_temperature)
+    for name in ("cosine", "kmeans_init"):
+      _require(isinstance(getattr(self, name), bool), f"quantizer.{name}", "a bool",
+               getattr(self, name))
+    _require(self.lookup_dim is None or (_is_int(self.lookup_dim)
+                                         and 1 <= self.lookup_dim <= MAX_WIDTH),
+             "quantizer.lookup_dim", f"None or an integer in [1, {MAX_WIDTH}]", self.lookup_dim)
+    _require(self.gradient_estimator in GRADIENT_ESTIMATORS, "quantizer.gradient_estimator",
+             f"one of {GRADIENT_ESTIMATORS}", self.gradient_estimator)
+    # Options of one kind are refused on the others (a silent no-op would mislead).
+    defaults = {f.name: f.default for f in dataclasses.fields(self)}
+    owners = {"num_stages": ("rvq",), "quantizer_dropout": ("rvq",),
+              "entropy_weight": ("lfq",), "diversity_gamma": ("lfq",),
+              "entropy_temperature": ("lfq",), "ema": ("vq", "rvq"),
+              "dead_code_threshold": ("vq", "rvq"), "cosine": ("vq",),
+              "lookup_dim": ("vq", "rvq"), "kmeans_init": ("vq", "rvq"),
+              "gradient_estimator": ("vq", "rvq")}
+    for name, kinds in owners.items():
+      _require(self.kind in kinds or getattr(self, name) == defaults[name], f"quantizer.{name}",
+               f"its default {defaults[name]!r} unless kind is one of {kinds}",
+               getattr(self, name))
+
+  def _derive(self, k: int, d: int, k_rule: str, d_rule: str) -> None:
+    """Sets K and D from the kind's own fields when left at their defaults, else checks them."""
+    for name, value, default, rule in (("num_embeddings", k, _DEFAULT_K, k_rule),
+                                       ("embedding_dim", d, _DEFAULT_D, d_rule)):
+      if getattr(self, name) == default:
+        object.__setattr__(self, name, value)
+      _require(getattr(self, name) == value, f"quantizer.{name}", f"{rule} for kind='{self.kind}'",
+               getattr(self, name))
+
+  def to_dict(self) -> dict[str, Any]:
+    """As :meth:`_Config.to_dict`, without the fields of :data:`_LATER_FIELDS` left at their
+    defaults: a codebook quantizer's ``config.json`` keeps the bytes it had before them."""
+    out = super().to_dict()
+    for f in dataclasses.fields(self):
+      if f.name in _LATER_FIELDS and out[f.name] == _plain(f.default):
+        del out[f.name]
+    return out
+
+  @property
+  def code_shape(self) -> tuple[int, ...]:
+    """Trailing code axes of one latent position: ``(N,)`` for ``"rvq"``, ``()`` otherwise."""
+    return (self.num_stages,) if self.kind == "rvq" else ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +334,12 @@ class ModelConfig(_Config):
     if self.arch == "mlp":
       return ()
     return (self.image_shape[0] // 4, self.image_shape[1] // 4)
+
+  @property
+  def codes_shape(self) -> tuple[int, ...]:
+    """Shape of one image's codes: :attr:`latent_shape`, then ``(N,)`` for a residual
+    quantizer (:attr:`QuantizerConfig.code_shape`)."""
+    return self.latent_shape + self.quantizer.code_shape
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,20 @@ state and re-seeds itself. The plain codebook is a parameter, which a module can
 in training it returns its re-seeds in :attr:`QuantizerOutput.reseeds` and the trainer applies
 them after the optimizer step with :func:`apply_reseeds`, never naming a module or a key.
 
+Options (all off by default, which keeps the 2017 quantizers bit for bit):
+
+- ``cosine``: l2-normalised inputs and codes, nearest by cosine similarity (Yu et al. 2021,
+  ViT-VQGAN, arXiv 2110.04627);
+- ``lookup_dim``: search a low-dimensional space, ``D -> lookup_dim`` by a linear projection
+  ``project_in`` and the code back by ``project_out`` (ViT-VQGAN's factorised codes); the
+  codebook and the loss terms live in the lookup space;
+- ``kmeans_init``: the first training batch sets the codebook by k-means (statistics over all
+  replicas);
+- ``gradient_estimator="rotation"``: the rotation trick (Fifty et al. 2024, arXiv 2410.06424),
+  ``z_q = sg[lambda R] z_e`` with ``R`` the rotation taking ``z_e`` onto ``e`` and
+  ``lambda = ||e|| / ||z_e||``, instead of the straight-through ``z_e + sg[e - z_e]``; both
+  give the value ``e``, the rotation passes the angle between ``z_e`` and ``e`` to the encoder.
+
 Codebooks are stored ``[K, D]`` (one row per code). Haiku's own
 ``hk.nets.VectorQuantizer*`` store the transpose; the tests check that both give
 identical results on identical inputs.
@@ -87,6 +101,65 @@ def _perplexity(counts: jax.Array) -> jax.Array:
   return jnp.exp(-jnp.sum(probs * jnp.log(probs + 1e-10)))
 
 
+GRADIENT_ESTIMATORS = ("straight_through", "rotation")
+_NORM_EPS = 1e-12
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+  """``x / ||x||`` along ``axis`` in float32 (0 stays 0)."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis, keepdims=True), _NORM_EPS))
+
+
+def rotation_trick(z: jax.Array, e: jax.Array) -> jax.Array:
+  """``[..., D] x [..., D] -> [..., D]``: the value of ``e``, the gradient of ``sg[lambda R] z``.
+
+  ``R = I - 2 w w^T + 2 v u^T`` with ``u = z / ||z||``, ``v = e / ||e||``,
+  ``w = (u + v) / ||u + v||`` takes ``u`` onto ``v``; ``lambda = ||e|| / ||z||`` (Fifty et al.
+  2024, arXiv 2410.06424, eq. 4). Computed without forming ``R``, in float32.
+  """
+  z32 = z.astype(jnp.float32)
+  e = jax.lax.stop_gradient(e.astype(jnp.float32))
+  u = jax.lax.stop_gradient(l2_normalize(z32))
+  v = l2_normalize(e)
+  w = jax.lax.stop_gradient(l2_normalize(u + v))
+  dot = lambda a, b: jnp.sum(a * b, axis=-1, keepdims=True)
+  scale = jax.lax.stop_gradient(jnp.sqrt(dot(e, e)) * jax.lax.rsqrt(
+      jnp.maximum(dot(z32, z32), _NORM_EPS)))
+  rotated = scale * (z32 - 2 * w * dot(w, z32) + 2 * v * dot(u, z32))
+  return rotated + jax.lax.stop_gradient(e - rotated)  # the value exactly e
+
+
+def kmeans(flat_z: jax.Array, num_clusters: int, iterations: int, rng: jax.Array | None,
+           axis_name: str | None = None, cosine: bool = False) -> jax.Array:
+  """Lloyd's k-means of the rows of ``flat_z`` ``[N, D]`` -> float32 centroids ``[K, D]``.
+
+  Starts from ``K`` rows drawn (with ``rng``; evenly spaced rows without one) from the batch of
+  all replicas; every iteration sums the assignments over ``axis_name``, so each replica gets
+  the centroids of the global batch. A cluster that loses all its rows keeps its centroid.
+  ``cosine``: spherical k-means (normalised rows and centroids).
+  """
+  x = jax.lax.stop_gradient(flat_z).astype(jnp.float32)
+  if cosine:
+    x = l2_normalize(x)
+  all_x = _gather_rows(x, axis_name)
+  if rng is None:
+    picks = (jnp.arange(num_clusters) * all_x.shape[0]) // num_clusters
+  else:
+    picks = jax.random.randint(rng, (num_clusters,), 0, all_x.shape[0])
+  centroids = all_x[picks]
+
+  def step(centroids, _):
+    codes = jnp.argmin(squared_distances(x, centroids), axis=1)
+    one_hot = jax.nn.one_hot(codes, num_clusters, dtype=jnp.float32)
+    sums = _psum(one_hot.T @ x, axis_name)
+    counts = _psum(jnp.sum(one_hot, axis=0), axis_name)
+    new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts[:, None], 1.0), centroids)
+    return (l2_normalize(new) if cosine else new), None
+
+  return jax.lax.scan(step, centroids, None, length=iterations)[0]
+
+
 def reseed_dead_codes(codebook: jax.Array, usage: jax.Array, flat_z: jax.Array,
                       threshold: float, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Replaces codes used less than ``threshold`` by random rows of ``flat_z``.
@@ -127,8 +200,17 @@ class _Quantizer(hooks.CodeSearch):
 
   def __init__(self, *, embedding_dim: int, num_embeddings: int, commitment_cost: float,
                decay: float, dead_code_threshold: float, cross_replica_axis: str | None,
-               name: str | None, dtype: Any):
+               name: str | None, dtype: Any, cosine: bool = False,
+               lookup_dim: int | None = None, kmeans_init: bool = False,
+               kmeans_iters: int = 10, gradient_estimator: str = "straight_through"):
     super().__init__(name=name)
+    if lookup_dim is not None and (not isinstance(lookup_dim, int) or lookup_dim < 1):
+      raise ValueError(f"lookup_dim: expected None or an integer >= 1, got {lookup_dim!r}")
+    if not isinstance(kmeans_iters, int) or kmeans_iters < 0:
+      raise ValueError(f"kmeans_iters: expected an integer >= 0, got {kmeans_iters!r}")
+    if gradient_estimator not in GRADIENT_ESTIMATORS:
+      raise ValueError(f"gradient_estimator: expected one of {GRADIENT_ESTIMATORS}, got "
+                       f"{gradient_estimator!r}")
     if num_embeddings < 1 or embedding_dim < 1:
       raise ValueError(f"num_embeddings and embedding_dim: expected >= 1, got "
                        f"{num_embeddings} and {embedding_dim}")
@@ -146,6 +228,47 @@ class _Quantizer(hooks.CodeSearch):
     self.dead_code_threshold = dead_code_threshold
     self.cross_replica_axis = cross_replica_axis
     self.dtype = jnp.dtype(dtype)
+    self.cosine = bool(cosine)
+    self.lookup_dim = lookup_dim
+    self.code_dim = embedding_dim if lookup_dim is None else lookup_dim
+    self.kmeans_init = bool(kmeans_init)
+    self.kmeans_iters = kmeans_iters
+    self.gradient_estimator = gradient_estimator
+    if lookup_dim is not None:  # children q/~/project_in and q/~/project_out
+      self._linear_in = hk.Linear(lookup_dim, name="project_in")
+      self._linear_out = hk.Linear(embedding_dim, name="project_out")
+
+  def _project_in(self, z_e: jax.Array) -> jax.Array:
+    """``[..., D]`` -> the search space ``[..., code_dim]`` (``z_e`` itself by default)."""
+    if self.lookup_dim is None and not self.cosine:
+      return z_e
+    x = z_e.astype(jnp.float32)
+    if self.lookup_dim is not None:
+      x = self._linear_in(x)
+    return l2_normalize(x) if self.cosine else x
+
+  def _project_out(self, x: jax.Array, dtype: Any) -> jax.Array:
+    """Search space ``[..., code_dim]`` -> ``[..., D]`` of ``dtype``."""
+    if self.lookup_dim is not None:
+      x = self._linear_out(x.astype(jnp.float32))
+    return x.astype(dtype)
+
+  def _search_codebook(self, codebook: jax.Array) -> jax.Array:
+    return l2_normalize(codebook).astype(codebook.dtype) if self.cosine else codebook
+
+  def _kmeans_codebook(self, flat_x: jax.Array, codebook: jax.Array, is_training: bool
+                       ) -> tuple[jax.Array, jax.Array | None]:
+    """``(codebook to use, [K] bool "replaced by k-means" or None)``: on the first training
+    batch (state ``kmeans_done`` still 0) the k-means centroids of the global batch."""
+    done = hk.get_state("kmeans_done", (), jnp.int32, init=jnp.zeros)
+    if not is_training or hk.running_init():
+      return codebook, None
+    rng = hk.maybe_next_rng_key()
+    run = lambda: kmeans(flat_x, self.num_embeddings, self.kmeans_iters, rng,
+                         self.cross_replica_axis, self.cosine).astype(codebook.dtype)
+    centroids = jax.lax.cond(done > 0, lambda: codebook, run)
+    hk.set_state("kmeans_done", jnp.ones((), jnp.int32))
+    return centroids, jnp.broadcast_to(done == 0, (self.num_embeddings,))
 
   def _initial_codebook(self, shape, dtype):
     # Matches hk.nets.VectorQuantizer's VarianceScaling(uniform) on the [D, K] transpose.
@@ -157,8 +280,12 @@ class _Quantizer(hooks.CodeSearch):
     raise NotImplementedError
 
   def lookup(self, codes: jax.Array) -> jax.Array:
-    """int codes ``[...]`` -> code vectors ``[..., D]``."""
-    return self.codebook()[codes]
+    """int codes ``[...]`` -> code vectors ``[..., D]`` (through ``project_out`` with a
+    ``lookup_dim``)."""
+    codebook = self.codebook()
+    if self.lookup_dim is None and not self.cosine:
+      return codebook[codes]
+    return self._project_out(self._search_codebook(codebook)[codes], jnp.float32)
 
   def _check(self, z_e):
     if z_e.ndim < 1 or z_e.shape[-1] != self.embedding_dim:
@@ -166,7 +293,7 @@ class _Quantizer(hooks.CodeSearch):
                        f"got shape {z_e.shape}")
 
   def _assign(self, z_e, codebook):
-    flat_z = jnp.reshape(z_e, (-1, self.embedding_dim))
+    flat_z = jnp.reshape(z_e, (-1, z_e.shape[-1]))
     flat_codes = self.argmin_rows(squared_distances(flat_z.astype(codebook.dtype), codebook))
     counts = _psum(jnp.bincount(flat_codes, length=self.num_embeddings), self.cross_replica_axis)
     return flat_z, flat_codes, counts
@@ -178,7 +305,10 @@ class _Quantizer(hooks.CodeSearch):
     loss = self.commitment_cost * commitment_loss
     if include_codebook_loss:
       loss = loss + codebook_loss
-    quantized = z_e + jax.lax.stop_gradient(e - z_e)
+    if self.gradient_estimator == "rotation":
+      quantized = rotation_trick(z_e, e).astype(z_e.dtype)
+    else:
+      quantized = z_e + jax.lax.stop_gradient(e - z_e)
     return QuantizerOutput(
         quantized=quantized,
         codes=jnp.reshape(flat_codes, z_e.shape[:-1]),
@@ -213,24 +343,31 @@ class VectorQuantizer(_Quantizer):
     decay: decay of the code-usage moving average (re-seeding only).
     dead_code_threshold: in training, codes whose usage (vectors per batch) falls below this
       are re-seeded from encoder outputs (needs an rng); 0 disables it.
+    **options: the codebook options of the module docstring, keyword-only: ``cosine``
+      (bool), ``lookup_dim`` (int or None; the codebook is then ``[K, lookup_dim]``),
+      ``kmeans_init`` (bool; adds state ``kmeans_done``), ``kmeans_iters`` (Lloyd iterations,
+      default 10), ``gradient_estimator`` (``"straight_through"`` or ``"rotation"``).
 
-  Params: ``codebook`` ``[K, D]``. State, only with a ``dead_code_threshold`` (without one the
-  module is stateless and runs under a plain ``hk.transform``): ``usage`` ``[K]``, the moving
-  average of vectors per batch assigned to each code, and ``usage_updates``, how many batches
-  it has seen.
+  Params: ``codebook`` ``[K, D]`` (and ``project_in``/``project_out`` with a ``lookup_dim``).
+  With ``kmeans_init`` the first training batch's centroids come back in
+  :attr:`QuantizerOutput.reseeds` (a parameter cannot be rewritten): apply them with
+  :func:`apply_reseeds` as the trainer does. State, only with a ``dead_code_threshold`` or
+  ``kmeans_init`` (without either the module is stateless and runs under a plain
+  ``hk.transform``): ``usage`` ``[K]``, the moving average of vectors per batch assigned to
+  each code, and ``usage_updates``, how many batches it has seen (re-seeding); ``kmeans_done``.
   """
 
   def __init__(self, embedding_dim: int, num_embeddings: int, commitment_cost: float,
                dtype: Any = jnp.float32, name: str | None = None,
                cross_replica_axis: str | None = None, *, decay: float = 0.99,
-               dead_code_threshold: float = 0.0):
+               dead_code_threshold: float = 0.0, **options: Any):
     super().__init__(embedding_dim=embedding_dim, num_embeddings=num_embeddings,
                      commitment_cost=commitment_cost, decay=decay,
                      dead_code_threshold=dead_code_threshold,
-                     cross_replica_axis=cross_replica_axis, name=name, dtype=dtype)
+                     cross_replica_axis=cross_replica_axis, name=name, dtype=dtype, **options)
 
   def codebook(self) -> jax.Array:
-    return hk.get_parameter("codebook", (self.num_embeddings, self.embedding_dim),
+    return hk.get_parameter("codebook", (self.num_embeddings, self.code_dim),
                             self.dtype, init=self._initial_codebook)
 
   def __call__(self, z_e: jax.Array, is_training: bool) -> QuantizerOutput:
@@ -239,13 +376,23 @@ class VectorQuantizer(_Quantizer):
     ``is_training`` with a threshold updates the usage statistics and returns re-seeds.
     """
     self._check(z_e)
+    x = self._project_in(z_e)
     codebook = self.codebook()
-    flat_z, flat_codes, counts = self._assign(z_e, codebook)
+    replaced = None
+    if self.kmeans_init:
+      codebook, replaced = self._kmeans_codebook(jnp.reshape(x, (-1, self.code_dim)), codebook,
+                                                 is_training)
+    search = self._search_codebook(codebook)
+    flat_z, flat_codes, counts = self._assign(x, search)
     reseeds = None
     if self.dead_code_threshold > 0:
       reseeds = self._track_usage(flat_z, counts, is_training)
-    return self._outputs(z_e, codebook, flat_codes, counts, include_codebook_loss=True,
-                         reseeds=reseeds)
+    reseeds = self._combine(reseeds, replaced, codebook)
+    out = self._outputs(x, search, flat_codes, counts, include_codebook_loss=True,
+                        reseeds=reseeds)
+    if x is z_e:
+      return out
+    return out._replace(quantized=self._project_out(out.quantized, z_e.dtype))
 
   def _track_usage(self, flat_z: jax.Array, counts: jax.Array, is_training: bool
                    ) -> Reseeds | None:
@@ -275,6 +422,17 @@ class VectorQuantizer(_Quantizer):
     self.codebook()
     return {self.module_name: {"dead": dead, "fresh": fresh}}
 
+  def _combine(self, reseeds: Reseeds | None, replaced: jax.Array | None,
+               centroids: jax.Array) -> Reseeds | None:
+    """Adds k-means's replacement of the whole codebook to the dead-code re-seeds."""
+    if replaced is None:
+      return reseeds
+    if not reseeds:
+      return {self.module_name: {"dead": replaced, "fresh": centroids}}
+    r = reseeds[self.module_name]
+    return {self.module_name: {"dead": replaced | r["dead"],
+                               "fresh": jnp.where(replaced[:, None], centroids, r["fresh"])}}
+
 
 class VectorQuantizerEMA(_Quantizer):
   """Codebook in state, updated by zero-debiased exponential moving averages.
@@ -292,6 +450,10 @@ class VectorQuantizerEMA(_Quantizer):
     name: module name.
     dead_code_threshold: in training, codes whose cluster size (vectors per batch) falls below
       this are re-seeded from encoder outputs inside the EMA update (needs an rng); 0 disables it.
+    **options: the codebook options of the module docstring, keyword-only: ``cosine``
+      (bool), ``lookup_dim`` (int or None; the codebook is then ``[K, lookup_dim]``),
+      ``kmeans_init`` (bool; adds state ``kmeans_done``), ``kmeans_iters`` (Lloyd iterations,
+      default 10), ``gradient_estimator`` (``"straight_through"`` or ``"rotation"``).
 
   State (as ``hk.nets.VectorQuantizerEMA``, codebook transposed), all of ``dtype`` (float32 by
   default) whatever the input dtype: ``codebook`` ``[K, D]``; ``ema_cluster_size_hidden``
@@ -304,17 +466,17 @@ class VectorQuantizerEMA(_Quantizer):
   def __init__(self, embedding_dim: int, num_embeddings: int, commitment_cost: float,
                decay: float = 0.99, epsilon: float = 1e-5, dtype: Any = jnp.float32,
                cross_replica_axis: str | None = None, *, name: str | None = None,
-               dead_code_threshold: float = 0.0):
+               dead_code_threshold: float = 0.0, **options: Any):
     super().__init__(embedding_dim=embedding_dim, num_embeddings=num_embeddings,
                      commitment_cost=commitment_cost, decay=decay,
                      dead_code_threshold=dead_code_threshold,
-                     cross_replica_axis=cross_replica_axis, name=name, dtype=dtype)
+                     cross_replica_axis=cross_replica_axis, name=name, dtype=dtype, **options)
     if not 0 < epsilon < float("inf"):
       raise ValueError(f"epsilon: expected a finite number > 0, got {epsilon}")
     self.epsilon = epsilon
 
   def codebook(self) -> jax.Array:
-    return hk.get_state("codebook", (self.num_embeddings, self.embedding_dim),
+    return hk.get_state("codebook", (self.num_embeddings, self.code_dim),
                         self.dtype, init=self._initial_codebook)
 
   def __call__(self, z_e: jax.Array, is_training: bool) -> QuantizerOutput:
@@ -323,14 +485,21 @@ class VectorQuantizerEMA(_Quantizer):
     ``is_training`` updates the codebook (and re-seeds dead codes, which needs an rng).
     """
     self._check(z_e)
-    k, d = self.num_embeddings, self.embedding_dim
+    k, d = self.num_embeddings, self.code_dim
+    x = self._project_in(z_e)
     codebook = self.codebook()
     hidden_size = hk.get_state("ema_cluster_size_hidden", (k,), self.dtype, init=jnp.zeros)
     hidden_dw = hk.get_state("ema_dw_hidden", (k, d), self.dtype, init=jnp.zeros)
     counter = hk.get_state("ema_counter", (), jnp.int32, init=jnp.zeros)
+    replaced = None
+    if self.kmeans_init:
+      codebook, replaced = self._kmeans_codebook(jnp.reshape(x, (-1, d)), codebook, is_training)
+    search = self._search_codebook(codebook)
 
-    flat_z, flat_codes, counts = self._assign(z_e, codebook)
-    out = self._outputs(z_e, codebook, flat_codes, counts, include_codebook_loss=False)
+    flat_z, flat_codes, counts = self._assign(x, search)
+    out = self._outputs(x, search, flat_codes, counts, include_codebook_loss=False)
+    if x is not z_e:
+      out = out._replace(quantized=self._project_out(out.quantized, z_e.dtype))
     if is_training:
       z32 = jax.lax.stop_gradient(flat_z).astype(self.dtype)
       one_hot = jax.nn.one_hot(flat_codes, k, dtype=self.dtype)
@@ -340,6 +509,12 @@ class VectorQuantizerEMA(_Quantizer):
       hidden_dw = hidden_dw * self.decay + dw * (1 - self.decay)
       debias = 1.0 - jnp.power(jnp.asarray(self.decay, self.dtype), counter)
       cluster_size = hidden_size / debias
+      if replaced is not None:
+        # A centroid no vector of this batch chose stays as "one vector, the centroid".
+        empty = replaced & (counts == 0)
+        hidden_size = jnp.where(empty, debias, hidden_size)
+        hidden_dw = jnp.where(empty[:, None], codebook * debias, hidden_dw)
+        cluster_size = hidden_size / debias
       if self.dead_code_threshold > 0:
         fresh, dead = self._fresh_codes(z32, cluster_size)
         # A re-seeded code starts as the mean of one vector: the fresh row itself.

@@ -17,8 +17,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from vqzoo.configs import PARTS, ModelConfig  # noqa: F401  (PARTS: re-exported by vqzoo.nn)
-from vqzoo.nn import nets, quantizers
+from vqzoo.configs import PARTS, ModelConfig, QuantizerConfig  # noqa: F401  (PARTS: re-exported)
+from vqzoo.nn import fsq, lfq, nets, quantizers, residual
 
 ModuleOrFactory = Union[hk.Module, Callable[[], hk.Module]]
 
@@ -28,7 +28,8 @@ class VQVAEOutput(NamedTuple):
 
   Attributes:
     reconstruction: ``[B, H, W, C]`` decoder output (unclipped).
-    codes: ``[B, *latent]`` int32 code indices (``[B]`` for the MLP, ``[B, H/4, W/4]`` conv).
+    codes: ``[B, *latent]`` int32 code indices (``[B]`` for the MLP, ``[B, H/4, W/4]`` conv;
+      ``[B, *latent, N]`` for a residual quantizer).
     z_e: encoder output ``[B, *latent, D]``.
     z_q: straight-through quantized ``z_e``, same shape.
     loss: scalar total loss.
@@ -36,7 +37,7 @@ class VQVAEOutput(NamedTuple):
     codebook_loss: scalar embedding term ``mean (sg[z_e] - e)^2``.
     commitment_loss: scalar ``mean (z_e - sg[e])^2`` (before beta).
     perplexity: scalar perplexity of the batch's codes.
-    code_counts: ``[K]`` int32 vectors per code in the batch.
+    code_counts: ``[K]`` int32 vectors per code in the batch (``[N, K]`` residual).
     reseeds: a plain codebook's re-seeds, for :func:`vqzoo.nn.apply_reseeds` after the
       optimizer step (empty otherwise).
   """
@@ -70,8 +71,11 @@ class VQVAE(hk.Module):
       zero-argument function that makes one (then it is built inside this module's name scope,
       as the zoo's are).
     decoder: ``z_q`` ``[B, *latent, D]`` -> ``[B, H, W, C]``; same forms.
-    quantizer: a :class:`~vqzoo.nn.VectorQuantizer` or :class:`~vqzoo.nn.VectorQuantizerEMA`
-      (or a function that makes one).
+    quantizer: any of :mod:`vqzoo.nn`'s quantizers (:class:`~vqzoo.nn.VectorQuantizer`,
+      :class:`~vqzoo.nn.VectorQuantizerEMA`, :class:`~vqzoo.nn.FSQ`,
+      :class:`~vqzoo.nn.ResidualVQ`, :class:`~vqzoo.nn.LFQ`), or a function that makes one: a
+      module with ``embedding_dim``, ``__call__(z_e, is_training) -> QuantizerOutput``,
+      ``lookup(codes)`` and ``codebook()``.
     output_activation: ``"none"`` or ``"sigmoid"`` on the decoder output.
     image_shape: ``(H, W, C)`` to check inputs against; ``None`` checks rank and dtype only.
     name: module name.
@@ -93,18 +97,12 @@ class VQVAE(hk.Module):
   @classmethod
   def from_config(cls, config: ModelConfig, cross_replica_axis: str | None = None,
                   name: str | None = "vqvae") -> "VQVAE":
-    """The zoo's architectures: MLP or conv encoder/decoder and a codebook, from a config."""
+    """The zoo's architectures: MLP or conv encoder/decoder and the quantizer of
+    ``config.quantizer.kind`` (:func:`make_quantizer`), from a config."""
     if not isinstance(config, ModelConfig):
       raise TypeError(f"config: expected a vqzoo.ModelConfig, got {type(config).__name__}")
     q = config.quantizer
-    common = dict(num_embeddings=q.num_embeddings, embedding_dim=q.embedding_dim,
-                  commitment_cost=q.commitment_cost, decay=q.decay,
-                  dead_code_threshold=q.dead_code_threshold,
-                  cross_replica_axis=cross_replica_axis, name="quantizer")
-    if q.ema:
-      quantizer = lambda: quantizers.VectorQuantizerEMA(epsilon=q.epsilon, **common)
-    else:
-      quantizer = lambda: quantizers.VectorQuantizer(**common)
+    quantizer = lambda: make_quantizer(q, cross_replica_axis)
     if config.arch == "mlp":
       encoder = lambda: nets.MLPEncoder(config.mlp.encoder_sizes, q.embedding_dim, name="encoder")
       decoder = lambda: nets.MLPDecoder(config.mlp.decoder_sizes, config.image_shape,
@@ -154,7 +152,8 @@ class VQVAE(hk.Module):
     return x_hat
 
   def decode_codes(self, codes: jax.Array) -> jax.Array:
-    """int codes ``[B, *latent]`` -> ``[B, H, W, C]`` images."""
+    """int codes ``[B, *latent]`` (``[B, *latent, n]``, any depth ``n``, residual) ->
+    ``[B, H, W, C]`` images."""
     return self.decode(self.quantizer.lookup(codes))
 
   def __call__(self, x: jax.Array, is_training: bool,
@@ -178,6 +177,34 @@ class VQVAE(hk.Module):
         loss=recon + q.loss, reconstruction_loss=recon, codebook_loss=q.codebook_loss,
         commitment_loss=q.commitment_loss, perplexity=q.perplexity, code_counts=q.code_counts,
         reseeds=q.reseeds)
+
+
+def make_quantizer(config: QuantizerConfig, cross_replica_axis: str | None = None,
+                   name: str | None = "quantizer") -> hk.Module:
+  """The quantizer of ``config.kind`` (inside a Haiku transform)."""
+  q = config
+  if q.kind == "fsq":
+    return fsq.FSQ(q.levels, cross_replica_axis=cross_replica_axis, name=name)
+  if q.kind == "lfq":
+    return lfq.LFQ(q.embedding_dim, commitment_cost=q.commitment_cost,
+                   entropy_weight=q.entropy_weight, diversity_gamma=q.diversity_gamma,
+                   temperature=q.entropy_temperature, cross_replica_axis=cross_replica_axis,
+                   name=name)
+  common = dict(num_embeddings=q.num_embeddings, embedding_dim=q.embedding_dim,
+                commitment_cost=q.commitment_cost, decay=q.decay,
+                dead_code_threshold=q.dead_code_threshold,
+                cross_replica_axis=cross_replica_axis, name=name, cosine=q.cosine,
+                lookup_dim=q.lookup_dim, kmeans_init=q.kmeans_init)
+  if q.kind == "rvq":
+    if q.ema:
+      common["epsilon"] = q.epsilon
+    return residual.ResidualVQ(num_stages=q.num_stages, ema=q.ema,
+                               quantizer_dropout=q.quantizer_dropout,
+                               gradient_estimator=q.gradient_estimator, **common)
+  common["gradient_estimator"] = q.gradient_estimator
+  if q.ema:
+    return quantizers.VectorQuantizerEMA(epsilon=q.epsilon, **common)
+  return quantizers.VectorQuantizer(**common)
 
 
 def _check_spec(spec: Any) -> None:
@@ -227,10 +254,10 @@ def build(spec: ModelSpec, cross_replica_axis: str | None = None,
 class Codec(NamedTuple):
   """The inference functions of :func:`build_codec` (each ``fn(params, state, rng, ...)``)."""
 
-  encode: object  # images [B, H, W, C] float -> int32 codes [B, *latent]
-  decode: object  # int codes [B, *latent] -> images [B, H, W, C]
+  encode: object  # images [B, H, W, C] float -> int32 codes [B, *latent] ([B, *latent, N] rvq)
+  decode: object  # int codes [B, *latent] ([B, *latent, n], any depth n, rvq) -> images
   reconstruct: object  # images -> images
-  codebook: object  # () -> [K, D] float32
+  codebook: object  # () -> [K, D] float32 ([N, K, D] rvq; [K, lookup_dim] with a lookup space)
 
 
 def build_codec(spec: ModelSpec, wrap: Callable[[Callable], Callable] = lambda f: f

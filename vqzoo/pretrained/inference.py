@@ -68,7 +68,7 @@ class Inference:
 
   def decode(self, params: Any, state: Any, codes: Any) -> np.ndarray:
     """int codes ``[B, *latent]`` -> ``[B, H, W, C]`` float32 images in [0, 1]."""
-    codes = check_codes(codes, self.config.quantizer.num_embeddings, self.config.latent_shape)
+    codes = check_codes(codes, self.config.quantizer.num_embeddings, self.config.codes_shape)
     chunks = cpu_tuning.inference_chunks(codes, self.config.image_shape, self.config.arch)
     results = [self._decode(params, state, chunk) for chunk in chunks]
     return np.concatenate([np.asarray(out) for out in results])
