@@ -225,7 +225,7 @@ def main(argv=None):
             "rows": []}
 
   for name in args.models or MODELS:
-    config = registry.get_config(name)
+    config = registry.config_and_recipe(name)[0]
     model = vqzoo.PretrainedVQVAE(config)
     for batch in MODEL_BATCHES[name]:
       if "train" in parts:

@@ -30,9 +30,9 @@ from vqzoo.configs import RunConfig
 from vqzoo.pretrained import registry
 from vqzoo.training import train
 from vqzoo.training.data import load_images
-entry = registry.get_entry(sys.argv[2])
-images = load_images(entry.recipe.dataset, entry.recipe.split)
-train(entry.config, entry.recipe, tempfile.mkdtemp(), images,
+config, recipe = registry.config_and_recipe(sys.argv[2])
+images = load_images(recipe.dataset, recipe.split)
+train(config, recipe, tempfile.mkdtemp(), images,
       run=RunConfig(until_step=1, progress=False))
 print(time.time() - start)
 """
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
   print("| model | first run (s) | cached (s) |")
   print("| --- | ---: | ---: |")
   for name in args.models:
-    recipe = registry.get_entry(name).recipe
+    recipe = registry.config_and_recipe(name)[1]
     load_images(recipe.dataset, recipe.split)  # decoded and cached once, outside the timing
     with tempfile.TemporaryDirectory() as cache:
       first = time_to_first_step(name, cache)

@@ -4,7 +4,7 @@
   python scripts/evaluate.py mnist-conv-ema                         # the zoo variant's test split
   python scripts/evaluate.py runs/my-model --dataset fashion_mnist  # any model directory
   python scripts/evaluate.py mnist-mlp --write   # re-measure and rewrite metrics, card and pin
-  python scripts/evaluate.py cifar10-conv-ema --bits-per-dim   # and the likelihood bound
+  python scripts/evaluate.py mnist-conv-ema --bits-per-dim     # and the likelihood bound
 
 ``--bits-per-dim`` adds the full-model bound of :mod:`vqzoo.training.likelihood` (prior bits plus
 a discretised-Gaussian decoder whose sigma is fitted on ``--sigma-split``) to the printout,

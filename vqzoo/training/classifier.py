@@ -163,7 +163,7 @@ def train_classifier(images_u8: np.ndarray, labels: np.ndarray, steps: int,
     workdir: ``classifier_checkpoint.safetensors`` and ``classifier_metrics.jsonl``
       (``None``: none kept).
     run: resume/overwrite, intervals, progress bar.
-    flip: mirror each training image left-right with probability 1/2 (drawn from the seed and
+    flip: mirror each training image left-right with probability 1/2 (drawn from ``seed`` and
       the step, so resumable); suits natural images such as CIFAR-10, not digits.
 
   Returns:
