@@ -23,17 +23,24 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = """
 import sys, time, tempfile
 start = float(sys.argv[1])
-from vqzoo import compilation_cache
-compilation_cache.enable()
-import vqzoo
-from vqzoo.configs import RunConfig
+try:
+  from vqzoo import compilation_cache
+  compilation_cache.enable()
+except ImportError:  # vqzoo <= 0.2: JAX_COMPILATION_CACHE_DIR (set by the parent) alone
+  pass
 from vqzoo.pretrained import registry
 from vqzoo.training import train
 from vqzoo.training.data import load_images
-config, recipe = registry.config_and_recipe(sys.argv[2])
+if hasattr(registry, "config_and_recipe"):
+  config, recipe = registry.config_and_recipe(sys.argv[2])
+else:
+  config, recipe = registry.get_entry(sys.argv[2]).config, registry.get_entry(sys.argv[2]).recipe
 images = load_images(recipe.dataset, recipe.split)
-train(config, recipe, tempfile.mkdtemp(), images,
-      run=RunConfig(until_step=1, progress=False))
+try:
+  from vqzoo.configs import RunConfig
+  train(config, recipe, tempfile.mkdtemp(), images, run=RunConfig(until_step=1, progress=False))
+except ImportError:  # vqzoo <= 0.2
+  train(config, recipe, tempfile.mkdtemp(), images, until_step=1, progress=False)
 print(time.time() - start)
 """
 MODELS = ("mnist-conv-ema", "cifar10-conv-ema")
@@ -41,6 +48,7 @@ MODELS = ("mnist-conv-ema", "cifar10-conv-ema")
 
 def time_to_first_step(name: str, cache: str) -> float:
   env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache,  # an empty cache of its own
+         "XLA_FLAGS": "",
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}  # as compilation_cache.enable
   start = time.time()
   out = subprocess.run([sys.executable, "-c", CHILD, str(start), name], cwd=REPO, env=env,
@@ -57,10 +65,12 @@ def main(argv=None) -> int:
   from vqzoo.pretrained import registry
   from vqzoo.training.data import load_images
   rows = {}
+  print(f"vqzoo from {__import__('vqzoo').__file__}")
   print("| model | first run (s) | cached (s) |")
   print("| --- | ---: | ---: |")
   for name in args.models:
-    recipe = registry.config_and_recipe(name)[1]
+    recipe = (registry.config_and_recipe(name)[1] if hasattr(registry, "config_and_recipe")
+              else registry.get_entry(name).recipe)
     load_images(recipe.dataset, recipe.split)  # decoded and cached once, outside the timing
     with tempfile.TemporaryDirectory() as cache:
       first = time_to_first_step(name, cache)
