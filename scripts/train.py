@@ -39,7 +39,8 @@ from vqzoo import compilation_cache  # noqa: E402
 from vqzoo import cli_devices  # noqa: E402
 from vqzoo.configs import RunConfig  # noqa: E402
 from vqzoo.pretrained import registry  # noqa: E402
-from vqzoo.training import checks, distributed  # noqa: E402
+from vqzoo import result_warnings  # noqa: E402
+from vqzoo.training import distributed  # noqa: E402
 
 
 def main(argv=None):
@@ -89,7 +90,7 @@ def _run(args, parser, run):
   workdir = args.workdir or f"runs/{args.variant}"
   recipe = registry.get_entry(args.variant).recipe
   recipe = dataclasses.replace(recipe, steps=args.steps) if args.steps else recipe
-  for message in checks.recipe_warnings(recipe):  # e.g. --steps below the recipe's warm-up
+  for message in result_warnings.recipe_warnings(recipe):  # e.g. --steps below the recipe's warm-up
     print(f"{parser.prog}: warning: {message}", file=sys.stderr)
   try:
     model = zoo_tools.train_variant(args.variant, workdir, data_dir=args.data_dir, run=run,

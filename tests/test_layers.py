@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 LOW = {"vqzoo.configs", "vqzoo.io", "vqzoo.images", "vqzoo.grid",
        "vqzoo._version", "vqzoo.assets", "vqzoo.weights", "vqzoo.folders", "vqzoo.decoded_images",
-       "vqzoo.sampling", "vqzoo.compilation_cache", "vqzoo.image_folder"}
+       "vqzoo.sampling", "vqzoo.compilation_cache", "vqzoo.image_folder", "vqzoo.result_warnings"}
 LAYERS = {"low": 0, "vqzoo.nn": 1, "vqzoo.cpu_tuning": 1, "vqzoo.pretrained": 2,
           "vqzoo.training": 3, "vqzoo": 4, "vqzoo.cli": 5, "vqzoo.cli_devices": 5, "scripts": 5}
 # Edges another branch removes; each must still exist here (see the last test), so the entry

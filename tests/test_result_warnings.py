@@ -5,28 +5,27 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from vqzoo.configs import TrainConfig
-from vqzoo.training import checks
+from vqzoo import result_warnings
 
 
 def test_checks_name_each_problem_and_stay_quiet_when_there_is_none():
-  assert checks.recipe_warnings(TrainConfig(steps=100, warmup_steps=10, batch_size=32), 1000) == []
-  warm, batch = checks.recipe_warnings(TrainConfig(steps=10, warmup_steps=10, batch_size=128), 45)
+  assert result_warnings.recipe_warnings(TrainConfig(steps=100, warmup_steps=10, batch_size=32), 1000) == []
+  warm, batch = result_warnings.recipe_warnings(TrainConfig(steps=10, warmup_steps=10, batch_size=128), 45)
   assert "warm-up (10 steps) is not shorter than the run (10 steps)" in warm
   assert "batch size 128 is larger than the 45 training images" in batch
-  assert checks.held_out_warnings(checks.MIN_HELD_OUT) == []
-  assert "only 5 held-out images" in checks.held_out_warnings(5)[0]
+  assert result_warnings.held_out_warnings(result_warnings.MIN_HELD_OUT) == []
+  assert "only 5 held-out images" in result_warnings.held_out_warnings(5)[0]
   good = {"prior_bits": 170.0, "unigram_bits": 300.0, "uniform_bits": 343.0}
-  assert checks.prior_warnings(good) == []
-  (bad,) = checks.prior_warnings({**good, "prior_bits": 1069.7, "eval_split": "held-out"})
+  assert result_warnings.prior_warnings(good) == []
+  (bad,) = result_warnings.prior_warnings({**good, "prior_bits": 1069.7, "eval_split": "held-out"})
   assert "1069.7 bits per image" in bad and "unigram baseline (300.0)" in bad
   assert "uniform one (343.0)" in bad
-  assert checks.card_section([]) == {}
-  assert checks.card_section(["a problem"]) == {"Warnings": "- A problem."}
+  assert result_warnings.card_section([]) == {}
+  assert result_warnings.card_section(["a problem"]) == {"Warnings": "- A problem."}
 
 
 @pytest.fixture(scope="module")
@@ -85,4 +84,4 @@ def test_a_good_zoo_recipe_raises_no_warning(recwarn):
   from vqzoo.pretrained import registry
   for name in registry.list_models():
     entry = registry.get_entry(name)
-    assert checks.recipe_warnings(entry.recipe) == [], name
+    assert result_warnings.recipe_warnings(entry.recipe) == [], name

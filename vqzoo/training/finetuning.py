@@ -22,7 +22,7 @@ from vqzoo.nn import apply_reseeds, build, replace_codes
 from vqzoo.pretrained import PretrainedVQVAE, load
 from vqzoo.pretrained.cards import card_datasets, metrics_table, render_card
 from vqzoo.pretrained.saving import save_model_folder
-from vqzoo.training import checks
+from vqzoo import result_warnings
 from vqzoo.training import data as data_lib
 from vqzoo.training.metrics import evaluate
 from vqzoo.image_folder import load_image_folder, split_holdout
@@ -133,8 +133,8 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
   model_config = base_model.config
   train_images, eval_images, data_info = _data(model_config, config, dataset, images_dir,
                                                data_dir)
-  warned = checks.emit(checks.recipe_warnings(config.recipe, len(train_images))
-                       + checks.held_out_warnings(len(eval_images)))
+  warned = result_warnings.emit(result_warnings.recipe_warnings(config.recipe, len(train_images))
+                       + result_warnings.held_out_warnings(len(eval_images)))
   params, state = base_model.params, base_model.state
   reseeded = 0
   if config.reseed_before and "codebook" not in config.freeze:
@@ -162,7 +162,7 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
       out.name, model_config, f"Fine-tuned from `{base_label}` with vqzoo.", recipe=recipe,
       metrics=after, dataset=dataset, lineage=lineage, held_out=len(eval_images),
       load_spec=f"./{out.name}", base_datasets=_base_datasets(base_model),
-      extra_sections={**checks.card_section(warned),
+      extra_sections={**result_warnings.card_section(warned),
           "Fine-tuning": (f"{result.step} steps; frozen: {', '.join(config.freeze) or 'nothing'}; "
                           "dead-code re-seeding while fine-tuning: "
                           + (f"codes used by fewer than {threshold} vectors per batch"

@@ -18,7 +18,7 @@ from vqzoo.configs import ModelConfig, RunConfig, TrainConfig
 from vqzoo.pretrained import PretrainedVQVAE
 from vqzoo.pretrained.cards import render_card
 from vqzoo.pretrained.saving import save_model_folder
-from vqzoo.training import checks
+from vqzoo import result_warnings
 from vqzoo.training import data as data_lib
 from vqzoo.image_folder import load_image_folder, split_holdout
 from vqzoo.training.metrics import evaluate
@@ -79,8 +79,8 @@ def train_new_model(config: ModelConfig, recipe: TrainConfig, out: str | Path, *
   """
   train_images, held_out, info = _data(config, recipe, images_dir, eval_split,
                                        holdout_fraction, data_dir)
-  warned = checks.emit(checks.recipe_warnings(recipe)
-                       + checks.held_out_warnings(len(held_out)))
+  warned = result_warnings.emit(result_warnings.recipe_warnings(recipe)
+                       + result_warnings.held_out_warnings(len(held_out)))
   out = Path(out)
   result = train(config, recipe, workdir or out.with_name(out.name + ".work"), train_images,
                  run=run)
@@ -90,7 +90,7 @@ def train_new_model(config: ModelConfig, recipe: TrainConfig, out: str | Path, *
                      "trained from scratch with `vqzoo train`.", recipe=recipe, metrics=metrics,
                      dataset=dataset, lineage={"data": info, "steps": result.step},
                      held_out=len(held_out), load_spec=f"./{out.name}",
-                     extra_sections=checks.card_section(warned))
+                     extra_sections=result_warnings.card_section(warned))
   model = PretrainedVQVAE(config, result.params, result.state, card=card)
   if jax.process_index() == 0:
     save_model_folder(model, out, extra_files={"metrics.json": (json.dumps(  # one swap, whole

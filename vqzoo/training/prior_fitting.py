@@ -23,7 +23,8 @@ import optax
 
 from vqzoo.configs import PriorConfig, RunConfig, TrainConfig
 from vqzoo.nn import prior_bits
-from vqzoo.training import checks, loop
+from vqzoo import result_warnings
+from vqzoo.training import loop
 from vqzoo.training.checkpoint import TrainState
 from vqzoo.training.data import batch_indices
 from vqzoo.training.parallel import DataParallel
@@ -225,8 +226,8 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
   model.set_prior(config, params)
   metrics = {**prior_nll(model, encode_images(model, test_images, progress=run.progress),
                          test_labels, codes), "eval_split": eval_split}
-  warned = checks.emit(checks.prior_warnings(metrics) + (
-      checks.held_out_warnings(len(test_images) if eval_split == "held-out" else 0)
+  warned = result_warnings.emit(result_warnings.prior_warnings(metrics) + (
+      result_warnings.held_out_warnings(len(test_images) if eval_split == "held-out" else 0)
       if images_dir is not None else []))
   data = ({"source": "tfds", "dataset": dataset, "split": recipe.split, "eval_split": eval_split}
           if dataset is not None else
@@ -268,4 +269,4 @@ def prior_card(model: Any, base: str, name: str, config: PriorConfig, recipe: Tr
       name, model.config, f"`{base_label}` with a prior over its codes fitted by "
       "`vqzoo fit-prior`.", lineage=lineage, load_spec=f"./{name}",
       base_datasets=_base_datasets(model),
-      extra_sections={**checks.card_section(warned), "Prior": section})
+      extra_sections={**result_warnings.card_section(warned), "Prior": section})
