@@ -176,7 +176,8 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
                     data_dir: str | None = None, eval_split: str = "test",
                     conditional: bool = True, hidden: int = 32,
                     num_layers: int = 6, workdir: str | os.PathLike | None = None,
-                    run: RunConfig = RunConfig(checkpoint_every=500, log_every=100)
+                    run: RunConfig = RunConfig(checkpoint_every=500, log_every=100),
+                    convert: str | None = None, resize: bool = False
                     ) -> tuple[Any, dict[str, Any]]:
   """Fits a prior to any model's codes and saves the model with it to ``out``.
 
@@ -191,6 +192,8 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
     workdir: checkpoints (default ``OUT.work``); ``run.resume`` continues there, under the
       resume rule of every run (:mod:`vqzoo.training.checkpoint`).
     run: resume/overwrite, intervals, progress bars.
+    convert, resize: how image files of another channel kind or size are converted
+      (see :func:`~vqzoo.image_folder.load_image_folder`); recorded in the lineage.
 
   Returns:
     ``(model with its prior, metrics)``: bits per image of the held-out codes beside the
@@ -198,7 +201,7 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
   """
   from vqzoo.pretrained import load
   from vqzoo.training.data import load_images, load_labels
-  from vqzoo.image_folder import load_image_folder, split_holdout
+  from vqzoo.image_folder import conversion_record, load_image_folder, split_holdout
   if (dataset is None) == (images_dir is None):
     raise ValueError("give exactly one source of codes: dataset or images_dir")
   model = load(base)
@@ -210,7 +213,7 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
       labels = load_labels(dataset, recipe.split, data_dir)
       test_labels = load_labels(dataset, eval_split, data_dir)
   else:
-    everything, _ = load_image_folder(images_dir, model.config.image_shape)
+    everything, _ = load_image_folder(images_dir, model.config.image_shape, convert, resize)
     images, test_images = split_holdout(everything, 0.1, recipe.seed)
     eval_split = "held-out"
     if len(test_images) == 0:  # too few images to hold any out
@@ -231,7 +234,8 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
   data = ({"source": "tfds", "dataset": dataset, "split": recipe.split, "eval_split": eval_split}
           if dataset is not None else
           {"source": "image-folder", "folder": Path(images_dir).name, "images": len(everything),
-           "held_out": len(test_images) if eval_split == "held-out" else 0})
+           "held_out": len(test_images) if eval_split == "held-out" else 0,
+           "conversion": conversion_record(convert, resize)})
   model.card = prior_card(model, base, out.name, config, recipe, metrics, data, warned)
   model.save_pretrained(out)
   return model, metrics
