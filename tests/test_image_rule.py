@@ -172,3 +172,18 @@ def test_fit_prior_refuses_mismatches_and_its_card_records_the_conversion(rgb32,
   assert main(common + ["--convert", "grey", "--resize"]) == 0
   card = (out / "README.md").read_text()
   assert '"conversion": {\n' in card and '"convert": "grey"' in card and '"resize": true' in card
+
+
+def test_train_refuses_mismatches_and_records_the_conversion(rgb32, tmp_path, capsys):
+  out = tmp_path / "new"
+  common = ["train", "--images", str(rgb32), "--out", str(out), "--image-shape", "28x28x1",
+            "--num-embeddings", "16", "--embedding-dim", "4", "--hidden", "8", "--ema",
+            "--steps", "2", "--batch-size", "8", "--warmup-steps", "1",
+            "--holdout-fraction", "0.2", "--no-progress"]
+  assert main(common) == 2
+  _one_line_error(capsys, "vqzoo train: error:", "im0.jpg", "--convert grey", "--resize")
+  assert not out.exists()
+  assert main(common + ["--convert", "grey", "--resize"]) == 0
+  record = {"convert": "grey", "resize": True}
+  assert json.loads((out / "metrics.json").read_text())["data"]["conversion"] == record
+  assert '"convert": "grey"' in (out / "README.md").read_text()

@@ -74,7 +74,14 @@ def _conversion(args) -> dict:
 
 
 def _image_flags(p) -> None:
-  """``--convert`` and ``--resize``: the conversions the image rule allows on request."""
+  """``--convert`` and ``--resize``: the conversions the image rule allows on request.
+
+  Also puts the rule itself (:data:`vqzoo.image_folder.FOLDER_RULE`) in the command's help.
+  """
+  from vqzoo.image_folder import FOLDER_RULE
+  if not p.description:
+    p.description = f"Image files: {FOLDER_RULE}."
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
   p.add_argument("--convert", choices=("grey", "rgb"),
                  help="convert image files of the other channel kind: grey for 1-channel "
                       "models, rgb for 3-channel ones (default: such a file is an error)")
