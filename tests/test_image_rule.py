@@ -187,3 +187,16 @@ def test_train_refuses_mismatches_and_records_the_conversion(rgb32, tmp_path, ca
   record = {"convert": "grey", "resize": True}
   assert json.loads((out / "metrics.json").read_text())["data"]["conversion"] == record
   assert '"convert": "grey"' in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("argv", [
+    ["encode", BASE, "--dataset", "mnist:test[:4]", "--out", "c.npz", "--convert", "grey"],
+    ["eval", BASE, "--resize"],
+    ["reconstruct", BASE, "--resize"],
+    ["fit-prior", BASE, "--dataset", "mnist", "--out", "p", "--convert", "grey"],
+])
+def test_conversion_flags_without_image_files_are_refused(argv, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  assert main(argv) == 2
+  _one_line_error(capsys, "converts image files", "this command reads none")
+  assert not any(tmp_path.iterdir())

@@ -73,6 +73,14 @@ def _conversion(args) -> dict:
   return conversion_record(args.convert, args.resize)
 
 
+def _check_image_flags(args, reads_files: bool) -> None:
+  """``--convert`` / ``--resize`` without image files to convert is a usage error, not a no-op."""
+  if (args.convert or args.resize) and not reads_files:
+    flag = f"--convert {args.convert}" if args.convert else "--resize"
+    raise ValueError(f"{flag}: converts image files (--images, or --input with a PNG/JPEG file "
+                     "or folder); this command reads none")
+
+
 def _image_flags(p) -> None:
   """``--convert`` and ``--resize``: the conversions the image rule allows on request.
 
@@ -165,6 +173,7 @@ def cmd_info(args):
 def cmd_reconstruct(args):
   from vqzoo.grid import save_comparison
   model = _load(args.name)
+  _check_image_flags(args, bool(args.input) and not args.input.lower().endswith(".npy"))
   if args.input:
     images = _read_input(args.input, model.config.image_shape, args.convert, args.resize)
   elif args.dataset or tuple(model.config.image_shape) != DIGITS_SHAPE:
@@ -197,6 +206,7 @@ def _first(images: np.ndarray, count: int, what: str) -> np.ndarray:
 def cmd_eval(args):
   from vqzoo.training.data import load_images
   from vqzoo.training.metrics import evaluate
+  _check_image_flags(args, bool(args.images))
   model = _load(args.name)
   if args.images:
     from vqzoo.image_folder import load_image_folder
@@ -294,6 +304,7 @@ def cmd_finetune(args):
   from vqzoo.configs import FinetuneConfig
   from vqzoo.training import distributed
   from vqzoo.training.finetuning import finetune
+  _check_image_flags(args, bool(args.images))
   multi_process = cli_devices.start_from_flags(args, _base_arch(args.base))  # before any device
   _check_model_out(args.out)
   config = FinetuneConfig(
@@ -335,6 +346,7 @@ def _check_model_out(out: str) -> None:
 
 
 def cmd_fit_prior(args):
+  _check_image_flags(args, bool(args.images))
   _check_model_out(args.out)
   from vqzoo.pretrained.registry import PRIOR_RECIPE
   from vqzoo.training.prior_fitting import fit_model_prior
@@ -369,6 +381,7 @@ def _source_images(args, image_shape):
 
 def cmd_encode(args):
   from vqzoo.pretrained.tokenizing import encode_to_file
+  _check_image_flags(args, bool(args.images))
   model = _load(args.name)
   images, labels, names = _source_images(args, model.config.image_shape)
   summary = encode_to_file(model, args.name, images, args.out, labels=labels, names=names,
@@ -672,6 +685,7 @@ def _model_config(args):
 
 def cmd_train(args):
   from vqzoo.training.from_scratch import train_new_model
+  _check_image_flags(args, bool(args.images))
   _check_model_out(args.out)
   config = _model_config(args)
   result = train_new_model(
