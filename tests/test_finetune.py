@@ -166,6 +166,8 @@ def test_image_folder_cards_and_lineage_are_true(tmp_path, mnist_test):
   assert dataset.dataset_type == "image-folder" and dataset.dataset_split == "held-out"
   assert "10 held-out images" in dataset.dataset_name
   assert "full test split" not in card and "the 10 images of the folder held out" in card
+  assert "Image conversion" not in card  # the files matched the model: nothing converted
+  assert result.lineage["data"]["conversion"] == {"convert": None, "resize": False}
   assert str(tmp_path) not in card and str(tmp_path) not in (out / "metrics.json").read_text()
   assert result.lineage["base_source"]["directory"] == "base-model"
   assert result.lineage["vqzoo_version"]

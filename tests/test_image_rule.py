@@ -159,7 +159,10 @@ def test_finetune_refuses_mismatches_and_its_card_records_the_conversion(rgb32, 
   record = {"convert": "grey", "resize": True}
   saved = json.loads((out / "metrics.json").read_text())
   assert saved["lineage"]["data"]["conversion"] == record
-  assert '"convert": "grey"' in (out / "README.md").read_text()
+  card = (out / "README.md").read_text()
+  assert '"convert": "grey"' in card
+  assert "## Image conversion" in card and "converted to grey (`--convert grey`)" in card
+  assert "resized to 28x28" in card
 
 
 def test_fit_prior_refuses_mismatches_and_its_card_records_the_conversion(rgb32, tmp_path,
@@ -172,6 +175,7 @@ def test_fit_prior_refuses_mismatches_and_its_card_records_the_conversion(rgb32,
   assert main(common + ["--convert", "grey", "--resize"]) == 0
   card = (out / "README.md").read_text()
   assert '"conversion": {\n' in card and '"convert": "grey"' in card and '"resize": true' in card
+  assert "## Image conversion" in card and "resized to 28x28" in card
 
 
 def test_train_refuses_mismatches_and_records_the_conversion(rgb32, tmp_path, capsys):
@@ -186,7 +190,10 @@ def test_train_refuses_mismatches_and_records_the_conversion(rgb32, tmp_path, ca
   assert main(common + ["--convert", "grey", "--resize"]) == 0
   record = {"convert": "grey", "resize": True}
   assert json.loads((out / "metrics.json").read_text())["data"]["conversion"] == record
-  assert '"convert": "grey"' in (out / "README.md").read_text()
+  card = (out / "README.md").read_text()
+  assert '"convert": "grey"' in card
+  assert "## Image conversion" in card and "converted to grey (`--convert grey`)" in card
+  assert "resized to 28x28" in card
 
 
 @pytest.mark.parametrize("argv", [

@@ -177,6 +177,22 @@ def conversion_record(convert: str | None = None, resize: bool = False) -> dict:
   return {"convert": convert, "resize": bool(resize)}
 
 
+def conversion_section(record: dict | None, image_shape) -> dict[str, str]:
+  """A card section saying how image files were converted; empty when none was asked for."""
+  if not record or not (record.get("convert") or record.get("resize")):
+    return {}
+  h, w, _ = image_shape
+  done = []
+  if record.get("convert"):
+    done.append(f"files of the other channel kind converted to {record['convert']} "
+                f"(`--convert {record['convert']}`)")
+  if record.get("resize"):
+    done.append(f"files of another size resized to {h}x{w}, bilinear, aspect ratio not kept "
+                "(`--resize`)")
+  return {"Image conversion": "The training images were read from files: "
+                              + "; ".join(done) + "."}
+
+
 def read_image(path: str | os.PathLike, image_shape, convert: str | None = None,
                resize: bool = False, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
   """Reads one PNG/JPEG file for a model of ``image_shape`` -> ``[H, W, C]`` uint8.

@@ -25,7 +25,8 @@ from vqzoo.pretrained.saving import save_model_folder
 from vqzoo.training import checks
 from vqzoo.training import data as data_lib
 from vqzoo.training.metrics import evaluate
-from vqzoo.image_folder import conversion_record, load_image_folder, split_holdout
+from vqzoo.image_folder import (conversion_record, conversion_section, load_image_folder,
+                                split_holdout)
 from vqzoo.training.trainer import train
 
 
@@ -167,6 +168,7 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
       metrics=after, dataset=dataset, lineage=lineage, held_out=len(eval_images),
       load_spec=f"./{out.name}", base_datasets=_base_datasets(base_model),
       extra_sections={**checks.card_section(warned),
+          **conversion_section(data_info.get("conversion"), model_config.image_shape),
           "Fine-tuning": (f"{result.step} steps; frozen: {', '.join(config.freeze) or 'nothing'}; "
                           "dead-code re-seeding while fine-tuning: "
                           + (f"codes used by fewer than {threshold} vectors per batch"

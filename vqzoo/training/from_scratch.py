@@ -20,7 +20,8 @@ from vqzoo.pretrained.cards import render_card
 from vqzoo.pretrained.saving import save_model_folder
 from vqzoo.training import checks
 from vqzoo.training import data as data_lib
-from vqzoo.image_folder import conversion_record, load_image_folder, split_holdout
+from vqzoo.image_folder import (conversion_record, conversion_section, load_image_folder,
+                                split_holdout)
 from vqzoo.training.metrics import evaluate
 from vqzoo.training.trainer import train
 
@@ -95,7 +96,8 @@ def train_new_model(config: ModelConfig, recipe: TrainConfig, out: str | Path, *
                      "trained from scratch with `vqzoo train`.", recipe=recipe, metrics=metrics,
                      dataset=dataset, lineage={"data": info, "steps": result.step},
                      held_out=len(held_out), load_spec=f"./{out.name}",
-                     extra_sections=checks.card_section(warned))
+                     extra_sections={**checks.card_section(warned), **conversion_section(
+                         info.get("conversion"), config.image_shape)})
   model = PretrainedVQVAE(config, result.params, result.state, card=card)
   if jax.process_index() == 0:
     save_model_folder(model, out, extra_files={"metrics.json": (json.dumps(  # one swap, whole

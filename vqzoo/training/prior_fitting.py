@@ -244,6 +244,7 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
 def prior_card(model: Any, base: str, name: str, config: PriorConfig, recipe: TrainConfig,
                metrics: dict[str, Any], data: dict[str, Any], warned: Sequence[str]) -> str:
   """The card of a model saved by :func:`fit_model_prior`: its prior, scores and warnings."""
+  from vqzoo.image_folder import conversion_section
   from vqzoo.pretrained.cards import render_card
   from vqzoo.training.finetuning import _base_datasets, _portable
   base_label = base if "path" not in model.source else Path(base).name
@@ -272,4 +273,5 @@ def prior_card(model: Any, base: str, name: str, config: PriorConfig, recipe: Tr
       name, model.config, f"`{base_label}` with a prior over its codes fitted by "
       "`vqzoo fit-prior`.", lineage=lineage, load_spec=f"./{name}",
       base_datasets=_base_datasets(model),
-      extra_sections={**checks.card_section(warned), "Prior": section})
+      extra_sections={**checks.card_section(warned), "Prior": section,
+                      **conversion_section(data.get("conversion"), model.config.image_shape)})
