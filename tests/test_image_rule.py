@@ -126,6 +126,9 @@ def test_reconstruct_reads_a_folder_under_the_same_rule(rgb32, digits, mnist_tes
   assert main(["reconstruct", BASE, "--input", str(rgb32), "--out", str(grid), "--json",
                "--convert", "grey", "--resize"]) == 0
   assert json.loads(capsys.readouterr().out)["images"] == 10
+  assert main(["reconstruct", BASE, "--input", str(digits), "--out", str(grid), "--json",
+               "--count", "3"]) == 0  # a folder's first --count files
+  assert json.loads(capsys.readouterr().out)["images"] == 3
 
 
 def test_eval_measures_a_folder_under_the_same_rule(rgb32, digits, mnist_test, capsys):

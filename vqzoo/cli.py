@@ -176,6 +176,8 @@ def cmd_reconstruct(args):
   _check_image_flags(args, bool(args.input) and not args.input.lower().endswith(".npy"))
   if args.input:
     images = _read_input(args.input, model.config.image_shape, args.convert, args.resize)
+    if os.path.isdir(args.input):
+      images = images[:args.count]  # the first --count files, sorted by path
   elif args.dataset or tuple(model.config.image_shape) != DIGITS_SHAPE:
     from vqzoo.training.data import load_images
     dataset = args.dataset or _model_dataset(model, args.name)
@@ -448,7 +450,8 @@ def _args_reconstruct(p) -> None:
   p.add_argument("--split", default="test", help="TFDS split (default test)")
   p.add_argument("--count", type=_int_in(1, MAX_COUNT), default=16,
                  help=f"images to reconstruct from a dataset or the 32 bundled digits, 1 to "
-                      f"{MAX_COUNT} and at most as many as there are (default 16)")
+                      f"{MAX_COUNT} and at most as many as there are; from an --input folder, "
+                      "its first COUNT files by path (default 16)")
   p.add_argument("--data-dir", help=DATA_DIR_HELP)
   p.add_argument("--out", default="reconstruction.png",
                  help="grid image, .png or .jpg (default reconstruction.png)")
