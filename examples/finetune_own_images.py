@@ -3,10 +3,12 @@
   python examples/finetune_own_images.py IMAGE_DIR OUT_DIR [STEPS]
 
 in the environment README.md sets up (``source .venv-test/bin/activate``); IMAGE_DIR is a folder
-of PNG/JPEG images (28x28 grey, as the MNIST model reads). A fifth is held out to measure the
+of PNG/JPEG images (28x28 grey, as the MNIST model reads; others are refused unless
+``finetune(..., convert="grey", resize=True)`` converts them). A fifth is held out to measure the
 model: with fewer than 100 images that is under 20, and vqzoo warns that the metrics are noise.
 
-(The same from the shell: `vqzoo finetune --from mnist-mlp --images IMAGE_DIR --out OUT_DIR`.)
+(The same from the shell: `vqzoo finetune --from mnist-mlp --images IMAGE_DIR --out OUT_DIR`,
+with `--convert grey --resize` for other images.)
 """
 
 import sys

@@ -92,10 +92,15 @@ def test_cli_reconstruct_writes_a_colour_grid(colour_dir, tmp_path, capsys):
   assert grid.ndim == 3 and grid.shape[2] == 3
   # make_grid's layout: pad 2, scale 2; the original sits at (2, 2) in the unscaled grid.
   np.testing.assert_array_equal(grid[4:68:2, 4:68:2], image)
-  # A grey file given to a colour model is converted to RGB (the documented conversion).
+  # A grey file given to a colour model is refused, or converted to RGB with --convert rgb.
   Image.fromarray(image[..., 0]).save(tmp_path / "grey.png")
+  capsys.readouterr()
   assert cli.main(["reconstruct", str(colour_dir), "--input", str(tmp_path / "grey.png"),
-                   "--out", str(out)]) == 0
+                   "--out", str(out)]) == 2
+  _one_line_error(capsys, "grey.png: a 32x32 L (grey) image", "32x32 colour (3-channel)",
+                  "pass --convert rgb")
+  assert cli.main(["reconstruct", str(colour_dir), "--input", str(tmp_path / "grey.png"),
+                   "--out", str(out), "--convert", "rgb"]) == 0
   grid = np.asarray(Image.open(out))
   np.testing.assert_array_equal(grid[4:68:2, 4:68:2], np.repeat(image[..., :1], 3, -1))
   capsys.readouterr()

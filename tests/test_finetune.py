@@ -58,7 +58,7 @@ def test_finetune_on_image_folder_skips_broken_files(tmp_path, mnist_test, capsy
   for i, image in enumerate(mnist_test[:300]):
     target = folder / ("nested" if i % 2 else "") / f"digit_{i:03d}.png"
     Image.fromarray(image[..., 0]).save(target)
-  # One RGB JPEG at another size: converted to grayscale and resized.
+  # One RGB JPEG at another size: converted to grayscale and resized, as asked.
   Image.fromarray(np.repeat(mnist_test[300], 3, -1)).resize((56, 56)).save(folder / "big.jpg")
   (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
   (folder / "notes.txt").write_text("not an image")
@@ -69,7 +69,9 @@ def test_finetune_on_image_folder_skips_broken_files(tmp_path, mnist_test, capsy
         recipe=TrainConfig(steps=40, batch_size=32, learning_rate=1e-3, warmup_steps=5),
         holdout_fraction=0.2, freeze=("encoder", "codebook"))
     result = ft.finetune(BASE, out, config, images_dir=str(folder),
-                         run=RunConfig(progress=False, log_every=10))
+                         run=RunConfig(progress=False, log_every=10), convert="grey",
+                         resize=True)
+  assert result.lineage["data"]["conversion"] == {"convert": "grey", "resize": True}
   assert _folder_digest(folder) == before  # the folder is never modified
   assert result.lineage["data"]["images"] == 301 and result.lineage["data"]["held_out"] == 60
   tuned = load(str(out))
@@ -111,7 +113,9 @@ def test_cli_finetune_help_states_the_folder_rule(capsys):
   from vqzoo.cli import main
   with pytest.raises(SystemExit):
     main(["finetune", "--help"])
-  assert "converted to grayscale" in capsys.readouterr().out
+  text = capsys.readouterr().out
+  assert "must match the model's image shape" in text
+  assert "--convert {grey,rgb}" in text and "--resize" in text
 
 
 def _digit_folder(tmp_path, mnist_test, n=40):
@@ -162,6 +166,8 @@ def test_image_folder_cards_and_lineage_are_true(tmp_path, mnist_test):
   assert dataset.dataset_type == "image-folder" and dataset.dataset_split == "held-out"
   assert "10 held-out images" in dataset.dataset_name
   assert "full test split" not in card and "the 10 images of the folder held out" in card
+  assert "Image conversion" not in card  # the files matched the model: nothing converted
+  assert result.lineage["data"]["conversion"] == {"convert": None, "resize": False}
   assert str(tmp_path) not in card and str(tmp_path) not in (out / "metrics.json").read_text()
   assert result.lineage["base_source"]["directory"] == "base-model"
   assert result.lineage["vqzoo_version"]

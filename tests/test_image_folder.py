@@ -103,7 +103,7 @@ def test_sixteen_bit_pngs_are_scaled_not_saturated(tmp_path, mnist_test):
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     gray, _ = load_image_folder(folder, MNIST)
-    rgb, _ = load_image_folder(folder, (28, 28, 3))
+    rgb, _ = load_image_folder(folder, (28, 28, 3), convert="rgb")
   assert np.abs(gray.astype(int) - digits).max() <= 1
   assert np.abs(rgb.astype(int) - np.repeat(digits, 3, -1)).max() <= 1
   # reconstruct --input reads it through the same helper.
@@ -118,11 +118,12 @@ def test_reconstruct_input_converts_color_images_and_keeps_npy(tmp_path, mnist_t
   Image.fromarray(np.concatenate([np.repeat(digit, 3, -1), np.full_like(digit, 128)], -1)
                   ).save(rgba)
   for path in (rgb, rgba):
-    read = _read_input(str(path), MNIST)
+    read = _read_input(str(path), MNIST, convert="grey")
     assert read.shape == (1, 28, 28, 1) and np.abs(read.astype(int) - digit).max() <= 1
   assert _read_input(str(tmp_path / "rgb.png"), (28, 28, 3)).shape == (1, 28, 28, 3)
   out = tmp_path / "grid.png"
-  assert main(["reconstruct", "mnist-mlp", "--input", str(rgb), "--out", str(out), "--json"]) == 0
+  assert main(["reconstruct", "mnist-mlp", "--input", str(rgb), "--out", str(out), "--json",
+               "--convert", "grey"]) == 0
   assert json.loads(capsys.readouterr().out)["images"] == 1 and out.exists()
   batch = tmp_path / "digits.npy"
   np.save(batch, mnist_test[:5])

@@ -38,30 +38,64 @@ def _bundled_digits() -> np.ndarray:
     return np.load(f, allow_pickle=False)
 
 
-def _read_input(path: str, image_shape) -> np.ndarray:
-  """``--input``: a ``.npy`` array as saved, or one PNG/JPEG image -> ``[1, H, W, C]`` uint8.
+def _read_input(path: str, image_shape, convert: str | None = None,
+                resize: bool = False) -> np.ndarray:
+  """``--input``: a ``.npy`` array as saved, one PNG/JPEG image or a folder of them -> uint8.
 
-  An image is read like a file of an image folder (see
-  :func:`vqzoo.image_folder.open_image`): converted to grayscale for a
-  1-channel model or RGB for a 3-channel one (16-bit PNGs scaled to 8 bits),
-  and refused if it is larger than ``MAX_IMAGE_PIXELS``. It is not resized.
+  Image files follow the one image rule of :mod:`vqzoo.image_folder`: a file
+  whose size or channel kind differs from the model's is an error unless
+  ``convert`` (``--convert grey|rgb``) or ``resize`` (``--resize``) ask for
+  conversion. A folder is read like ``--images`` of the other commands.
 
   Raises:
-    ValueError: a bad ``.npy`` file, an image too large to decode, or a model
-      whose channel count no image mode gives.
+    ValueError: a bad ``.npy`` file, an image that differs from the model's shape,
+      an image too large to decode, or a model whose channel count no image mode gives.
     OSError: unreadable file, or not a PNG/JPEG.
   """
+  from vqzoo.image_folder import load_image_folder, read_image
+  if os.path.isdir(path):
+    return load_image_folder(path, image_shape, convert, resize)[0]
   if path.lower().endswith(".npy"):
     try:
       return np.load(path, allow_pickle=False)
     except EOFError as e:  # an empty or truncated file
       raise ValueError(f"{path}: not a complete .npy file ({e})") from e
-  from vqzoo.image_folder import open_image
   channels = image_shape[-1]
   if channels not in (1, 3):
     raise ValueError(f"{path}: images feed 1- or 3-channel models, this one has {channels} "
                      "channels; pass a .npy array instead")
-  return open_image(path, "L" if channels == 1 else "RGB")[None]
+  return read_image(path, image_shape, convert, resize)[None]
+
+
+def _conversion(args) -> dict:
+  """``{"convert", "resize"}`` of the ``--convert`` / ``--resize`` flags."""
+  from vqzoo.image_folder import conversion_record
+  return conversion_record(args.convert, args.resize)
+
+
+def _check_image_flags(args, reads_files: bool) -> None:
+  """``--convert`` / ``--resize`` without image files to convert is a usage error, not a no-op."""
+  if (args.convert or args.resize) and not reads_files:
+    flag = f"--convert {args.convert}" if args.convert else "--resize"
+    raise ValueError(f"{flag}: converts image files (--images, or --input with a PNG/JPEG file "
+                     "or folder); this command reads none")
+
+
+def _image_flags(p) -> None:
+  """``--convert`` and ``--resize``: the conversions the image rule allows on request.
+
+  Also puts the rule itself (:data:`vqzoo.image_folder.FOLDER_RULE`) in the command's help.
+  """
+  from vqzoo.image_folder import FOLDER_RULE
+  if not p.description:
+    p.description = f"Image files: {FOLDER_RULE}."
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+  p.add_argument("--convert", choices=("grey", "rgb"),
+                 help="convert image files of the other channel kind: grey for 1-channel "
+                      "models, rgb for 3-channel ones (default: such a file is an error)")
+  p.add_argument("--resize", action="store_true",
+                 help="resize image files to the model's HxW, bilinear, aspect ratio not kept "
+                      "(default: a file of another size is an error)")
 
 
 def _summary(model, images_u8_or_f, recon) -> dict:
@@ -139,8 +173,11 @@ def cmd_info(args):
 def cmd_reconstruct(args):
   from vqzoo.grid import save_comparison
   model = _load(args.name)
+  _check_image_flags(args, bool(args.input) and not args.input.lower().endswith(".npy"))
   if args.input:
-    images = _read_input(args.input, model.config.image_shape)
+    images = _read_input(args.input, model.config.image_shape, args.convert, args.resize)
+    if os.path.isdir(args.input):
+      images = images[:args.count]  # the first --count files, sorted by path
   elif args.dataset or tuple(model.config.image_shape) != DIGITS_SHAPE:
     from vqzoo.training.data import load_images
     dataset = args.dataset or _model_dataset(model, args.name)
@@ -171,11 +208,23 @@ def _first(images: np.ndarray, count: int, what: str) -> np.ndarray:
 def cmd_eval(args):
   from vqzoo.training.data import load_images
   from vqzoo.training.metrics import evaluate
+  _check_image_flags(args, bool(args.images))
   model = _load(args.name)
+  if args.images:
+    from vqzoo.image_folder import load_image_folder
+    images, _ = load_image_folder(args.images, model.config.image_shape, args.convert,
+                                  args.resize)
+    metrics = evaluate(model.config, model.params, model.state, images)
+    _emit(args, {"model": args.name, "images_dir": args.images,
+                 "conversion": _conversion(args), **metrics},
+          f"{args.name} on the images of {args.images} ({metrics['num_images']} images): MSE "
+          f"{metrics['mse']:.5f}, PSNR {metrics['psnr']:.2f} dB, perplexity "
+          f"{metrics['perplexity']:.1f}, codes used {metrics['codes_used']}")
+    return 0
   dataset = args.dataset or _model_dataset(model, args.name)
   if dataset is None:
     raise ValueError(f"{args.name}: neither the zoo nor its model card names a dataset; say "
-                     "which one to measure it on with --dataset")
+                     "which one to measure it on with --dataset or --images")
   images = load_images(dataset, args.split, args.data_dir)
   metrics = evaluate(model.config, model.params, model.state, images)
   _emit(args, {"model": args.name, "dataset": dataset, "split": args.split, **metrics},
@@ -257,6 +306,7 @@ def cmd_finetune(args):
   from vqzoo.configs import FinetuneConfig
   from vqzoo.training import distributed
   from vqzoo.training.finetuning import finetune
+  _check_image_flags(args, bool(args.images))
   multi_process = cli_devices.start_from_flags(args, _base_arch(args.base))  # before any device
   _check_model_out(args.out)
   config = FinetuneConfig(
@@ -268,7 +318,7 @@ def cmd_finetune(args):
   with cli_devices.fail_fast(multi_process, prog="vqzoo finetune"):
     result = finetune(args.base, args.out, config, dataset=args.dataset, images_dir=args.images,
                       data_dir=args.data_dir, workdir=args.workdir, run=run,
-                      push_to_hub=args.push_to_hub)
+                      push_to_hub=args.push_to_hub, convert=args.convert, resize=args.resize)
   if not distributed.is_main_process():
     return 0  # process 0 reports
   before, after = result.metrics_before, result.metrics_after
@@ -298,6 +348,7 @@ def _check_model_out(out: str) -> None:
 
 
 def cmd_fit_prior(args):
+  _check_image_flags(args, bool(args.images))
   _check_model_out(args.out)
   from vqzoo.pretrained.registry import PRIOR_RECIPE
   from vqzoo.training.prior_fitting import fit_model_prior
@@ -310,7 +361,8 @@ def cmd_fit_prior(args):
                                images_dir=args.images, data_dir=args.data_dir,
                                eval_split=args.eval_split,
                                conditional=not args.unconditional, hidden=args.hidden,
-                               num_layers=args.layers, workdir=args.workdir, run=run)
+                               num_layers=args.layers, workdir=args.workdir, run=run,
+                               convert=args.convert, resize=args.resize)
   _emit(args, {"out": args.out, **metrics},
         f"prior saved with the model in {args.out}: {metrics['eval_split']} "
         f"{metrics['prior_bits']:.1f} bits per "
@@ -321,7 +373,7 @@ def _source_images(args, image_shape):
   """``(images, labels or None, names or None)`` from --dataset NAME[:split] or --images DIR."""
   if args.images:
     from vqzoo.image_folder import load_image_folder
-    images, paths = load_image_folder(args.images, image_shape)
+    images, paths = load_image_folder(args.images, image_shape, args.convert, args.resize)
     return images, None, [os.path.relpath(p, args.images) for p in paths]
   from vqzoo.training.data import load_images, load_labels
   name, _, split = args.dataset.partition(":")
@@ -331,10 +383,12 @@ def _source_images(args, image_shape):
 
 def cmd_encode(args):
   from vqzoo.pretrained.tokenizing import encode_to_file
+  _check_image_flags(args, bool(args.images))
   model = _load(args.name)
   images, labels, names = _source_images(args, model.config.image_shape)
   summary = encode_to_file(model, args.name, images, args.out, labels=labels, names=names,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress,
+                           conversion=_conversion(args) if args.images else None)
   _emit(args, summary, f"encoded {summary['images']} images with {args.name} to {args.out}: "
                        f"codes {summary['codes_shape']}, {summary['codes_used']} distinct")
 
@@ -388,26 +442,33 @@ def _args_info(p) -> None:
 def _args_reconstruct(p) -> None:
   p.add_argument("name", help=SPEC_HELP)
   src = p.add_mutually_exclusive_group()
-  src.add_argument("--input", help="a PNG/JPEG image or a .npy array of images")
+  src.add_argument("--input", help="a PNG/JPEG image, a folder of them, or a .npy array of "
+                                   "images (image files: see --convert and --resize)")
   src.add_argument("--dataset", help="TFDS dataset name, e.g. cifar10 (default: the bundled "
                                      "MNIST digits for a 28x28 grey model, else the model's "
                                      "own dataset, e.g. cifar10 for a CIFAR-10 model)")
   p.add_argument("--split", default="test", help="TFDS split (default test)")
   p.add_argument("--count", type=_int_in(1, MAX_COUNT), default=16,
                  help=f"images to reconstruct from a dataset or the 32 bundled digits, 1 to "
-                      f"{MAX_COUNT} and at most as many as there are (default 16)")
+                      f"{MAX_COUNT} and at most as many as there are; from an --input folder, "
+                      "its first COUNT files by path (default 16)")
   p.add_argument("--data-dir", help=DATA_DIR_HELP)
   p.add_argument("--out", default="reconstruction.png",
                  help="grid image, .png or .jpg (default reconstruction.png)")
+  _image_flags(p)
 
 
 def _args_eval(p) -> None:
   p.add_argument("name", help=SPEC_HELP)
-  p.add_argument("--dataset", help="TFDS dataset (default: the zoo's, or the one the card names)")
+  src = p.add_mutually_exclusive_group()
+  src.add_argument("--dataset",
+                   help="TFDS dataset (default: the zoo's, or the one the card names)")
+  src.add_argument("--images", help="folder of PNG/JPEG images to measure the model on")
   p.add_argument("--split", default="test", help="TFDS split (default test)")
   p.add_argument("--data-dir", help=DATA_DIR_HELP)
   p.add_argument("--check-bar", action="store_true",
                  help="zoo models: exit 1 when the measurement misses the variant's bar")
+  _image_flags(p)
 
 
 def _args_push(p) -> None:
@@ -433,6 +494,7 @@ def _args_encode(e) -> None:
   src.add_argument("--dataset", help="TFDS dataset, NAME[:split] (default split: test)")
   src.add_argument("--images", help="folder of PNG/JPEG images")
   e.add_argument("--out", required=True, help="codes file to write (.npz)")
+  _image_flags(e)
   e.add_argument("--data-dir", help=DATA_DIR_HELP)
   e.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -468,6 +530,7 @@ def _args_fit_prior(f) -> None:
   src = f.add_mutually_exclusive_group(required=True)
   src.add_argument("--dataset", help="TFDS dataset whose codes (and labels) to fit")
   src.add_argument("--images", help="folder of PNG/JPEG images (unconditional prior)")
+  _image_flags(f)
   f.add_argument("--split", default="train", help="TFDS split to fit (default train)")
   f.add_argument("--eval-split", default="test",
                  help="TFDS split the prior is measured on (default test)")
@@ -500,6 +563,7 @@ def _args_finetune(p) -> None:
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--dataset", help="TFDS dataset name, e.g. fashion_mnist")
   src.add_argument("--images", help="folder of PNG/JPEG images")
+  _image_flags(p)
   _recipe_args(p, d.recipe)
   p.add_argument("--eval-split", default=d.eval_split,
                  help=f"TFDS held-out split (default {d.eval_split})")
@@ -575,6 +639,7 @@ def _args_train(p) -> None:
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--dataset", help="TFDS dataset name, e.g. fashion_mnist")
   src.add_argument("--images", help="folder of PNG/JPEG images")
+  _image_flags(p)
   model = p.add_argument_group("the model (a --config file, or these flags)")
   model.add_argument("--config", help="a JSON ModelConfig (e.g. a saved model's config.json)")
   model.add_argument("--arch", choices=ARCHITECTURES, default="conv", help="default conv")
@@ -623,13 +688,15 @@ def _model_config(args):
 
 def cmd_train(args):
   from vqzoo.training.from_scratch import train_new_model
+  _check_image_flags(args, bool(args.images))
   _check_model_out(args.out)
   config = _model_config(args)
   result = train_new_model(
       config, _recipe(args, args.dataset or "image-folder"), args.out, images_dir=args.images,
       eval_split=args.eval_split, holdout_fraction=args.holdout_fraction,
       data_dir=args.data_dir, workdir=args.workdir,
-      run=_run_config(args, checkpoint_every=args.checkpoint_every))
+      run=_run_config(args, checkpoint_every=args.checkpoint_every), convert=args.convert,
+      resize=args.resize)
   m = result.metrics
   _emit(args, {"out": args.out, "config": config.to_dict(), **m},
         f"trained {args.out}: MSE {m['mse']:.5f}, PSNR {m['psnr']:.2f} dB, perplexity "

@@ -2,11 +2,14 @@
 
 A codes file is a zip (``.npz``, no pickle) of ``codes`` ``[N, *latent]`` integers with
 ``N >= 1``, ``model``, ``codec_sha256`` and ``format``, and optionally ``labels`` ``[N]``
-integers and ``names`` ``[N]`` strings (file names, without NUL bytes).
+integers, ``names`` ``[N]`` strings (file names, without NUL bytes) and ``conversion``, a
+JSON string ``{"convert", "resize"}`` saying how image files were converted (see
+:mod:`vqzoo.image_folder`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from typing import Any
@@ -63,7 +66,7 @@ def _check(path: str | os.PathLike, content: dict[str, np.ndarray]) -> None:
 
 
 def read(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
-  """A codes file -> ``{"codes", "labels"?, "names"?, "model", "codec_sha256"}``.
+  """A codes file -> ``{"codes", "labels"?, "names"?, "conversion"?, "model", "codec_sha256"}``.
 
   Raises:
     ValueError: not a codes file of format ``fmt``, truncated, empty, or its names or labels
@@ -79,4 +82,9 @@ def read(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
   for key in ("labels", "names"):
     if key in content:
       out[key] = content[key]
+  if "conversion" in content:
+    try:
+      out["conversion"] = json.loads(str(content["conversion"]))
+    except ValueError as e:
+      raise ValueError(f"{path}: its conversion record is not JSON ({e})") from e
   return out

@@ -9,6 +9,7 @@ and ``model.safetensors``: decoding with another model is refused) and ``format`
 from __future__ import annotations
 
 import io
+import json
 import os
 from typing import Any, Sequence
 
@@ -31,8 +32,12 @@ def codec_digest(model: Any) -> str:
 
 def encode_to_file(model: Any, model_spec: str, images: np.ndarray, out: str | os.PathLike,
                    labels: np.ndarray | None = None, names: Sequence[str] | None = None,
-                   batch_size: int = 1000, progress: bool = True) -> dict[str, Any]:
+                   batch_size: int = 1000, progress: bool = True,
+                   conversion: dict[str, Any] | None = None) -> dict[str, Any]:
   """Encodes ``images`` ``[N, H, W(, C)]`` in batches and writes a codes file atomically.
+
+  ``conversion`` (``{"convert", "resize"}`` of image files, see :mod:`vqzoo.image_folder`)
+  is stored in the file and in the summary when given.
 
   Returns:
     A summary: ``{"out", "images", "codes_shape", "codes_used", "codec_sha256"}``.
@@ -49,11 +54,14 @@ def encode_to_file(model: Any, model_spec: str, images: np.ndarray, out: str | o
     arrays["labels"] = np.asarray(labels, np.int32)
   if names is not None:
     arrays["names"] = np.asarray([str(n) for n in names])
+  if conversion is not None:
+    arrays["conversion"] = np.asarray(json.dumps(conversion, sort_keys=True))
   buffer = io.BytesIO()
   np.savez_compressed(buffer, **arrays)
   atomic_write_bytes(out, buffer.getvalue())
   return {"out": os.fspath(out), "images": int(len(codes)), "codes_shape": list(codes.shape),
-          "codes_used": int(len(np.unique(codes))), "codec_sha256": digest}
+          "codes_used": int(len(np.unique(codes))), "codec_sha256": digest,
+          **({"conversion": conversion} if conversion is not None else {})}
 
 
 def read_codes(path: str | os.PathLike) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from vqzoo.pretrained.saving import save_model_folder
 from vqzoo import result_warnings
 from vqzoo.training import data as data_lib
 from vqzoo.training.metrics import evaluate
-from vqzoo.image_folder import load_image_folder, split_holdout
+from vqzoo.image_folder import (conversion_record, conversion_section, load_image_folder,
+                                split_holdout)
 from vqzoo.training.trainer import train
 
 
@@ -80,19 +81,20 @@ def _base_datasets(model: PretrainedVQVAE) -> list[str]:
 
 
 def _data(base_config, config: FinetuneConfig, dataset: str | None, images_dir: str | None,
-          data_dir: str | None):
+          data_dir: str | None, convert: str | None = None, resize: bool = False):
   """``(train images, held-out images, data record)`` for the lineage."""
   if (dataset is None) == (images_dir is None):
     raise ValueError("give exactly one source of training data: dataset or images_dir")
   if images_dir is not None:
-    all_images, _ = load_image_folder(images_dir, base_config.image_shape)
+    all_images, _ = load_image_folder(images_dir, base_config.image_shape, convert, resize)
     train_images, eval_images = split_holdout(all_images, config.holdout_fraction,
                                               config.recipe.seed)
     if len(eval_images) == 0:
       eval_images = train_images
     info = {"source": "image-folder", "folder": Path(images_dir).name, "images": len(all_images),
             "train": len(train_images), "held_out": len(eval_images),
-            "holdout_fraction": config.holdout_fraction}
+            "holdout_fraction": config.holdout_fraction,
+            "conversion": conversion_record(convert, resize)}
   else:
     train_images = data_lib.load_images(dataset, config.recipe.split, data_dir)
     eval_images = data_lib.load_images(dataset, config.eval_split, data_dir)
@@ -108,7 +110,8 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
              dataset: str | None = None, images_dir: str | None = None,
              data_dir: str | None = None, workdir: str | Path | None = None,
              run: RunConfig = RunConfig(checkpoint_every=500),
-             push_to_hub: str | None = None) -> FinetuneResult:
+             push_to_hub: str | None = None, convert: str | None = None,
+             resize: bool = False) -> FinetuneResult:
   """Fine-tunes ``base`` and writes a loadable model directory with a lineage card to ``out``.
 
   Args:
@@ -118,6 +121,8 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
     dataset: TFDS dataset to train on (``config.recipe.split``) and measure on
       (``config.eval_split``).
     images_dir: a folder of images instead (see :mod:`vqzoo.image_folder`).
+    convert, resize: how image files of another channel kind or size are converted
+      (see :func:`~vqzoo.image_folder.load_image_folder`); recorded in the lineage.
     data_dir: TFDS data directory.
     workdir: checkpoints and metrics (default ``OUT.work``), under the resume rule of every
       run (:mod:`vqzoo.training.checkpoint`): ``run.resume`` continues there, ``run.overwrite``
@@ -132,7 +137,7 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
   base_model = load(base)
   model_config = base_model.config
   train_images, eval_images, data_info = _data(model_config, config, dataset, images_dir,
-                                               data_dir)
+                                               data_dir, convert, resize)
   warned = result_warnings.emit(result_warnings.recipe_warnings(config.recipe, len(train_images))
                        + result_warnings.held_out_warnings(len(eval_images)))
   params, state = base_model.params, base_model.state
@@ -163,6 +168,7 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
       metrics=after, dataset=dataset, lineage=lineage, held_out=len(eval_images),
       load_spec=f"./{out.name}", base_datasets=_base_datasets(base_model),
       extra_sections={**result_warnings.card_section(warned),
+          **conversion_section(data_info.get("conversion"), model_config.image_shape),
           "Fine-tuning": (f"{result.step} steps; frozen: {', '.join(config.freeze) or 'nothing'}; "
                           "dead-code re-seeding while fine-tuning: "
                           + (f"codes used by fewer than {threshold} vectors per batch"

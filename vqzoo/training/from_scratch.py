@@ -20,7 +20,8 @@ from vqzoo.pretrained.cards import render_card
 from vqzoo.pretrained.saving import save_model_folder
 from vqzoo import result_warnings
 from vqzoo.training import data as data_lib
-from vqzoo.image_folder import load_image_folder, split_holdout
+from vqzoo.image_folder import (conversion_record, conversion_section, load_image_folder,
+                                split_holdout)
 from vqzoo.training.metrics import evaluate
 from vqzoo.training.trainer import train
 
@@ -34,16 +35,18 @@ class NewModelResult:
 
 
 def _data(config: ModelConfig, recipe: TrainConfig, images_dir: str | None, eval_split: str,
-          holdout_fraction: float, data_dir: str | None):
+          holdout_fraction: float, data_dir: str | None, convert: str | None = None,
+          resize: bool = False):
   """``(train images, held-out images, data record)``."""
   if images_dir is not None:
-    everything, _ = load_image_folder(images_dir, config.image_shape)
+    everything, _ = load_image_folder(images_dir, config.image_shape, convert, resize)
     train_images, held_out = split_holdout(everything, holdout_fraction, recipe.seed)
     if len(held_out) == 0:
       raise ValueError(f"{images_dir}: {len(everything)} images leave none held out at "
                        f"holdout_fraction={holdout_fraction}; add images or raise the fraction")
     info = {"source": "image-folder", "folder": Path(images_dir).name,
-            "images": len(everything), "train": len(train_images), "held_out": len(held_out)}
+            "images": len(everything), "train": len(train_images), "held_out": len(held_out),
+            "conversion": conversion_record(convert, resize)}
     return train_images, held_out, info
   train_images = data_lib.load_images(recipe.dataset, recipe.split, data_dir)
   held_out = data_lib.load_images(recipe.dataset, eval_split, data_dir)
@@ -59,8 +62,8 @@ def _data(config: ModelConfig, recipe: TrainConfig, images_dir: str | None, eval
 def train_new_model(config: ModelConfig, recipe: TrainConfig, out: str | Path, *,
                     images_dir: str | None = None, eval_split: str = "test",
                     holdout_fraction: float = 0.1, data_dir: str | None = None,
-                    workdir: str | Path | None = None, run: RunConfig = RunConfig()
-                    ) -> NewModelResult:
+                    workdir: str | Path | None = None, run: RunConfig = RunConfig(),
+                    convert: str | None = None, resize: bool = False) -> NewModelResult:
   """Trains ``config`` from scratch by ``recipe`` and saves it to ``out`` with a card.
 
   Args:
@@ -74,11 +77,14 @@ def train_new_model(config: ModelConfig, recipe: TrainConfig, out: str | Path, *
     data_dir: TFDS data directory.
     workdir: checkpoints and metrics (default ``OUT.work``), under the one resume rule.
     run: resume/overwrite, intervals, progress bar.
+    convert, resize: how image files of another channel kind or size are converted
+      (see :func:`~vqzoo.image_folder.load_image_folder`); recorded in the card and
+      ``metrics.json``.
 
   In a multi-process run only process 0 writes ``out``.
   """
   train_images, held_out, info = _data(config, recipe, images_dir, eval_split,
-                                       holdout_fraction, data_dir)
+                                       holdout_fraction, data_dir, convert, resize)
   warned = result_warnings.emit(result_warnings.recipe_warnings(recipe)
                        + result_warnings.held_out_warnings(len(held_out)))
   out = Path(out)
@@ -90,7 +96,8 @@ def train_new_model(config: ModelConfig, recipe: TrainConfig, out: str | Path, *
                      "trained from scratch with `vqzoo train`.", recipe=recipe, metrics=metrics,
                      dataset=dataset, lineage={"data": info, "steps": result.step},
                      held_out=len(held_out), load_spec=f"./{out.name}",
-                     extra_sections=result_warnings.card_section(warned))
+                     extra_sections={**result_warnings.card_section(warned), **conversion_section(
+                         info.get("conversion"), config.image_shape)})
   model = PretrainedVQVAE(config, result.params, result.state, card=card)
   if jax.process_index() == 0:
     save_model_folder(model, out, extra_files={"metrics.json": (json.dumps(  # one swap, whole

@@ -177,7 +177,8 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
                     data_dir: str | None = None, eval_split: str = "test",
                     conditional: bool = True, hidden: int = 32,
                     num_layers: int = 6, workdir: str | os.PathLike | None = None,
-                    run: RunConfig = RunConfig(checkpoint_every=500, log_every=100)
+                    run: RunConfig = RunConfig(checkpoint_every=500, log_every=100),
+                    convert: str | None = None, resize: bool = False
                     ) -> tuple[Any, dict[str, Any]]:
   """Fits a prior to any model's codes and saves the model with it to ``out``.
 
@@ -192,6 +193,8 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
     workdir: checkpoints (default ``OUT.work``); ``run.resume`` continues there, under the
       resume rule of every run (:mod:`vqzoo.training.checkpoint`).
     run: resume/overwrite, intervals, progress bars.
+    convert, resize: how image files of another channel kind or size are converted
+      (see :func:`~vqzoo.image_folder.load_image_folder`); recorded in the lineage.
 
   Returns:
     ``(model with its prior, metrics)``: bits per image of the held-out codes beside the
@@ -199,7 +202,7 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
   """
   from vqzoo.pretrained import load
   from vqzoo.training.data import load_images, load_labels
-  from vqzoo.image_folder import load_image_folder, split_holdout
+  from vqzoo.image_folder import conversion_record, load_image_folder, split_holdout
   if (dataset is None) == (images_dir is None):
     raise ValueError("give exactly one source of codes: dataset or images_dir")
   model = load(base)
@@ -211,7 +214,7 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
       labels = load_labels(dataset, recipe.split, data_dir)
       test_labels = load_labels(dataset, eval_split, data_dir)
   else:
-    everything, _ = load_image_folder(images_dir, model.config.image_shape)
+    everything, _ = load_image_folder(images_dir, model.config.image_shape, convert, resize)
     images, test_images = split_holdout(everything, 0.1, recipe.seed)
     eval_split = "held-out"
     if len(test_images) == 0:  # too few images to hold any out
@@ -232,7 +235,8 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
   data = ({"source": "tfds", "dataset": dataset, "split": recipe.split, "eval_split": eval_split}
           if dataset is not None else
           {"source": "image-folder", "folder": Path(images_dir).name, "images": len(everything),
-           "held_out": len(test_images) if eval_split == "held-out" else 0})
+           "held_out": len(test_images) if eval_split == "held-out" else 0,
+           "conversion": conversion_record(convert, resize)})
   model.card = prior_card(model, base, out.name, config, recipe, metrics, data, warned)
   model.save_pretrained(out)
   return model, metrics
@@ -241,6 +245,7 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
 def prior_card(model: Any, base: str, name: str, config: PriorConfig, recipe: TrainConfig,
                metrics: dict[str, Any], data: dict[str, Any], warned: Sequence[str]) -> str:
   """The card of a model saved by :func:`fit_model_prior`: its prior, scores and warnings."""
+  from vqzoo.image_folder import conversion_section
   from vqzoo.pretrained.cards import render_card
   from vqzoo.training.finetuning import _base_datasets, _portable
   base_label = base if "path" not in model.source else Path(base).name
@@ -269,4 +274,5 @@ def prior_card(model: Any, base: str, name: str, config: PriorConfig, recipe: Tr
       name, model.config, f"`{base_label}` with a prior over its codes fitted by "
       "`vqzoo fit-prior`.", lineage=lineage, load_spec=f"./{name}",
       base_datasets=_base_datasets(model),
-      extra_sections={**result_warnings.card_section(warned), "Prior": section})
+      extra_sections={**result_warnings.card_section(warned), "Prior": section,
+                      **conversion_section(data.get("conversion"), model.config.image_shape)})
