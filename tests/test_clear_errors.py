@@ -113,7 +113,7 @@ def read_only_dir(tmp_path):
 def test_8_train_script_with_a_read_only_workdir(read_only_dir, tfds_dir, capsys):
   train = runpy.run_path(str(REPO / "scripts" / "train.py"))["main"]
   with pytest.raises(SystemExit) as e:
-    train(["--variant", MODEL, "--steps", "2", "--workdir", str(read_only_dir / "w"),
+    train(["--variant", MODEL, "--steps", "300", "--workdir", str(read_only_dir / "w"),
            "--data-dir", tfds_dir, "--no-progress"])
   assert e.value.code == 2
   _one_line_error(capsys, "Read-only file system" if os.geteuid() == 0 else "Permission denied",
