@@ -30,3 +30,12 @@ def synthetic_images(n: int, shape=(28, 28, 1), seed: int = 0) -> np.ndarray:
     d2 = (yy[None] - centres[:, k, 0, None, None]) ** 2 + (xx[None] - centres[:, k, 1, None, None]) ** 2
     images += np.exp(-d2 / (2 * (0.12 * h) ** 2))[..., None] * rng.uniform(0.5, 1, (n, 1, 1, c))
   return (np.clip(images, 0, 1) * 255).astype(np.uint8)
+
+
+def one_line_error(capsys, *expected: str) -> str:
+  """The captured stderr, asserted to be one line (no traceback) holding every ``expected``."""
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+  for text in expected:
+    assert text in err, err
+  return err

@@ -18,6 +18,7 @@ from PIL import Image
 import vqzoo
 from vqzoo.cli import MAX_COUNT, MAX_SAMPLES, main
 from vqzoo.pretrained.tokenizing import encode_to_file
+from _util import one_line_error as _one_line_error
 
 MODEL = "mnist-mlp"
 REPO = Path(__file__).resolve().parent.parent
@@ -30,13 +31,6 @@ def _status(argv) -> int:
   except SystemExit as e:
     return e.code
 
-
-def _one_line_error(capsys, *expected: str) -> str:
-  err = capsys.readouterr().err
-  assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-  for text in expected:
-    assert text in err, err
-  return err
 
 
 @pytest.fixture(scope="module")

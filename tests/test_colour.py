@@ -11,6 +11,7 @@ from PIL import Image
 import vqzoo
 from vqzoo import cli
 from vqzoo.grid import make_grid
+from _util import one_line_error as _one_line_error
 
 TINY = dict(num_embeddings=16, embedding_dim=8, num_hiddens=16, num_residual_hiddens=8)
 
@@ -43,13 +44,6 @@ def rgb_folder(tmp_path_factory):
 def _rgb(n=4, seed=0):
   return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), np.uint8)
 
-
-def _one_line_error(capsys, *expected):
-  err = capsys.readouterr().err
-  assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-  for text in expected:
-    assert text in err, err
-  return err
 
 
 def test_make_grid_keeps_colour_in_place():

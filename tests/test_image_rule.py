@@ -17,6 +17,7 @@ from vqzoo.image_folder import (FOLDER_RULE, ImageMismatchError, load_image_fold
                                 read_image)
 from vqzoo.pretrained.tokenizing import read_codes
 from vqzoo.training.metrics import evaluate
+from _util import one_line_error as _one_line_error
 
 MNIST = (28, 28, 1)
 BASE = "mnist-mlp"
@@ -48,13 +49,6 @@ def _silent(folder, mode="L", size=(28, 28)):
   """The pixels of the conversion every command used to make without a word."""
   return np.stack([open_image(p, mode, size=size) for p in sorted(folder.iterdir())])
 
-
-def _one_line_error(capsys, *expected):
-  err = capsys.readouterr().err
-  assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-  for text in expected:
-    assert text in err, err
-  return err
 
 
 def test_library_rule_refuses_mismatches_and_converts_on_request(rgb32, tmp_path):
