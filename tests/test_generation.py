@@ -167,3 +167,11 @@ def test_cli_fit_prior_then_sample(tmp_path, tfds_dir, capsys):
     assert im.size[0] > 0
   with pytest.raises(SystemExit):
     cli_main(["sample", str(out), "--n", "0"])
+
+
+def test_a_prior_batch_that_does_not_split_over_the_devices_is_refused_clearly():
+  """The suite runs 8 CPU devices (conftest): 100 codes a batch cannot be split over them."""
+  config = PriorConfig(num_embeddings=4, hidden=4, num_layers=0)
+  with pytest.raises(ValueError, match="batch_size: expected a multiple of 8"):
+    fit_prior(config, TrainConfig(steps=1, batch_size=100), np.zeros((100, 7, 7), np.int32),
+              run=RunConfig(progress=False))

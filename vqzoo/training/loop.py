@@ -100,6 +100,7 @@ def run(step: Callable, fresh: TrainState, batches: Callable[[int], Iterator[Any
   from tqdm.auto import tqdm
 
   parallel = parallel or DataParallel()
+  parallel.check_batch_size(recipe.batch_size)
   writer = jax.process_index() == 0  # the one process that writes to workdir
   recipe_record = recipe.to_dict()
   ckpt = None

@@ -203,7 +203,6 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
     RuntimeError: in a multi-process run, a collective failed (another process died).
   """
   parallel = DataParallel(devices)
-  parallel.check_batch_size(recipe.batch_size)
   if images is None:
     images = data_lib.load_images(recipe.dataset, recipe.split, data_dir)
   if isinstance(model, ModelConfig) and tuple(images.shape[1:]) != model.image_shape:
