@@ -142,10 +142,14 @@ def compile_step(model: ModelSpec, optimizer: optax.GradientTransformation,
     ``parallel.shard``, a global ``[B, H, W, C]`` float batch).
   """
   parallel = DataParallel(devices)
+  return parallel.compile(_global_step(model, optimizer, frozen)), parallel
+
+
+def _global_step(model: ModelSpec, optimizer: optax.GradientTransformation,
+                 frozen: Iterable[str]) -> Callable:
+  """The step on the global batch, as :func:`train` and :func:`compile_step` run it."""
   step = make_train_step(model, optimizer, frozen=frozen)
-  if not isinstance(model, ModelConfig):
-    step = _bind_axis(step)
-  return parallel.compile(step), parallel
+  return step if isinstance(model, ModelConfig) else _bind_axis(step)
 
 
 @dataclasses.dataclass
@@ -212,9 +216,7 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
   params, state = (None, None) if init is None else init
   fresh = jax.device_get(init_train_state(model, optimizer, recipe.seed, images.shape[1:],
                                           params, state))
-  step = make_train_step(model, optimizer, frozen=frozen)
-  if not isinstance(model, ModelConfig):
-    step = _bind_axis(step)  # the loop compiles it over the mesh
+  step = _global_step(model, optimizer, frozen)  # the loop compiles it over the mesh
   batches = lambda start: data_lib.batches(images, recipe.batch_size, recipe.seed, start)
   result = loop.run(step, fresh, batches, recipe, workdir, run, parallel=parallel, files=FILES,
                     postfix=lambda m: {"loss": f"{m['loss']:.4f}", "mse": f"{m['mse']:.4f}",
