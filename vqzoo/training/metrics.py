@@ -15,7 +15,7 @@ import numpy as np
 from vqzoo import cpu_tuning
 from vqzoo.configs import ModelConfig
 from vqzoo.images import to_float_images
-from vqzoo.nn import build
+from vqzoo.nn import build, build_codec
 
 
 def _eval_fn(config: ModelConfig):
@@ -31,6 +31,21 @@ def _eval_fn(config: ModelConfig):
   return fn
 
 
+def _depth_fn(config: ModelConfig):
+  """Squared error per image ``[N, B]`` of a residual model decoding at depths ``1..N``."""
+  codec = build_codec(config, wrap=cpu_tuning.tuned)
+
+  @cpu_tuning.jit
+  def fn(params, state, images, codes):
+    errors = []
+    for depth in range(1, config.quantizer.num_stages + 1):
+      rec, _ = codec.apply.decode(params, state, None, codes[..., :depth])
+      errors.append(jnp.sum(jnp.square(jnp.clip(rec, 0.0, 1.0) - images), axis=(1, 2, 3)))
+    return jnp.stack(errors)
+
+  return fn
+
+
 def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
              batch_size: int = 1000, progress: bool = False) -> dict[str, float]:
   """Measures a model on ``images`` ``[N, H, W, C]`` (uint8, or float in [0, 1]).
@@ -39,13 +54,18 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
     ``mse`` (per pixel), ``nmse`` (MSE divided by the variance of the split's pixels, how the
     Sonnet VQ-VAE notebook reports CIFAR-10), ``psnr`` (dB, ``10 log10(1 / mse)``), ``perplexity``
     (of the code histogram over the split), ``codes_used`` (distinct codes),
-    ``bits_per_image`` (latent positions x log2 K, the fixed-rate code length),
-    ``num_images``. ``progress`` shows a progress bar.
+    ``bits_per_image`` (code positions x log2 K, the fixed-rate code length; a residual
+    model's N stages count N codes per latent position), ``num_images``. A residual model
+    also gives ``mse_by_depth`` (a list: the MSE when decoding the first ``1..N`` stages;
+    its last entry is ``mse``). ``progress`` shows a progress bar.
   """
   images = to_float_images(images, config.image_shape)
   fn = _eval_fn(config)
   k = config.quantizer.num_embeddings
+  stages = config.quantizer.num_stages if config.quantizer.kind == "rvq" else 0
+  depth_fn = _depth_fn(config) if stages else None
   counts = np.zeros(k, np.int64)
+  depth_sq = np.zeros(stages, np.float64)
   total_sq = pixel_sum = pixel_sq = 0.0
   from tqdm.auto import tqdm
   for start in tqdm(range(0, len(images), batch_size), desc="evaluate", unit="batch",
@@ -53,6 +73,8 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
     chunk = images[start:start + batch_size]
     sq_err, codes = fn(params, state, chunk)
     total_sq += float(np.sum(np.asarray(sq_err, np.float64)))
+    if depth_fn is not None:
+      depth_sq += np.sum(np.asarray(depth_fn(params, state, chunk, codes), np.float64), axis=1)
     pixel_sum += float(np.sum(chunk, dtype=np.float64))
     pixel_sq += float(np.sum(np.square(chunk, dtype=np.float64)))
     counts += np.bincount(np.asarray(codes).ravel(), minlength=k)
@@ -61,7 +83,8 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
   variance = pixel_sq / pixels - (pixel_sum / pixels) ** 2
   probs = counts / counts.sum()
   nz = probs[probs > 0]
-  positions = math.prod(config.latent_shape)
+  positions = math.prod(config.codes_shape)
+  by_depth = {"mse_by_depth": [float(x) for x in depth_sq / pixels]} if stages else {}
   return {
       "mse": mse,
       "nmse": mse / variance if variance > 0 else float("inf"),
@@ -70,6 +93,7 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
       "codes_used": int(np.count_nonzero(counts)),
       "bits_per_image": positions * math.log2(k),
       "num_images": int(len(images)),
+      **by_depth,
   }
 
 
