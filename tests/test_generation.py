@@ -175,3 +175,33 @@ def test_a_prior_batch_that_does_not_split_over_the_devices_is_refused_clearly()
   with pytest.raises(ValueError, match="batch_size: expected a multiple of 8"):
     fit_prior(config, TrainConfig(steps=1, batch_size=100), np.zeros((100, 7, 7), np.int32),
               run=RunConfig(progress=False))
+
+
+def test_a_residual_models_prior_covers_every_stage_in_raster_order(tmp_path):
+  """A residual model's [H, W, N] codes lie on the prior's (H, W*N) grid by a plain reshape:
+  sampling gives [n, H, W, N] codes, fitting takes them as encode gives them, scoring agrees."""
+  from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig
+  config = ModelConfig(arch="conv", conv=ConvConfig(num_hiddens=8, num_residual_layers=1,
+                                                    num_residual_hiddens=4),
+                       quantizer=QuantizerConfig(kind="rvq", num_stages=3, num_embeddings=16,
+                                                 embedding_dim=4))
+  assert config.prior_shape == (7, 21)
+  model = vqzoo.PretrainedVQVAE(config)
+  model.set_prior(*_random_prior(config, num_classes=0))
+  codes = model.sample_codes(4, seed=0)
+  assert codes.shape == (4, 7, 7, 3) and codes.max() < 16
+  flat = codes.reshape(4, 7, 21)
+  np.testing.assert_array_equal(flat[:, :, 3:6], codes[:, :, 1, :])  # position 1's 3 stages
+  np.testing.assert_allclose(model.prior_bits(codes),
+                             model._require_prior().bits(model.prior_params, flat, None))
+  assert model.sample(2, seed=0).shape == (2, 28, 28, 1)
+  # Fitting takes the codes as encode gives them, and learns them: the bits fall.
+  data = np.tile(codes, (16, 1, 1, 1))
+  prior = PriorConfig.for_model(config, hidden=8, num_layers=1)
+  params = fit_prior(prior, TrainConfig(steps=60, batch_size=16, learning_rate=1e-2,
+                                        warmup_steps=0), data, run=RunConfig(progress=False))
+  before = float(np.mean(model.prior_bits(codes)))
+  model.set_prior(prior, params)
+  assert float(np.mean(model.prior_bits(codes))) < before
+  with pytest.raises(ValueError, match="grid"):
+    model.set_prior(*_random_prior(vqzoo.get_config(BASE)))

@@ -341,6 +341,17 @@ class ModelConfig(_Config):
     quantizer (:attr:`QuantizerConfig.code_shape`)."""
     return self.latent_shape + self.quantizer.code_shape
 
+  @property
+  def prior_shape(self) -> tuple[int, ...]:
+    """The grid a prior models one image's codes on: :attr:`latent_shape`, except for a
+    residual quantizer, whose ``[H, W, N]`` codes lie on an ``(H, W * N)`` grid (stages
+    innermost: raster order visits each position's stages in order; a plain reshape) and
+    an MLP's ``N`` codes on ``(1, N)``."""
+    if self.quantizer.kind != "rvq":
+      return self.latent_shape
+    height, width = self.latent_shape or (1, 1)
+    return (height, width * self.quantizer.num_stages)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(_Config):
@@ -532,8 +543,9 @@ class PriorConfig(_Config):
 
   @classmethod
   def for_model(cls, model: ModelConfig, **kwargs: Any) -> "PriorConfig":
-    """The prior that fits ``model``'s codes: kind, K and grid from it, the rest from kwargs."""
+    """The prior that fits ``model``'s codes: kind, K and grid (:attr:`ModelConfig.prior_shape`)
+    from it, the rest from kwargs. A PixelCNN for conv and residual models, else categorical."""
     _require(isinstance(model, ModelConfig), "model", "a ModelConfig", model)
-    return cls(kind="pixelcnn" if model.arch == "conv" else "categorical",
-               num_embeddings=model.quantizer.num_embeddings,
-               latent_shape=model.latent_shape, **kwargs)
+    grid = model.prior_shape
+    return cls(kind="pixelcnn" if grid else "categorical",
+               num_embeddings=model.quantizer.num_embeddings, latent_shape=grid, **kwargs)

@@ -58,6 +58,32 @@ def metrics_table(metrics: Mapping[str, Any], columns: Mapping[str, Mapping[str,
   return "\n".join(out)
 
 
+def quantizer_summary(q: Any) -> str:
+  """One line that describes a :class:`~vqzoo.configs.QuantizerConfig` by its kind and shape."""
+  if q.kind == "fsq":
+    return (f"finite scalar quantization (Mentzer et al. 2023), levels {list(q.levels)}: "
+            f"{q.num_embeddings} implicit codes of D={q.embedding_dim}, no codebook")
+  if q.kind == "lfq":
+    return (f"lookup-free quantization (Yu et al. 2023), {q.embedding_dim} sign bits: "
+            f"{q.num_embeddings} implicit codes, entropy weight {q.entropy_weight}, "
+            f"beta={q.commitment_cost}")
+  book = (f"codebook K={q.num_embeddings}, D={q.embedding_dim}, beta={q.commitment_cost}, "
+          + (f"EMA (decay {q.decay}, epsilon {q.epsilon})" if q.ema
+             else "learnt by the embedding loss")
+          + (f", dead codes re-seeded below usage {q.dead_code_threshold}"
+             if q.dead_code_threshold else ""))
+  extras = [name for name, on in (("cosine (l2-normalised) codes", q.cosine),
+                                  (f"lookup space of {q.lookup_dim}", q.lookup_dim),
+                                  ("k-means initialisation", q.kmeans_init),
+                                  ("rotation-trick gradients",
+                                   q.gradient_estimator == "rotation")) if on]
+  book += "".join(f", {e}" for e in extras)
+  if q.kind == "rvq":
+    return (f"residual VQ (Zeghidour et al. 2021), {q.num_stages} stages, each a {book}; "
+            f"quantizer dropout {q.quantizer_dropout} (decodes at any depth 1..{q.num_stages})")
+  return book
+
+
 def render_card(name: str, config: ModelConfig, description: str = "",
                 recipe: TrainConfig | None = None, metrics: Mapping[str, Any] | None = None,
                 dataset: str | None = None, lineage: Mapping[str, Any] | None = None,
@@ -92,10 +118,7 @@ def render_card(name: str, config: ModelConfig, description: str = "",
            "## Architecture", "",
            f"- {arch}; input {'x'.join(map(str, config.image_shape))}, latent grid "
            f"{'x'.join(map(str, config.latent_shape)) or '1 code per image'}",
-           f"- codebook K={q.num_embeddings}, D={q.embedding_dim}, beta={q.commitment_cost}, "
-           + (f"EMA (decay {q.decay}, epsilon {q.epsilon})" if q.ema else "learnt by the embedding loss")
-           + (f", dead codes re-seeded below usage {q.dead_code_threshold}"
-              if q.dead_code_threshold else ""),
+           f"- {quantizer_summary(q)}",
            f"- output activation: {config.output_activation}", "",
            "```json", json.dumps(config.to_dict(), indent=2), "```", ""]
   if recipe is not None:

@@ -137,12 +137,12 @@ def create_model(name: str, pretrained: bool = False, *, seed: int = 0,
                        "every tensor's shape (e.g. commitment_cost, decay).") from None
     prior = artifact.prior
     if prior is not None and (prior.num_embeddings, tuple(prior.latent_shape)) == (
-        config.quantizer.num_embeddings, config.latent_shape):
+        config.quantizer.num_embeddings, config.prior_shape):
       model.set_prior(prior, artifact.prior_params)
     elif prior is not None:
       warnings.warn(f"create_model({name!r}): the zoo's prior models codes on a "
                     f"{tuple(prior.latent_shape)} grid, the changed config makes a "
-                    f"{config.latent_shape} grid; loaded without the prior", stacklevel=2)
+                    f"{config.prior_shape} grid; loaded without the prior", stacklevel=2)
     model.card = None  # the zoo card describes the unchanged model
   if overrides:
     model.source = {**model.source, "overrides": dict(sorted(overrides.items()))}

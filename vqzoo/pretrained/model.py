@@ -125,10 +125,10 @@ class PretrainedVQVAE(
       raise ValueError("prior: expected a vqzoo.configs.PriorConfig and its params")
     q = self.config.quantizer
     if (prior.num_embeddings != q.num_embeddings
-        or tuple(prior.latent_shape) != self.config.latent_shape):
+        or tuple(prior.latent_shape) != self.config.prior_shape):
       raise ValueError(f"prior: models codes of K={prior.num_embeddings} on a "
                        f"{prior.latent_shape} grid, but this model has K={q.num_embeddings} "
-                       f"on {self.config.latent_shape}")
+                       f"on {self.config.prior_shape}")
     from vqzoo.nn import prior_bits
     dummy = jnp.zeros((1, *prior.latent_shape), jnp.int32)
     labels = None if prior.num_classes == 0 else jnp.zeros((1,), jnp.int32)
@@ -147,7 +147,7 @@ class PretrainedVQVAE(
 
   def sample_codes(self, num_samples: int, *, seed: int = 0, temperature: float = 1.0,
                    label: Any = None) -> np.ndarray:
-    """Codes ``[N, *latent]`` int32 drawn from the prior.
+    """Codes ``[N, *latent]`` int32 drawn from the prior (``[N, *latent, stages]`` residual).
 
     Args:
       num_samples: N.
@@ -158,8 +158,9 @@ class PretrainedVQVAE(
     Raises:
       NoPriorError: the model has no prior (the message says how to fit one).
     """
-    return self._require_prior().sample_codes(self.prior_params, num_samples, seed, temperature,
-                                              label)
+    codes = self._require_prior().sample_codes(self.prior_params, num_samples, seed,
+                                               temperature, label)
+    return codes.reshape(len(codes), *self.config.codes_shape)
 
   def sample(self, num_samples: int, *, seed: int = 0, temperature: float = 1.0,
              label: Any = None) -> np.ndarray:
@@ -169,8 +170,13 @@ class PretrainedVQVAE(
 
   def prior_bits(self, codes: Any, label: Any = None) -> np.ndarray:
     """``[N]`` ``-log2 p(codes)`` under the prior (given ``label`` for a class-conditional one;
-    without, the marginal over uniformly weighted classes)."""
-    return self._require_prior().bits(self.prior_params, codes, label)
+    without, the marginal over uniformly weighted classes). ``codes``: ``[N, *latent]``, as
+    :meth:`encode` gives them."""
+    generation = self._require_prior()
+    codes = np.asarray(codes)
+    if codes.ndim >= 1 and codes.shape[1:] == self.config.codes_shape:
+      codes = codes.reshape(len(codes), *self.prior.latent_shape)  # residual: stages innermost
+    return generation.bits(self.prior_params, codes, label)
 
   @property
   def num_parameters(self) -> int:

@@ -123,7 +123,7 @@ def fit_sigma(model: Any, train_images: Any, batch_size: int = 1000) -> float:
 def _prior_bits(model: Any, codes: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
   if model.prior is None:  # the uniform prior
     k = model.config.quantizer.num_embeddings
-    return np.full(len(codes), math.prod(model.config.latent_shape) * math.log2(k))
+    return np.full(len(codes), math.prod(model.config.codes_shape) * math.log2(k))
   return model.prior_bits(codes, labels)
 
 

@@ -84,6 +84,9 @@ def fit_prior(config: PriorConfig, recipe: TrainConfig, codes: np.ndarray,
               devices: Sequence[Any] | None = None) -> hk.Params:
   """Fits a prior to ``codes`` ``[N, *latent]`` (and ``labels`` ``[N]``) -> its params.
 
+  A residual model's codes ``[N, H, W, stages]`` are laid out on the prior's ``(H, W * stages)``
+  grid (:attr:`~vqzoo.configs.ModelConfig.prior_shape`).
+
   A PixelCNN trains through the one loop of :mod:`vqzoo.training.loop` (its checkpoint
   ``prior_checkpoint.safetensors`` and ``prior_metrics.jsonl`` in ``workdir``, the same resume
   rule as every run); a categorical prior is counted, exactly.
@@ -100,6 +103,9 @@ def fit_prior(config: PriorConfig, recipe: TrainConfig, codes: np.ndarray,
     FloatingPointError: the loss became NaN or Inf.
   """
   codes = np.asarray(codes, np.int32)
+  grid = tuple(config.latent_shape)
+  if codes.ndim > len(grid) + 1 and math.prod(codes.shape[1:]) == math.prod(grid):
+    codes = codes.reshape(len(codes), *grid)  # a residual model's stages, innermost
   labels = None if labels is None else np.asarray(labels, np.int32)
   _check_data(config, codes, labels)
   if config.kind == "categorical":
@@ -157,7 +163,7 @@ def prior_nll(model: Any, test_codes: np.ndarray, test_labels: np.ndarray | None
     ``uniform_bits`` (positions x log2 K) and ``unigram_bits``.
   """
   k = model.config.quantizer.num_embeddings
-  positions = math.prod(model.config.latent_shape)
+  positions = math.prod(model.config.codes_shape)
   labels = test_labels if model.prior.num_classes else None
   out = {"prior_bits": float(np.mean(_batched(model.prior_bits, test_codes, labels))),
          "uniform_bits": positions * math.log2(k),
