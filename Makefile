@@ -8,7 +8,7 @@ PYTHON ?= python3
 TFDS_DATA_DIR ?= $(abspath ../shared/datasets/tensorflow_datasets)
 export TFDS_DATA_DIR
 
-DOC_MODULES = vqzoo vqzoo.nn vqzoo.pretrained vqzoo.training vqzoo.cpu_tuning vqzoo.configs vqzoo.images vqzoo.io vqzoo.folders vqzoo.grid vqzoo.cli
+DOC_MODULES = vqzoo vqzoo.nn vqzoo.pretrained vqzoo.training vqzoo.evaluation vqzoo.cpu_tuning vqzoo.configs vqzoo.images vqzoo.io vqzoo.folders vqzoo.grid vqzoo.cli
 
 .PHONY: demo test bench docs clean
 

@@ -6,7 +6,7 @@
   python scripts/evaluate.py mnist-mlp --write   # re-measure and rewrite metrics, card and pin
   python scripts/evaluate.py mnist-conv-ema --bits-per-dim     # and the likelihood bound
 
-``--bits-per-dim`` adds the full-model bound of :mod:`vqzoo.training.likelihood` (prior bits plus
+``--bits-per-dim`` adds the full-model bound of :mod:`vqzoo.evaluation.likelihood` (prior bits plus
 a discretised-Gaussian decoder whose sigma is fitted on ``--sigma-split``) to the printout,
 beside the 4.67 bits/dim van den Oord et al. (2017) report on CIFAR-10; ``--write`` does not
 record it.
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
   report = {"model": args.model, "dataset": dataset, "split": args.split, **metrics}
   if args.bits_per_dim:
     from vqzoo.training.data import load_images
-    from vqzoo.training.likelihood import fit_sigma, likelihood_bound
+    from vqzoo.evaluation.likelihood import fit_sigma, likelihood_bound
     sigma = fit_sigma(model, load_images(dataset, args.sigma_split, args.data_dir))
     report["likelihood"] = {"sigma_split": args.sigma_split, **likelihood_bound(
         model, load_images(dataset, args.split, args.data_dir), sigma)}

@@ -10,7 +10,7 @@ Colour datasets (``cifar10``) train with random left-right flips (``--flip``/``-
 Trains on the full train split, measures accuracy on the full test split, writes
 ``<dataset>.safetensors`` atomically and records test accuracy, steps, seed and the file's
 sha256 in ``metrics.json`` beside it (other datasets' entries are kept). The classifier's
-features define vqzoo's classifier Fréchet distance (:mod:`vqzoo.training.frechet`), so
+features define vqzoo's classifier Fréchet distance (:mod:`vqzoo.evaluation.frechet`), so
 retraining changes that metric's values: rerun every recorded measurement after it.
 """
 

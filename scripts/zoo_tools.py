@@ -98,7 +98,7 @@ def measure_prior(name: str, model: PretrainedVQVAE, data_dir: str | None = None
   from vqzoo.training import load_images
   from vqzoo.training.data import load_labels
   from vqzoo.training.prior_fitting import encode_images, prior_nll
-  from vqzoo.training.sample_quality import sample_quality
+  from vqzoo.evaluation.sample_quality import sample_quality
   entry = registry.get_entry(name)
   dataset = entry.eval_dataset
   test_codes = encode_images(model, load_images(dataset, "test", data_dir), progress=progress)

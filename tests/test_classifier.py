@@ -8,8 +8,8 @@ import pytest
 import vqzoo
 from _util import assert_trees_equal
 from vqzoo.training import classifier
-from vqzoo.training.frechet import (classifier_frechet_distance, feature_moments,
-                                    frechet_distance, frechet_distance_from_moments)
+from vqzoo.evaluation.frechet import (classifier_frechet_distance, feature_moments,
+                                      frechet_distance, frechet_distance_from_moments)
 
 
 @pytest.fixture(scope="module")

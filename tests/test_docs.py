@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 from _util import REPO  # noqa: E402
-MODULES = ["vqzoo", "vqzoo.nn", "vqzoo.pretrained", "vqzoo.training", "vqzoo.cpu_tuning",
-           "vqzoo.configs", "vqzoo.images", "vqzoo.io", "vqzoo.folders", "vqzoo.grid",
-           "vqzoo.cli"]
+MODULES = ["vqzoo", "vqzoo.nn", "vqzoo.pretrained", "vqzoo.training", "vqzoo.evaluation",
+           "vqzoo.cpu_tuning", "vqzoo.configs", "vqzoo.images", "vqzoo.io", "vqzoo.folders",
+           "vqzoo.grid", "vqzoo.cli"]
 OPTIONS = ["--no-show-source"]
 
 

@@ -10,7 +10,7 @@ from scipy.special import ndtr
 
 import vqzoo
 from vqzoo.configs import PriorConfig
-from vqzoo.training import likelihood
+from vqzoo.evaluation import likelihood
 
 TINY = dict(num_embeddings=16, embedding_dim=8, num_hiddens=16, num_residual_hiddens=8)
 

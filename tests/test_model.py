@@ -216,6 +216,7 @@ def test_user_modules_plug_into_the_vqvae_with_either_quantizer():
 def test_old_module_names_say_where_they_went():
   import importlib
   for old, new in (("vqzoo.model", "vqzoo.nn"), ("vqzoo.train", "vqzoo.training.trainer"),
-                   ("vqzoo.registry", "vqzoo.pretrained.registry")):
+                   ("vqzoo.registry", "vqzoo.pretrained.registry"),
+                   ("vqzoo.training.frechet", "vqzoo.evaluation.frechet")):
     with pytest.raises(ModuleNotFoundError, match=new.replace(".", r"\.")):
       importlib.import_module(old)

@@ -5,11 +5,13 @@
     model = vqzoo.load("mnist-mlp")
     codes = model.encode(images); recon = model.decode(codes)
 
-The modules, in three layers and a few helpers:
+The modules, in four layers and a few helpers:
 
 - `vqzoo.nn`: plain Haiku modules (quantizers, encoders and decoders, `VQVAE`, priors).
 - `vqzoo.pretrained`: loaded and saved models, the zoo's registry, cards, the Hub.
-- `vqzoo.training`: data, training, fine-tuning, prior fitting, evaluation.
+- `vqzoo.training`: data, training, fine-tuning, prior fitting, reconstruction metrics.
+- `vqzoo.evaluation`: the measuring instruments: Fréchet distance, likelihood bound, sample
+  quality.
 - `vqzoo.configs`: the validated config dataclasses.
 - `vqzoo.cpu_tuning`: the CPU-only speed-ups.
 - `vqzoo.images`: checking user images and codes.
@@ -27,7 +29,8 @@ from vqzoo._version import __version__  # first: a module imported below may rea
 import importlib.abc as _abc
 import sys as _sys
 
-# Modules of the flat 0.1 layout, and what replaced them.
+# Modules of the flat 0.1 layout (and the measuring instruments once in vqzoo.training), and
+# what replaced them.
 _MOVED = {
     "vqzoo.model": "vqzoo.nn (VQVAE, build, build_codec)",
     "vqzoo.evaluate": "vqzoo.training.metrics (vqzoo.evaluate is the function)",
@@ -42,6 +45,9 @@ _MOVED = {
     "vqzoo.train": "vqzoo.training.trainer",
     "vqzoo.finetune": "vqzoo.training.finetuning",
     "vqzoo.zoo": "scripts/zoo_tools.py (maintainer tooling) and vqzoo.pretrained.cards.zoo_table",
+    "vqzoo.training.frechet": "vqzoo.evaluation.frechet",
+    "vqzoo.training.likelihood": "vqzoo.evaluation.likelihood",
+    "vqzoo.training.sample_quality": "vqzoo.evaluation.sample_quality",
 }
 
 

@@ -192,7 +192,7 @@ def prior_section(prior: Any, recipe: Any, m: Mapping[str, Any]) -> str:
   lines += [f"| unigram code frequencies | {m['unigram_bits']:.1f} |",
             f"| uniform | {m['uniform_bits']:.1f} |", "",
             "Classifier Fréchet distance to the test split, in the 128-d features of vqzoo's own "
-            "small classifier for this dataset (`vqzoo/training/frechet.py`; not FID, not "
+            "small classifier for this dataset (`vqzoo/evaluation/frechet.py`; not FID, not "
             f"comparable with published FIDs), {m['num_images']:,} images each:", "",
             "| images | classifier Fréchet distance |", "| --- | ---: |",
             f"| samples from this prior | {fd['samples']:.2f} |",

@@ -1,4 +1,5 @@
-"""Training: data (TFDS, image folders), the training and fine-tuning loops, evaluation.
+"""Training: data (TFDS, image folders), the training and fine-tuning loops, reconstruction
+metrics (the other measurements are in :mod:`vqzoo.evaluation`, the layer above).
 
 Every run (training, fine-tuning, prior fitting, classifier training) goes through the one loop
 of :mod:`vqzoo.training.loop` and the one checkpoint format and resume rule of

@@ -4,7 +4,7 @@ vqzoo ships one per dataset (``mnist``, ``fashion_mnist`` on 28x28x1 grey images
 on 32x32x3 colour images) under ``vqzoo/assets/classifiers/``,
 trained by ``scripts/train_classifier.py``. It is a measuring instrument, not a model of the zoo:
 its 128-d penultimate features are the space in which
-:func:`vqzoo.training.frechet.frechet_distance` compares samples with real images, and its
+:func:`vqzoo.evaluation.frechet.frechet_distance` compares samples with real images, and its
 predictions give a sample's class.
 
 Architecture (every conv 3x3, ``SAME`` padding, stride 2, ReLU after each layer but the last)::

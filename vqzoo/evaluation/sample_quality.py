@@ -1,6 +1,6 @@
 """Sample quality of a model with a prior, measured with vqzoo's own classifier.
 
-"Classifier Fréchet distance" (:mod:`vqzoo.training.frechet`) in the 128-d features of the
+"Classifier Fréchet distance" (:mod:`vqzoo.evaluation.frechet`) in the 128-d features of the
 small classifier shipped for the dataset: not FID. Every row is measured against the full test
 split, with reference rows measured the same way in the same call.
 """
@@ -13,7 +13,7 @@ import numpy as np
 
 from vqzoo.training import classifier as classifier_lib
 from vqzoo.training.data import load_images, load_labels
-from vqzoo.training.frechet import feature_moments, frechet_distance_from_moments
+from vqzoo.evaluation.frechet import feature_moments, frechet_distance_from_moments
 from vqzoo.training.prior_fitting import encode_images, sample_unigram
 
 
