@@ -50,7 +50,7 @@ def main(argv=None) -> int:
   print(json.dumps({"variant": args.variant, **metrics}, indent=2))
   if args.bundle:
     print("sha256", zoo_tools.bundle_prior(args.variant, model, metrics), file=sys.stderr)
-  failures = zoo_tools.check_prior_bar(model, metrics)
+  failures = zoo_tools.check_prior_bar(args.variant, model, metrics)
   if failures:
     print(f"{args.variant} misses a prior bar: {'; '.join(failures)}", file=sys.stderr)
     return 1

@@ -23,7 +23,9 @@ REQUIRED = ["mnist-mlp", "mnist-mlp-ema", "mnist-conv", "mnist-conv-ema", "fashi
 def test_registry_lists_the_zoo_sorted_and_filters():
   names = vqzoo.list_models()
   assert names == sorted(names) and set(REQUIRED) <= set(names)
-  assert vqzoo.list_models("mnist-conv*") == ["mnist-conv", "mnist-conv-ema"]
+  assert vqzoo.list_models("mnist-conv-*") == sorted(
+      n for n in names if n.startswith("mnist-conv-"))
+  assert vqzoo.list_models("mnist-mlp*") == ["mnist-mlp", "mnist-mlp-ema"]
   assert vqzoo.list_models("nothing-*") == []
 
 
@@ -51,6 +53,10 @@ def test_shipped_variant_meets_its_bar_and_matches_its_card(name, tfds_dir):
   recorded = entry.metrics
   assert math.isclose(measured["mse"], recorded["mse"], rel_tol=0.01)
   assert measured["codes_used"] == recorded["codes_used"]
+  for depth, mse in enumerate(measured.get("mse_by_depth", []), start=1):  # residual models
+    assert math.isclose(mse, recorded["mse_by_depth"][depth - 1], rel_tol=0.01), depth
+  if "mse_by_depth" in measured:
+    assert measured["mse_by_depth"] == sorted(measured["mse_by_depth"], reverse=True)
   card = (REPO_CARDS / f"{name}.md").read_text()
   assert card == model.card  # the repo's card is the one shipped with the weights
   parsed = ModelCard(card)  # the Hub's own parser: front matter and model-index are valid
@@ -203,9 +209,9 @@ def test_prior_nll_of_every_zoo_model_matches_its_card(name, tfds_dir):
     assert math.isclose(measured[key], recorded[key], rel_tol=1e-3), key
   card = (REPO_CARDS / f"{name}.md").read_text()
   assert f"| this prior (given the true label) | {measured['prior_bits']:.1f} |" in card
-  if model.config.arch == "conv":  # the bar: at most 60% of the unigram baseline's bits
+  if model.config.arch == "conv":  # the bar: e.g. at most 60% of the unigram baseline's bits
     ratio = measured["prior_bits"] / measured["unigram_bits"]
-    assert ratio <= 0.6, ratio
+    assert ratio <= entry.prior_bar["bits_vs_unigram_max"], ratio
 
 
 def test_readme_prior_table_is_the_measured_one():

@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Rate and distortion of every quantizer on one architecture: which one to pick.
+
+Each row trains mnist-conv-ema's encoder and decoder (64 channels, 2 residual layers of 32,
+a 7x7 grid) with one quantizer, on the same MNIST training images in the same seeded order,
+for the same short recipe (``--steps`` Adam steps of ``--batch``; the zoo's recipe is 16,000
+steps of 128, so these MSEs are higher than the zoo models'), and measures it on the full
+MNIST test split: MSE, PSNR, the share of the K codes used, perplexity, and the training
+speed in images per second (steps x batch over the wall time of ``vqzoo.training.train``,
+compilation included; the same for every row, so compare the rows with each other). A residual model is trained
+once, with quantizer dropout, and measured at every depth 1..N.
+
+  python benchmarks/rate_distortion.py                          # the table, into stdout
+  python benchmarks/rate_distortion.py --json benchmarks/results/rate_distortion.json
+  python benchmarks/rate_distortion.py --only fsq --steps 200   # some rows, a quicker recipe
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import tempfile
+import time
+
+import numpy as np
+
+from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig, RunConfig, TrainConfig
+from vqzoo.training import load_images, train
+from vqzoo.training.metrics import evaluate
+
+_EMA = dict(ema=True, dead_code_threshold=1.0)
+_PLAIN = dict(dead_code_threshold=1.0)
+#: (row name, quantizer) pairs; the rate is bits per latent position (log2 K, x N for rvq).
+QUANTIZERS = [
+    ("vq (plain)", QuantizerConfig(num_embeddings=128, embedding_dim=16, **_PLAIN)),
+    ("vq (plain)", QuantizerConfig(num_embeddings=1024, embedding_dim=16, **_PLAIN)),
+    ("vq (EMA)", QuantizerConfig(num_embeddings=128, embedding_dim=16, **_EMA)),
+    ("vq (EMA)", QuantizerConfig(num_embeddings=1024, embedding_dim=16, **_EMA)),
+    ("vq (cosine, lookup 8)", QuantizerConfig(num_embeddings=128, embedding_dim=16, cosine=True,
+                                              lookup_dim=8, **_PLAIN)),
+    ("vq (cosine, lookup 8)", QuantizerConfig(num_embeddings=1024, embedding_dim=16, cosine=True,
+                                              lookup_dim=8, **_PLAIN)),
+    ("fsq", QuantizerConfig(kind="fsq", levels=(8, 4, 4))),
+    ("fsq", QuantizerConfig(kind="fsq", levels=(8, 5, 5, 5))),
+    ("lfq", QuantizerConfig(kind="lfq", num_embeddings=128)),
+    ("lfq", QuantizerConfig(kind="lfq", num_embeddings=1024)),
+    ("rvq (EMA, 2 stages)", QuantizerConfig(kind="rvq", num_embeddings=32, embedding_dim=16,
+                                            num_stages=2, quantizer_dropout=0.5, **_EMA)),
+]
+CONV = ConvConfig(num_hiddens=64, num_residual_layers=2, num_residual_hiddens=32)
+
+
+def _rate(q: QuantizerConfig) -> float:
+  return math.log2(q.num_embeddings)
+
+
+def run_row(name: str, q: QuantizerConfig, steps: int, batch: int, train_images, test_images
+            ) -> list[dict]:
+  config = ModelConfig(arch="conv", conv=CONV, quantizer=q)
+  recipe = TrainConfig(dataset="mnist", steps=steps, batch_size=batch, learning_rate=2e-3,
+                       warmup_steps=min(200, steps // 10), final_lr_fraction=0.05, seed=0)
+  with tempfile.TemporaryDirectory() as workdir:
+    started = time.perf_counter()
+    result = train(config, recipe, workdir, train_images,
+                   run=RunConfig(progress=False, log_every=max(1, steps // 20),
+                                 checkpoint_every=10 * steps))
+    wall = time.perf_counter() - started
+  speed = steps * batch / wall
+  m = evaluate(config, result.params, result.state, test_images)
+  depths = m.get("mse_by_depth", [m["mse"]])
+  rows = []
+  for depth, mse in enumerate(depths, start=1):
+    # A residual model's codes_used/perplexity pool all its stages' codes.
+    rows.append({"quantizer": name, "kind": q.kind, "bits_per_position": _rate(q) * depth,
+                 "depth": depth if q.kind == "rvq" else None, "K": q.num_embeddings,
+                 "mse": mse, "psnr": 10 * math.log10(1 / mse),
+                 "codes_used_share": m["codes_used"] / q.num_embeddings,
+                 "perplexity": m["perplexity"], "train_img_per_s": speed,
+                 "wall_s": wall, "config": q.to_dict()})
+  return rows
+
+
+def table(rows: list[dict], steps: int, batch: int) -> str:
+  lines = [f"Rate-distortion on MNIST, mnist-conv-ema's encoder/decoder, {steps} steps of "
+           f"{batch} for every row; full test split.", "",
+           "| quantizer | bits / position | MSE | PSNR (dB) | codes used | perplexity | "
+           "train img/s (wall) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  for r in sorted(rows, key=lambda r: (r["bits_per_position"], r["mse"])):
+    name = r["quantizer"] + (f", depth {r['depth']}" if r["depth"] else "")
+    lines.append(f"| {name} | {r['bits_per_position']:.2f} | {r['mse']:.5f} | {r['psnr']:.2f} | "
+                 f"{100 * r['codes_used_share']:.0f}% of {r['K']} | {r['perplexity']:.1f} | "
+                 f"{r['train_img_per_s']:,.0f} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--steps", type=int, default=1500)
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--only", action="append", default=[],
+                      help="rows whose quantizer name contains this (repeatable)")
+  parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
+  parser.add_argument("--json", help="also write the rows here")
+  args = parser.parse_args(argv)
+  from vqzoo import compilation_cache
+  compilation_cache.enable()
+  train_images = load_images("mnist", "train", args.data_dir)
+  test_images = load_images("mnist", "test", args.data_dir)
+  rows = []
+  for name, q in QUANTIZERS:
+    if args.only and not any(o in name for o in args.only):
+      continue
+    rows += run_row(name, q, args.steps, args.batch, train_images, test_images)
+    print(json.dumps({k: v for k, v in rows[-1].items() if k != "config"}), flush=True)
+  print(table(rows, args.steps, args.batch))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"steps": args.steps, "batch": args.batch, "rows": rows}, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
