@@ -220,19 +220,22 @@ def weights_get(method, path):
   return method == "GET" and path.endswith("/" + WEIGHTS_NAME)
 
 
-@pytest.mark.parametrize("mode,match", [
-    ("500", ALL),  # every request: 500
-    ("500", weights_get),  # metadata fine, the weights download answers 500
-    ("hang", ALL),  # every request hangs
-    ("hang", weights_get),  # the weights download hangs
+@pytest.mark.parametrize("mode,match,deadline", [
+    ("500", ALL, "3"),  # every request: 500
+    ("500", weights_get, "3"),  # metadata fine, the weights download answers 500
+    ("hang", ALL, None),  # every request hangs: the worst case, under the default deadline
+    ("hang", weights_get, "3"),  # the weights download hangs
 ], ids=["500-all", "500-weights-get", "hang-all", "hang-weights-get"])
 def test_failing_hub_fails_within_30_s_with_the_default_timeouts(hub, tmp_path, model_a, mode,
-                                                                 match):
-  """No shortened timeouts here: vqzoo's own defaults bound every Hub operation."""
+                                                                 match, deadline, monkeypatch):
+  """vqzoo's own defaults bound every Hub operation (the hang-all case runs under them; the
+  others, whose failure is the same past the deadline, under a 3 s one to keep the suite short)."""
   model_a.push_to_hub("someone/tiny")
   weights_sha = sha256(hub.files("someone/tiny")[WEIGHTS_NAME])
   cache = tmp_path / "cache"
   hub.set_failure(mode, match)
+  if deadline is not None:
+    monkeypatch.setenv("VQZOO_HUB_DEADLINE", deadline)
   t0 = time.monotonic()
   with pytest.raises(HubError) as e:
     vqzoo.load("hf-hub:someone/tiny", cache_dir=str(cache))
@@ -252,6 +255,7 @@ def test_failing_hub_fails_within_30_s_with_the_default_timeouts(hub, tmp_path, 
 
   # Once the Hub recovers, the same cache loads cleanly: nothing half-written is reused.
   hub.set_failure(None)
+  monkeypatch.delenv("VQZOO_HUB_DEADLINE", raising=False)
   assert_same_weights(vqzoo.load("hf-hub:someone/tiny", cache_dir=str(cache)), model_a)
 
 

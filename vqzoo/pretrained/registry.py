@@ -172,11 +172,6 @@ def _entries() -> list[dict[str, Any]]:
            config=ModelConfig(arch="conv", conv=_CONV,
                               quantizer=QuantizerConfig(kind="fsq", levels=(8, 4, 4))),
            recipe=conv_recipe, bar={"mse_max": 0.0020}),
-      dict(name="mnist-conv-lfq",
-           description="Conv, 7x7 latent grid, LFQ with 7 sign bits: 128 implicit codes",
-           config=ModelConfig(arch="conv", conv=_CONV,
-                              quantizer=QuantizerConfig(kind="lfq", num_embeddings=128)),
-           recipe=conv_recipe, bar={"mse_max": 0.0020}),
       dict(name="mnist-conv-rvq",
            description="Conv, 7x7 latent grid, residual VQ: 4 EMA stages of K=128, D=16",
            config=ModelConfig(arch="conv", conv=_CONV, quantizer=QuantizerConfig(
