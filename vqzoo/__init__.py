@@ -66,8 +66,8 @@ if not any(isinstance(f, _MovedModuleFinder) for f in _sys.meta_path):
 
 from vqzoo.configs import (ConvConfig, FinetuneConfig, MLPConfig, ModelConfig,  # noqa: E402
                            QuantizerConfig, RunConfig, TrainConfig)
-from vqzoo.nn import (VQVAE, QuantizerOutput, VectorQuantizer, VectorQuantizerEMA,  # noqa: E402
-                      VQVAEOutput, build, build_codec)
+from vqzoo.nn import (FSQ, LFQ, VQVAE, QuantizerOutput, ResidualVQ,  # noqa: E402
+                      VectorQuantizer, VectorQuantizerEMA, VQVAEOutput, build, build_codec)
 from vqzoo.pretrained import (IntegrityError, PretrainedVQVAE, create_model,  # noqa: E402
                               get_config, list_models, load)
 from vqzoo.training.metrics import evaluate  # noqa: E402
@@ -76,7 +76,7 @@ __all__ = [
     "ConvConfig", "FinetuneConfig", "MLPConfig", "ModelConfig", "QuantizerConfig", "RunConfig",
     "TrainConfig",
     "VQVAE", "VQVAEOutput", "build", "build_codec",
-    "VectorQuantizer", "VectorQuantizerEMA", "QuantizerOutput",
+    "VectorQuantizer", "VectorQuantizerEMA", "FSQ", "ResidualVQ", "LFQ", "QuantizerOutput",
     "PretrainedVQVAE", "IntegrityError", "create_model", "load", "list_models", "get_config",
     "evaluate",
 ]
