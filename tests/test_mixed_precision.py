@@ -2,6 +2,7 @@
 float32 parameters, a float32 quantizer and a float32 reconstruction loss."""
 
 import dataclasses
+import json
 
 import jax
 import jax.extend.core
@@ -143,3 +144,26 @@ def test_compute_dtype_is_validated_and_omitted_at_its_default():
   old = dataclasses.replace(RECIPE, compute_dtype="float32").to_dict()
   assert sorted(old) == ["batch_size", "dataset", "final_lr_fraction", "learning_rate",
                          "schedule", "seed", "split", "steps", "warmup_steps"]
+
+
+def test_gpu_benchmark_smoke_mode_runs_on_the_cpu(tmp_path, capsys):
+  """``benchmarks/gpu.py --device cpu``: the vqzoo half (and the PyTorch half where torch is
+  installed) runs, prints its table and writes JSON."""
+  import importlib.util
+  from _util import REPO
+  spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "benchmarks" / "gpu.py")
+  gpu = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(gpu)
+  out = tmp_path / "gpu.json"
+  assert gpu.main(["--device", "cpu", "--steps", "2", "--warmup", "0", "--batch", "4",
+                   "--models", "mnist-conv-ema", "--dtypes", "bfloat16",
+                   "--json", str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert "| train | mnist-conv-ema | bfloat16 | 4 |" in printed
+  assert "| reconstruct | mnist-conv-ema | bfloat16 | 4 |" in printed
+  rows = json.loads(out.read_text())["rows"]
+  vq = [r for r in rows if r["framework"] == "vqzoo"]
+  assert {r["what"] for r in vq} == {"train", "reconstruct"}
+  assert all(r["img_per_s"] > 0 and r["first_step_s"] > 0 for r in rows)
+  if gpu.torch_missing("cpu"):
+    assert "PyTorch half skipped" in printed
