@@ -7,6 +7,9 @@ random images of the model's shape (speed does not depend on the pixels). Models
 conv model of ``mnist-conv-ema`` and the 32x32x3 conv model of ``cifar10-conv-ema`` (128
 channels, two residual layers of 32, an 8x8 grid, K = 512, D = 64, EMA codebook; the
 architecture of van den Oord et al. 2017). Prints a Markdown table; ``--json`` also writes it.
+The last column counts the convolutions and matrix products of the compiled step (XLA's
+optimised HLO) whose result is bfloat16: a backend that has no bfloat16 kernel for an op
+converts its operands to float32 and computes it there.
 
   python benchmarks/mixed_precision.py --seconds 3 --json benchmarks/results/mixed_precision_cpu.json
 """
@@ -57,8 +60,12 @@ def train_ips(name: str, dtype: str, batch: int, seconds: float, min_steps: int)
     loss = run()
     calls += 1
   per_step = (time.perf_counter() - start) / calls
+  hlo = step.lower(holder[0], x).compile().as_text().splitlines()
+  ops = [l.split("=", 1)[1].strip() for l in hlo if " convolution(" in l or " dot(" in l]
+  compiled = f"{sum(op.startswith('bf16') for op in ops)} of {len(ops)}"
   return {"model": name, "compute_dtype": dtype, "batch": batch, "img_per_s": batch / per_step,
-          "first_step_s": first, "steps_timed": calls, "final_loss": loss}
+          "first_step_s": first, "steps_timed": calls, "final_loss": loss,
+          "bf16_convs_and_dots_compiled": compiled}
 
 
 def main(argv=None) -> int:
@@ -76,13 +83,14 @@ def main(argv=None) -> int:
       rows.append(train_ips(name, dtype, args.batch, args.seconds, args.min_steps))
   print(f"vqzoo {vqzoo.__version__}, JAX {jax.__version__}, {jax.devices()[0].device_kind} "
         f"({jax.default_backend()}), {os.cpu_count()} CPUs; training step, batch {args.batch}\n")
-  print("| model | compute dtype | img/s | bfloat16 / float32 | first step s | steps timed |")
-  print("| --- | --- | ---: | ---: | ---: | ---: |")
+  print("| model | compute dtype | img/s | bfloat16 / float32 | first step s | steps timed | "
+        "bf16 convs+dots compiled |")
+  print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
   for row in rows:
     base = next(r for r in rows if r["model"] == row["model"] and r["compute_dtype"] == "float32")
     print(f"| {row['model']} | {row['compute_dtype']} | {row['img_per_s']:,.0f} | "
           f"{row['img_per_s'] / base['img_per_s']:.2f} | {row['first_step_s']:.1f} | "
-          f"{row['steps_timed']} |")
+          f"{row['steps_timed']} | {row['bf16_convs_and_dots_compiled']} |")
   if args.json:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(
