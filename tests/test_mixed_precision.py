@@ -4,6 +4,7 @@ float32 parameters, a float32 quantizer and a float32 reconstruction loss."""
 import dataclasses
 import json
 
+import haiku as hk
 import jax
 import jax.extend.core
 import jax.numpy as jnp
@@ -83,8 +84,7 @@ def test_encoder_and_decoder_compute_in_bfloat16_the_search_in_float32():
     assert any(set(dts) == {jnp.dtype(jnp.float32)} for dts in dots), dots
 
 
-def test_encoder_output_is_bfloat16():
-  import haiku as hk
+def test_encoder_and_decoder_outputs_are_bfloat16_the_codes_int32():
   _, ts = _state()
   seen = {}
 
@@ -119,7 +119,6 @@ def test_a_short_bfloat16_run_lowers_the_loss(tmp_path):
   images = synthetic_images(256, CONFIG.image_shape)
   result = train_lib.train(CONFIG, RECIPE, tmp_path, images,
                            run=vqzoo.configs.RunConfig(log_every=1, progress=False))
-  import json
   lines = [json.loads(l) for l in (tmp_path / train_lib.METRICS_NAME).read_text().splitlines()]
   first, last = lines[0]["mse"], np.mean([l["mse"] for l in lines[-5:]])
   print(f"bfloat16 run: mse {first:.4f} at step 1, {last:.4f} over the last 5 steps")
