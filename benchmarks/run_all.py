@@ -195,6 +195,43 @@ print(min(times), (peak - base) * 1024, temp)
 """
 
 
+FIRST_STEP_TORCH = """
+import time, sys; start = float(sys.argv[1])
+import numpy as np, torch
+torch.set_num_threads({threads})
+sys.path.insert(0, {here!r})
+from vqzoo.pretrained import registry
+from torch_reference import build_torch, torch_train_step
+config, recipe = registry.config_and_recipe({name!r})
+torch.manual_seed(0)
+model = build_torch(config).train()
+step = torch_train_step(model, torch.optim.Adam(model.parameters(), recipe.learning_rate))
+x = np.random.default_rng(0).random((recipe.batch_size, *config.image_shape), dtype=np.float32)
+float(step(torch.from_numpy(x)))
+print(time.time() - start)
+"""
+
+
+def first_step(name: str, threads: int) -> dict:
+  """Seconds from process start to one completed training step: vqzoo through
+  ``benchmarks/startup.py`` (``train`` with ``until_step=1``, on its cached dataset; first run
+  and with the compilation cache filled), PyTorch (import, build the twin, one Adam step on a
+  random batch of the recipe's size)."""
+  from startup import time_to_first_step
+  from vqzoo.training.data import load_images
+  recipe = registry.config_and_recipe(name)[1]
+  load_images(recipe.dataset, recipe.split)  # decoded once, outside the timing
+  with tempfile.TemporaryDirectory() as cache:
+    first = time_to_first_step(name, cache)
+    cached = time_to_first_step(name, cache)
+  start = time.time()
+  res = subprocess.run([sys.executable, "-c", FIRST_STEP_TORCH.format(
+      threads=threads, here=str(HERE), name=name), str(start)], capture_output=True, text=True,
+      check=True)
+  return {"model": name, "vqzoo_first_run_s": first, "vqzoo_cached_s": cached,
+          "pytorch_s": float(res.stdout.strip().splitlines()[-1])}
+
+
 def quantizer_search() -> dict:
   out = {}
   for mode in ("vqzoo", "seed-jit", "seed-eager"):
@@ -211,14 +248,15 @@ def main(argv=None):
   parser.add_argument("--json", default="bench_results/latest.json")
   parser.add_argument("--seconds", type=float, default=3.0, help="timing window per row")
   parser.add_argument("--threads", type=int, default=os.cpu_count())
-  parser.add_argument("--only", choices=("train", "infer", "cold", "quantizer"), action="append")
+  parser.add_argument("--only", choices=("train", "infer", "cold", "first-step", "quantizer"),
+                      action="append")
   parser.add_argument("--models", choices=MODELS, action="append",
                       help="models of the train/infer rows (repeatable; default: all)")
   args = parser.parse_args(argv)
   sys.path.insert(0, str(HERE))
   import torch
   torch.set_num_threads(args.threads)
-  parts = set(args.only or ("train", "infer", "cold", "quantizer"))
+  parts = set(args.only or ("train", "infer", "cold", "first-step", "quantizer"))
   result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "cpus": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
                         "jax_devices": str(jax.devices()), "torch_threads": args.threads},
@@ -247,6 +285,11 @@ def main(argv=None):
     print(f"cold start (mnist-conv-ema, 16 images, median of 3 fresh processes): vqzoo "
           f"{c['vqzoo']['process_wall_s']:.2f} s  pytorch {c['pytorch']['process_wall_s']:.2f} s",
           flush=True)
+  if "first-step" in parts:
+    result["first_step"] = f = first_step("mnist-conv-ema", args.threads)
+    print(f"first training step (mnist-conv-ema, batch 128, fresh process): vqzoo "
+          f"{f['vqzoo_first_run_s']:.1f} s ({f['vqzoo_cached_s']:.1f} s with the compilation "
+          f"cache filled)  pytorch {f['pytorch_s']:.1f} s", flush=True)
   if "quantizer" in parts:
     result["quantizer"] = q = quantizer_search()
     for mode, r in q.items():

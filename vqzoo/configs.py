@@ -15,6 +15,8 @@ from typing import Any, Mapping
 ARCHITECTURES = ("mlp", "conv")
 OUTPUT_ACTIVATIONS = ("none", "sigmoid")
 SCHEDULES = ("cosine", "constant")
+#: What the encoder and decoder may compute in (:attr:`TrainConfig.compute_dtype`).
+COMPUTE_DTYPES = ("float32", "bfloat16")
 #: The parts of a VQ-VAE that fine-tuning can freeze (see :func:`vqzoo.nn.part_prefixes`).
 PARTS = ("encoder", "decoder", "codebook")
 
@@ -356,7 +358,14 @@ class ModelConfig(_Config):
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(_Config):
   """A training recipe: data, steps and optimiser (Adam; linear warmup, then cosine decay to
-  ``final_lr_fraction`` of the peak, or a constant rate)."""
+  ``final_lr_fraction`` of the peak, or a constant rate).
+
+  ``compute_dtype`` (one of :data:`COMPUTE_DTYPES`) is what the encoder and decoder compute
+  in: ``"bfloat16"`` is mixed precision, with float32 parameters (in the optimizer and
+  checkpoints), a float32 quantizer (search, losses, statistics, EMA) and a float32
+  reconstruction loss. Left at ``"float32"`` it is omitted from :meth:`to_dict`, so records
+  written before it existed compare equal.
+  """
 
   dataset: str = "mnist"
   split: str = "train"
@@ -367,9 +376,12 @@ class TrainConfig(_Config):
   final_lr_fraction: float = 0.1
   seed: int = 0
   schedule: str = "cosine"
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
     _require(isinstance(self.dataset, str) and self.dataset, "dataset", "a dataset name", self.dataset)
+    _require(self.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"one of {COMPUTE_DTYPES}",
+             self.compute_dtype)
     _require(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}", self.schedule)
     _require(_is_int(self.steps) and self.steps >= 1, "steps", "an integer >= 1", self.steps)
     _require(_is_int(self.batch_size) and self.batch_size >= 1,
@@ -381,6 +393,14 @@ class TrainConfig(_Config):
     _require(_is_number(self.final_lr_fraction) and 0 <= self.final_lr_fraction <= 1,
              "final_lr_fraction", "a number in [0, 1]", self.final_lr_fraction)
     _require(_is_int(self.seed), "seed", "an integer", self.seed)
+
+  def to_dict(self) -> dict[str, Any]:
+    """As :meth:`_Config.to_dict`, without ``compute_dtype`` at its default: checkpoints, model
+    cards and run records of float32 recipes keep the bytes they had before it."""
+    out = super().to_dict()
+    if out["compute_dtype"] == "float32":
+      del out["compute_dtype"]
+    return out
 
 
 #: The recipe :class:`FinetuneConfig` starts from: a short, gentle schedule.

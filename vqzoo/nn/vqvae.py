@@ -6,6 +6,13 @@ Loss (van den Oord et al. 2017, with MSE as the reconstruction term)::
 
 With the EMA codebook the middle (embedding) term is reported but not added:
 the codebook follows moving averages instead.
+
+Mixed precision (``compute_dtype="bfloat16"``): the encoder and decoder compute in bfloat16 on
+float32 parameters, cast on read (``hk.custom_getter``; created in float32 by
+``hk.custom_creator``, so the optimizer and checkpoints only ever see float32). The encoder's
+output is cast to float32 before the quantizer, so the search, the codebook and commitment
+terms, the code statistics and the EMA stay float32; the decoder's output is cast to float32
+before the reconstruction loss.
 """
 
 from __future__ import annotations
@@ -21,6 +28,45 @@ from vqzoo.configs import PARTS, ModelConfig, QuantizerConfig  # noqa: F401  (PA
 from vqzoo.nn import fsq, lfq, nets, quantizers, residual
 
 ModuleOrFactory = Union[hk.Module, Callable[[], hk.Module]]
+#: The dtypes the encoder and decoder may compute in (the parameters stay float32).
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype_of(dtype: Any) -> jnp.dtype:
+  """``dtype`` (a name or a dtype) as a ``jnp.dtype``; ``ValueError`` naming ``compute_dtype``
+  unless it is one of :data:`COMPUTE_DTYPES`."""
+  try:
+    name = jnp.dtype(dtype).name
+  except (TypeError, ValueError):
+    name = None
+  if name not in COMPUTE_DTYPES or isinstance(dtype, bool):
+    raise ValueError(f"compute_dtype: expected one of {COMPUTE_DTYPES}, got {dtype!r}")
+  return jnp.dtype(name)
+
+
+def _float32_creator(next_creator, shape, dtype, init, context):
+  """Creates every floating-point parameter in float32, whatever the input dtype."""
+  del context
+  if jnp.issubdtype(dtype, jnp.floating):
+    dtype = jnp.float32
+  return next_creator(shape, dtype, init)
+
+
+def _cast_getter(dtype):
+  def getter(next_getter, value, context):
+    del context
+    value = next_getter(value)
+    return value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value
+  return getter
+
+
+def _in_dtype(fn: Callable, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """``fn(x)`` computed in ``dtype``: ``x`` and every float parameter read are cast to it
+  (parameters are created and kept in float32)."""
+  if dtype == jnp.float32:
+    return fn(x)
+  with hk.custom_creator(_float32_creator), hk.custom_getter(_cast_getter(dtype)):
+    return fn(x.astype(dtype))
 
 
 class VQVAEOutput(NamedTuple):
@@ -79,12 +125,17 @@ class VQVAE(hk.Module):
     output_activation: ``"none"`` or ``"sigmoid"`` on the decoder output.
     image_shape: ``(H, W, C)`` to check inputs against; ``None`` checks rank and dtype only.
     name: module name.
+    compute_dtype: what the encoder and decoder compute in (:data:`COMPUTE_DTYPES`);
+      ``"bfloat16"`` is mixed precision (module docstring). Parameters, the quantizer and the
+      reconstruction loss stay float32 either way.
   """
 
   def __init__(self, encoder: ModuleOrFactory, decoder: ModuleOrFactory,
                quantizer: ModuleOrFactory, output_activation: str = "none",
-               image_shape: tuple[int, int, int] | None = None, name: str | None = "vqvae"):
+               image_shape: tuple[int, int, int] | None = None, name: str | None = "vqvae",
+               compute_dtype: Any = "float32"):
     super().__init__(name=name)
+    self.compute_dtype = compute_dtype_of(compute_dtype)
     if output_activation not in ("none", "sigmoid"):
       raise ValueError(f"output_activation: expected 'none' or 'sigmoid', got "
                        f"{output_activation!r}")
@@ -96,7 +147,7 @@ class VQVAE(hk.Module):
 
   @classmethod
   def from_config(cls, config: ModelConfig, cross_replica_axis: str | None = None,
-                  name: str | None = "vqvae") -> "VQVAE":
+                  name: str | None = "vqvae", compute_dtype: Any = "float32") -> "VQVAE":
     """The zoo's architectures: MLP or conv encoder/decoder and the quantizer of
     ``config.quantizer.kind`` (:func:`make_quantizer`), from a config."""
     if not isinstance(config, ModelConfig):
@@ -115,7 +166,7 @@ class VQVAE(hk.Module):
                                          c.num_residual_hiddens, config.image_shape[-1],
                                          name="decoder")
     return cls(encoder, decoder, quantizer, config.output_activation, config.image_shape,
-               name=name)
+               name=name, compute_dtype=compute_dtype)
 
   def part_prefixes(self) -> dict[str, str]:
     """``{part: module path}`` for :data:`PARTS`: every parameter of a part lives under it."""
@@ -133,16 +184,22 @@ class VQVAE(hk.Module):
                        "convert uint8 with vqzoo.images.to_float_images")
 
   def encode(self, x: jax.Array) -> jax.Array:
-    """``[B, H, W, C]`` float -> ``z_e`` ``[B, *latent, D]``."""
+    """``[B, H, W, C]`` float -> ``z_e`` ``[B, *latent, D]`` (the encoder computes in
+    :attr:`compute_dtype`; ``z_e`` is float32 whenever that is not the input's dtype)."""
     self.check_images(x)
-    z_e = self.encoder(x)
+    z_e = _in_dtype(self.encoder, x, self.compute_dtype)
+    if self.compute_dtype != jnp.float32:
+      z_e = z_e.astype(jnp.float32)  # the quantizer searches and keeps statistics in float32
     chex.assert_axis_dimension(z_e, 0, x.shape[0])
     chex.assert_axis_dimension(z_e, -1, self.quantizer.embedding_dim)
     return z_e
 
   def decode(self, z_q: jax.Array) -> jax.Array:
-    """Quantized latents ``[B, *latent, D]`` -> ``[B, H, W, C]`` reconstructions."""
-    x_hat = self.decoder(z_q)
+    """Quantized latents ``[B, *latent, D]`` -> ``[B, H, W, C]`` reconstructions (float32 when
+    the decoder computes in bfloat16)."""
+    x_hat = _in_dtype(self.decoder, z_q, self.compute_dtype)
+    if self.compute_dtype != jnp.float32:
+      x_hat = x_hat.astype(jnp.float32)
     if self.output_activation == "sigmoid":
       x_hat = jax.nn.sigmoid(x_hat)
     chex.assert_rank(x_hat, 4)
@@ -218,20 +275,29 @@ def _check_spec(spec: Any) -> None:
 ModelSpec = Union[ModelConfig, Callable[[], VQVAE]]
 
 
-def make_vqvae(spec: ModelSpec, cross_replica_axis: str | None = None) -> VQVAE:
-  """A :class:`VQVAE` from a config or a factory (inside a Haiku transform)."""
+def make_vqvae(spec: ModelSpec, cross_replica_axis: str | None = None,
+               compute_dtype: Any = None) -> VQVAE:
+  """A :class:`VQVAE` from a config or a factory (inside a Haiku transform).
+
+  ``compute_dtype`` (``None``: the model's own, float32 for a config) sets what its encoder
+  and decoder compute in.
+  """
   _check_spec(spec)
   if isinstance(spec, ModelConfig):
-    return VQVAE.from_config(spec, cross_replica_axis)
+    return VQVAE.from_config(spec, cross_replica_axis,
+                             compute_dtype="float32" if compute_dtype is None else compute_dtype)
   model = spec()
   if not isinstance(model, VQVAE):
     raise TypeError(f"model factory: expected it to return a vqzoo.nn.VQVAE, got "
                     f"{type(model).__name__}")
+  if compute_dtype is not None:
+    model.compute_dtype = compute_dtype_of(compute_dtype)
   return model
 
 
 def build(spec: ModelSpec, cross_replica_axis: str | None = None,
-          wrap: Callable[[Callable], Callable] = lambda f: f) -> hk.TransformedWithState:
+          wrap: Callable[[Callable], Callable] = lambda f: f,
+          compute_dtype: Any = None) -> hk.TransformedWithState:
   """``init(rng, x, is_training)`` / ``apply(params, state, rng, x, is_training)``.
 
   ``apply`` returns ``(VQVAEOutput, new_state)``. ``x`` is ``[B, H, W, C]`` float32 in [0, 1].
@@ -239,14 +305,17 @@ def build(spec: ModelSpec, cross_replica_axis: str | None = None,
   pass a key there. ``spec`` is a :class:`ModelConfig` or a zero-argument function making a
   :class:`VQVAE` (for a factory, ``cross_replica_axis`` is the factory's business).
   ``wrap`` wraps the forward function before it is transformed (e.g. with
-  :func:`vqzoo.cpu_tuning.tuned`).
+  :func:`vqzoo.cpu_tuning.tuned`). ``compute_dtype`` is :func:`make_vqvae`'s (mixed precision
+  with ``"bfloat16"``; the params ``init`` makes are float32 either way).
   """
   if cross_replica_axis is not None and not isinstance(spec, ModelConfig):
     raise ValueError("cross_replica_axis: pass it to the quantizer your factory makes")
   _check_spec(spec)
+  if compute_dtype is not None:
+    compute_dtype_of(compute_dtype)  # a bad value fails here, not inside the transform
 
   def forward(x, is_training, update_codebook=None):
-    return make_vqvae(spec, cross_replica_axis)(x, is_training, update_codebook)
+    return make_vqvae(spec, cross_replica_axis, compute_dtype)(x, is_training, update_codebook)
 
   return hk.transform_with_state(wrap(forward))
 
@@ -260,18 +329,21 @@ class Codec(NamedTuple):
   codebook: object  # () -> [K, D] float32 ([N, K, D] rvq; [K, lookup_dim] with a lookup space)
 
 
-def build_codec(spec: ModelSpec, wrap: Callable[[Callable], Callable] = lambda f: f
-                ) -> hk.MultiTransformedWithState:
+def build_codec(spec: ModelSpec, wrap: Callable[[Callable], Callable] = lambda f: f,
+                compute_dtype: Any = None) -> hk.MultiTransformedWithState:
   """Inference functions sharing :func:`build`'s params and state.
 
   Returns ``hk.multi_transform_with_state`` whose ``apply`` is a :class:`Codec`:
   ``apply.encode(params, state, rng, x)`` -> ``(codes, state)`` and likewise ``decode``,
-  ``reconstruct`` and ``codebook``. ``wrap`` wraps each function (see :func:`build`).
+  ``reconstruct`` and ``codebook``. ``wrap`` wraps each function and ``compute_dtype`` is
+  as for :func:`build`.
   """
   _check_spec(spec)
+  if compute_dtype is not None:
+    compute_dtype_of(compute_dtype)
 
   def functions():
-    model = make_vqvae(spec)
+    model = make_vqvae(spec, compute_dtype=compute_dtype)
     init = lambda x: model(x, is_training=True)
     return wrap(init), Codec(
         encode=wrap(lambda x: model(x, is_training=False).codes),

@@ -97,18 +97,21 @@ def _bind_axis(fn: Callable) -> Callable:
 
 
 def make_train_step(model: ModelSpec, optimizer: optax.GradientTransformation,
-                    axis_name: str | None = None, frozen: Iterable[str] = ()) -> Callable:
+                    axis_name: str | None = None, frozen: Iterable[str] = (),
+                    compute_dtype: str | None = None) -> Callable:
   """``step(train_state, images[B, H, W, C]) -> (train_state, metrics)``.
 
   Without ``axis_name`` (how :func:`train` runs it, under ``jit`` over a mesh) the batch is the
   global batch. With ``axis_name`` the step must run under the caller's ``pmap``/``vmap``
   with that axis: gradients and metrics are averaged, codebook statistics summed across
   replicas (a factory's quantizer must be given ``cross_replica_axis=axis_name`` itself). A
-  frozen ``"codebook"`` keeps its statistics and is never re-seeded.
+  frozen ``"codebook"`` keeps its statistics and is never re-seeded. ``compute_dtype``
+  (``recipe.compute_dtype``; ``None``: the model's own) is what the encoder and decoder compute
+  in; params, gradients and the optimizer state stay float32 (see :mod:`vqzoo.nn.vqvae`).
   """
   update_codebook = "codebook" not in _check_frozen(frozen)
   transformed = build(model, axis_name if isinstance(model, ModelConfig) else None,
-                      wrap=cpu_tuning.tuned)
+                      wrap=cpu_tuning.tuned, compute_dtype=compute_dtype)
   pmean = (lambda x: x) if axis_name is None else (lambda x: jax.lax.pmean(x, axis_name))
 
   def loss_fn(params, state, rng, images):
@@ -132,9 +135,10 @@ def make_train_step(model: ModelSpec, optimizer: optax.GradientTransformation,
 
 
 def compile_step(model: ModelSpec, optimizer: optax.GradientTransformation,
-                 devices: Sequence[Any] | None = None, frozen: Iterable[str] = ()
-                 ) -> tuple[Callable, DataParallel]:
-  """The step exactly as :func:`train` runs it, for benchmarks and custom loops.
+                 devices: Sequence[Any] | None = None, frozen: Iterable[str] = (),
+                 compute_dtype: str | None = None) -> tuple[Callable, DataParallel]:
+  """The step exactly as :func:`train` runs it, for benchmarks and custom loops
+  (``compute_dtype`` as for :func:`make_train_step`).
 
   Returns:
     ``(step, parallel)``: ``step(state, batch) -> (state, metrics)`` jitted over
@@ -142,13 +146,13 @@ def compile_step(model: ModelSpec, optimizer: optax.GradientTransformation,
     ``parallel.shard``, a global ``[B, H, W, C]`` float batch).
   """
   parallel = DataParallel(devices)
-  return parallel.compile(_global_step(model, optimizer, frozen)), parallel
+  return parallel.compile(_global_step(model, optimizer, frozen, compute_dtype)), parallel
 
 
 def _global_step(model: ModelSpec, optimizer: optax.GradientTransformation,
-                 frozen: Iterable[str]) -> Callable:
+                 frozen: Iterable[str], compute_dtype: str | None = None) -> Callable:
   """The step on the global batch, as :func:`train` and :func:`compile_step` run it."""
-  step = make_train_step(model, optimizer, frozen=frozen)
+  step = make_train_step(model, optimizer, frozen=frozen, compute_dtype=compute_dtype)
   return step if isinstance(model, ModelConfig) else _bind_axis(step)
 
 
@@ -188,7 +192,8 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
     model: a :class:`ModelConfig`, or a zero-argument function making a
       :class:`vqzoo.nn.VQVAE` (its quantizer sees the global batch; a
       ``cross_replica_axis="batch"`` it was given is bound to one replica).
-    recipe: data, steps, batch size, learning rate, seed; recorded in the checkpoint.
+    recipe: data, steps, batch size, learning rate, seed, compute dtype (mixed precision with
+      ``"bfloat16"``); recorded in the checkpoint.
     workdir: holds ``checkpoint.safetensors`` and ``metrics.jsonl`` (one line per logged step).
     images: ``[N, H, W, C]`` uint8 training images; default: the recipe's TFDS split.
     run: resume/overwrite, checkpoint and log intervals, ``until_step``, progress bar (see
@@ -216,7 +221,9 @@ def train(model: ModelSpec, recipe: TrainConfig, workdir: str | os.PathLike,
   params, state = (None, None) if init is None else init
   fresh = jax.device_get(init_train_state(model, optimizer, recipe.seed, images.shape[1:],
                                           params, state))
-  step = _global_step(model, optimizer, frozen)  # the loop compiles it over the mesh
+  # The loop compiles it over the mesh. A float32 recipe leaves a factory's model as it is.
+  dtype = None if recipe.compute_dtype == "float32" else recipe.compute_dtype
+  step = _global_step(model, optimizer, frozen, dtype)
   batches = lambda start: data_lib.batches(images, recipe.batch_size, recipe.seed, start)
   result = loop.run(step, fresh, batches, recipe, workdir, run, parallel=parallel, files=FILES,
                     postfix=lambda m: {"loss": f"{m['loss']:.4f}", "mse": f"{m['mse']:.4f}",
