@@ -3,7 +3,7 @@
 
 Prints tables and writes JSON. Rows: training throughput (images/s, steady state after
 compilation), inference throughput of ``reconstruct``, cold start to the first result, and the
-nearest-code search (time and peak memory) against the seed's broadcast formula. The models:
+nearest-code search (time and peak memory) against the distance formula written as an `[N, K, D]` broadcast. The models:
 the MNIST MLP and conv models at batch 128 and 1024, and the CIFAR-10 conv model (32x32x3
 images, 128 channels, an 8x8 grid) at batch 128.
 
@@ -175,13 +175,13 @@ n, k, d = 65536, 512, 64
 rng = np.random.default_rng(0)
 z = jnp.asarray(rng.normal(size=(n, d)).astype(np.float32))
 c = jnp.asarray(rng.normal(size=(k, d)).astype(np.float32))
-def seed_quantize(z_e, codebook):  # the seed's formula, as its sample code runs it (op by op)
+def broadcast_quantize(z_e, codebook):  # the [N, K, D] broadcast formula, op by op
   dists = jnp.sum((z_e[:, None, :] - codebook[None, :, :]) ** 2, axis=2)
   return jnp.argmin(dists, axis=1)
 from vqzoo.cpu_tuning import jit
 from vqzoo.nn import nearest_codes
-fn = {"vqzoo": jit(nearest_codes), "seed-eager": seed_quantize,
-      "seed-jit": jax.jit(seed_quantize)}[mode]
+fn = {"vqzoo": jit(nearest_codes), "broadcast-eager": broadcast_quantize,
+      "broadcast-jit": jax.jit(broadcast_quantize)}[mode]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 fn(z, c).block_until_ready()
 times = []
@@ -189,7 +189,7 @@ for _ in range(3):
   t = time.perf_counter(); fn(z, c).block_until_ready(); times.append(time.perf_counter() - t)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 temp = None
-if mode != "seed-eager":
+if mode != "broadcast-eager":
   temp = fn.lower(z, c).compile().memory_analysis().temp_size_in_bytes
 print(min(times), (peak - base) * 1024, temp)
 """
@@ -234,7 +234,7 @@ def first_step(name: str, threads: int) -> dict:
 
 def quantizer_search() -> dict:
   out = {}
-  for mode in ("vqzoo", "seed-jit", "seed-eager"):
+  for mode in ("vqzoo", "broadcast-jit", "broadcast-eager"):
     res = subprocess.run([sys.executable, "-c", QUANT_SCRIPT, mode], capture_output=True,
                          text=True, check=True)
     seconds, rss, temp = res.stdout.split()
