@@ -143,3 +143,25 @@ def test_a_pmapped_train_step_equals_one_device_on_the_whole_batch(kind):
                               jax.device_get(ts.state), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.asarray(rmetrics["perplexity"])[0], metrics["perplexity"],
                              rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["fsq", "rvq", "lfq"])
+def test_each_kind_measures_fine_tunes_and_refuses_reseed_before(kind, tmp_path):
+  """evaluate counts every stage's bits (and MSE per depth for rvq), and fine-tuning refuses
+  reseed_before (one codebook's unused codes) with a reason, before reading any data."""
+  import vqzoo
+  from vqzoo.training import finetune
+  config = _config(KINDS[kind])
+  base = vqzoo.PretrainedVQVAE(config)
+  base.save_pretrained(tmp_path / "base")
+  images = synthetic_images(64)
+  m = vqzoo.evaluate(config, base.params, base.state, images)
+  stages = config.quantizer.num_stages if kind == "rvq" else 1
+  assert m["bits_per_image"] == 49 * stages * math.log2(config.quantizer.num_embeddings)
+  assert ("mse_by_depth" in m) == (kind == "rvq")
+  if kind == "rvq":
+    assert len(m["mse_by_depth"]) == stages and math.isclose(m["mse_by_depth"][-1], m["mse"],
+                                                             rel_tol=1e-5)
+  with pytest.raises(ValueError, match="reseed_before.*'" + kind + "'"):
+    finetune(str(tmp_path / "base"), tmp_path / "out", vqzoo.FinetuneConfig(reseed_before=True),
+             images_dir=str(tmp_path / "nowhere"))

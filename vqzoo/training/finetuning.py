@@ -136,6 +136,11 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
   """
   base_model = load(base)
   model_config = base_model.config
+  if config.reseed_before and model_config.quantizer.kind != "vq":
+    raise ValueError(f"reseed_before: moves unused codes of one codebook (quantizer kind 'vq'); "
+                     f"this model's quantizer is {model_config.quantizer.kind!r} (residual "
+                     "stages re-seed themselves while training with reseed_threshold; FSQ and "
+                     "LFQ have no codebook to re-seed)")
   train_images, eval_images, data_info = _data(model_config, config, dataset, images_dir,
                                                data_dir, convert, resize)
   warned = result_warnings.emit(result_warnings.recipe_warnings(config.recipe, len(train_images))
