@@ -98,8 +98,8 @@ def table(rows: list[dict], steps: int, batch: int) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--steps", type=int, default=1500)
-  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=1000)
+  parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--only", action="append", default=[],
                       help="rows whose quantizer name contains this (repeatable)")
   parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
