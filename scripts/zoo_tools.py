@@ -121,7 +121,8 @@ def check_prior_bar(name: str, model: PretrainedVQVAE, prior_metrics: dict) -> l
   if model.config.arch != "conv":
     return []
   bar, m, failures = registry.get_entry(name).prior_bar, prior_metrics, []
-  if not m["prior_bits"] <= bar["bits_vs_unigram_max"] * m["unigram_bits"]:
+  if "bits_vs_unigram_max" in bar and not (m["prior_bits"]
+                                           <= bar["bits_vs_unigram_max"] * m["unigram_bits"]):
     failures.append(f"prior {m['prior_bits']:.1f} bits > {bar['bits_vs_unigram_max']:.0%} of "
                     f"unigram {m['unigram_bits']:.1f}")
   fd = m["frechet"]
