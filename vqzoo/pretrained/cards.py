@@ -280,16 +280,17 @@ def zoo_card(entry: Any, metrics: Mapping[str, Any]) -> str:
 def zoo_table() -> str:
   """The README's zoo table, rendered from the registry and each variant's measured metrics."""
   from vqzoo.pretrained import registry
-  rows = ["| variant | architecture | test MSE | PSNR (dB) | codes used | perplexity | bar |",
-          "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+  rows = ["| variant | architecture | bits per image | test MSE | PSNR (dB) | codes used | "
+          "perplexity | bar |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
   for name in registry.list_models():
     entry = registry.get_entry(name)
     m = entry.metrics
     bar = bar_text(entry.bar)
     if not m:
-      rows.append(f"| `{name}` | {entry.description} | not trained | | | | {bar} |")
+      rows.append(f"| `{name}` | {entry.description} | | not trained | | | | {bar} |")
       continue
-    rows.append(f"| `{name}` | {entry.description} | {m['mse']:.5f} | {m['psnr']:.2f} | "
+    rows.append(f"| `{name}` | {entry.description} | {m['bits_per_image']:,.0f} | "
+                f"{m['mse']:.5f} | {m['psnr']:.2f} | "
                 f"{m['codes_used']} | {m['perplexity']:.1f} | {bar} |")
   return "\n".join(rows)
 
