@@ -231,7 +231,7 @@ def depth_section(config: Any, m: Mapping[str, Any]) -> str:
   """A residual model's test MSE when decoding the first 1..N stages (``mse_by_depth``)."""
   bits = math.prod(config.latent_shape) * math.log2(config.quantizer.num_embeddings)
   rows = ["Encode once, keep the first `n` stages of the codes (`codes[..., :n]`) and decode: "
-          "the rate a user picks at encode time. Test split:", "",
+          "one model, any of these rates. Test split:", "",
           "| depth | bits per image | MSE | PSNR (dB) |", "| ---: | ---: | ---: | ---: |"]
   rows += [f"| {n} | {n * bits:.0f} | {mse:.5f} | {10 * math.log10(1 / mse):.2f} |"
            for n, mse in enumerate(m["mse_by_depth"], start=1)]
