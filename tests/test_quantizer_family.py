@@ -165,3 +165,16 @@ def test_each_kind_measures_fine_tunes_and_refuses_reseed_before(kind, tmp_path)
   with pytest.raises(ValueError, match="reseed_before.*'" + kind + "'"):
     finetune(str(tmp_path / "base"), tmp_path / "out", vqzoo.FinetuneConfig(reseed_before=True),
              images_dir=str(tmp_path / "nowhere"))
+
+
+def test_a_pretrained_residual_model_decodes_any_prefix_of_its_stages():
+  import vqzoo
+  config = _config(KINDS["rvq"])
+  model = vqzoo.PretrainedVQVAE(config)
+  images = synthetic_images(4)
+  codes = model.encode(images)
+  assert codes.shape == (4, 7, 7, 2)
+  shallow = model.decode(codes[..., :1])
+  assert shallow.shape == (4, 28, 28, 1) and not np.allclose(shallow, model.decode(codes))
+  with pytest.raises(ValueError, match=r"expected shape \[B, 7, 7, 2\]"):
+    model.decode(np.concatenate([codes, codes[..., :1]], axis=-1))  # 3 stages of 2

@@ -67,8 +67,15 @@ class Inference:
     return self._run(self._reconstruct, params, state, images)
 
   def decode(self, params: Any, state: Any, codes: Any) -> np.ndarray:
-    """int codes ``[B, *latent]`` -> ``[B, H, W, C]`` float32 images in [0, 1]."""
-    codes = check_codes(codes, self.config.quantizer.num_embeddings, self.config.codes_shape)
+    """int codes ``[B, *latent]`` -> ``[B, H, W, C]`` float32 images in [0, 1]. A residual
+    model's codes ``[B, *latent, n]`` may keep only the first ``n`` of its ``N`` stages (any
+    depth ``1 <= n <= N``: a lower rate)."""
+    expected = self.config.codes_shape
+    q = self.config.quantizer
+    depth = np.shape(codes)[-1] if np.ndim(codes) == 1 + len(expected) else None
+    if q.kind == "rvq" and depth is not None and 1 <= depth <= q.num_stages:
+      expected = (*expected[:-1], depth)
+    codes = check_codes(codes, q.num_embeddings, expected)
     chunks = cpu_tuning.inference_chunks(codes, self.config.image_shape, self.config.arch)
     results = [self._decode(params, state, chunk) for chunk in chunks]
     return np.concatenate([np.asarray(out) for out in results])
