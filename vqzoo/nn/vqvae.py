@@ -62,11 +62,11 @@ def _cast_getter(dtype):
 
 def _in_dtype(fn: Callable, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
   """``fn(x)`` computed in ``dtype``: ``x`` and every float parameter read are cast to it
-  (parameters are created and kept in float32)."""
+  (parameters are created and kept in float32); the result is cast back to float32."""
   if dtype == jnp.float32:
     return fn(x)
   with hk.custom_creator(_float32_creator), hk.custom_getter(_cast_getter(dtype)):
-    return fn(x.astype(dtype))
+    return fn(x.astype(dtype)).astype(jnp.float32)
 
 
 class VQVAEOutput(NamedTuple):
@@ -187,9 +187,7 @@ class VQVAE(hk.Module):
     """``[B, H, W, C]`` float -> ``z_e`` ``[B, *latent, D]`` (the encoder computes in
     :attr:`compute_dtype`; ``z_e`` is float32 whenever that is not the input's dtype)."""
     self.check_images(x)
-    z_e = _in_dtype(self.encoder, x, self.compute_dtype)
-    if self.compute_dtype != jnp.float32:
-      z_e = z_e.astype(jnp.float32)  # the quantizer searches and keeps statistics in float32
+    z_e = _in_dtype(self.encoder, x, self.compute_dtype)  # float32 for the quantizer
     chex.assert_axis_dimension(z_e, 0, x.shape[0])
     chex.assert_axis_dimension(z_e, -1, self.quantizer.embedding_dim)
     return z_e
@@ -198,8 +196,6 @@ class VQVAE(hk.Module):
     """Quantized latents ``[B, *latent, D]`` -> ``[B, H, W, C]`` reconstructions (float32 when
     the decoder computes in bfloat16)."""
     x_hat = _in_dtype(self.decoder, z_q, self.compute_dtype)
-    if self.compute_dtype != jnp.float32:
-      x_hat = x_hat.astype(jnp.float32)
     if self.output_activation == "sigmoid":
       x_hat = jax.nn.sigmoid(x_hat)
     chex.assert_rank(x_hat, 4)
