@@ -389,7 +389,7 @@ def test_bundle_killed_at_random_instants_keeps_weights_and_metrics_together(tmp
 
   def check(kill, seed):
     run = runs[_digest(folder)]
-    assert json.loads((folder / "metrics.json").read_text())["run"] == run, f"{kill} ({seed})"
+    assert entry.metrics["run"] == run, f"{kill} ({seed})"  # read as load reads the weights
   _kill_repeatedly(saves, folder, check)
 
 
@@ -407,3 +407,17 @@ def test_a_failed_encode_keeps_the_old_codes_file(tmp_path, monkeypatch, capsys)
                "--no-progress"]) == 2
   assert "No space left" in capsys.readouterr().err
   assert codes.read_bytes() == before and os.listdir(tmp_path) == ["codes.npz"]
+
+
+def test_a_bundles_metrics_are_read_from_the_copy_a_crash_between_the_renames_left(
+    tmp_path, monkeypatch):
+  """Between the two renames of a replacement the folder is missing and its complete copies sit
+  beside it; the registry's metrics come from the same copy that ``load`` reads."""
+  from vqzoo.pretrained import registry
+  ready = tmp_path / ".mnist-mlp.ready-abc"
+  vqzoo.load("mnist-mlp").save_pretrained(ready)
+  monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+  entry = registry.get_entry("mnist-mlp")
+  (ready / "metrics.json").write_text(json.dumps({"run": 1}))
+  assert not entry.bundled_dir.exists() and entry.metrics == {"run": 1}
+  assert vqzoo.load("mnist-mlp", local_files_only=True).source["bundled"]

@@ -26,6 +26,7 @@ import re
 from typing import Any, Mapping
 
 from vqzoo.configs import ModelConfig, PriorConfig
+from vqzoo.folders import complete_folder
 from vqzoo.pretrained import hub, registry, serialization
 from vqzoo.pretrained.artifact import Artifact
 from vqzoo.pretrained.integrity import (ARTIFACT_FILES, CARD_NAME, CONFIG_NAME,
@@ -155,8 +156,7 @@ def parse_prior_config(data: bytes, where: str) -> PriorConfig:
 
 def _read_dir(folder: str) -> tuple[dict[str, bytes], str | None]:
   """The artifact files of a model directory, and its card (optional)."""
-  from vqzoo.folders import complete_folder  # a folder whose replacement was interrupted
-  folder = os.fspath(complete_folder(folder))
+  folder = os.fspath(complete_folder(folder))  # or the copy an interrupted replacement left
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder}: no such model directory (a zoo name is given bare, a Hub "
                             "repo as hf-hub:owner/name)")
@@ -273,8 +273,9 @@ def _read_zoo(source: ModelSource, **hub_kwargs: Any) -> Artifact:
   record = {"zoo": entry.name, "repo_id": entry.weights.repo_id,
             "revision": source.revision or entry.weights.revision}
   bundled_error: IntegrityError | None = None
-  if all((entry.bundled_dir / name).exists() for name in ARTIFACT_FILES):
-    files, card = _read_dir(str(entry.bundled_dir))
+  bundled = complete_folder(entry.bundled_dir)
+  if all((bundled / name).exists() for name in ARTIFACT_FILES):
+    files, card = _read_dir(str(bundled))
     try:
       verify_files(files, pins, f"bundled {entry.name}", exact=True)
       return _artifact(files, card, {**record, "bundled": True}, f"bundled {entry.name}",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from vqzoo.configs import ConvConfig, ModelConfig, PriorConfig, QuantizerConfig, TrainConfig
+from vqzoo.folders import complete_folder
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 HUB_ORG = "vqzoo"
@@ -96,8 +97,9 @@ class ZooEntry:
 
   @property
   def metrics(self) -> dict[str, Any]:
-    """Measured metrics (``metrics.json`` beside the bundled weights), or ``{}``."""
-    path = self.bundled_dir / "metrics.json"
+    """Measured metrics (``metrics.json`` beside the bundled weights), or ``{}``; read from
+    the complete copy an interrupted save left, as ``load`` reads the weights."""
+    path = complete_folder(self.bundled_dir) / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
   def check_bar(self, metrics: Mapping[str, Any]) -> list[str]:
