@@ -161,3 +161,10 @@ def test_cli_finetune_and_sample_a_colour_model(colour_dir, rgb_folder, tmp_path
                    str(samples), "--no-progress"]) == 0
   image = Image.open(samples)
   assert image.mode == "RGB" and image.size == ((5 * 34 + 2) * 2, (34 + 2) * 2)
+
+
+def test_a_colour_models_card_says_what_images_it_reads(colour_dir, grey_dir):
+  from vqzoo.pretrained.cards import render_card
+  colour, grey = (render_card("m", vqzoo.load(d).config) for d in (colour_dir, grey_dir))
+  assert "Trained on small 32x32 colour images" in colour and "grayscale" not in colour
+  assert "Trained on small 28x28 grayscale images" in grey

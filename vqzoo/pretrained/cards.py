@@ -19,7 +19,9 @@ DATASET_CREDITS = {
 HUB_DATASET_IDS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist",
                    "cifar10": "uoft-cs/cifar10"}
 
-METRIC_ROWS = (("mse", "MSE (per pixel, [0, 1] scale)", "{:.5f}"), ("psnr", "PSNR (dB)", "{:.2f}"),
+METRIC_ROWS = (("mse", "MSE (per pixel, [0, 1] scale)", "{:.5f}"),
+               ("nmse", "NMSE (MSE / variance of the split's pixels)", "{:.4f}"),
+               ("psnr", "PSNR (dB)", "{:.2f}"),
                ("perplexity", "Perplexity", "{:.1f}"), ("codes_used", "Codes used", "{:d}"),
                ("bits_per_image", "Bits per image", "{:.0f}"))
 
@@ -60,6 +62,12 @@ def metrics_table(metrics: Mapping[str, Any], columns: Mapping[str, Mapping[str,
       cells = [fmt.format(c[key]) if key in c else "" for c in columns.values()]
       out.append(f"| {label} | " + " | ".join(cells) + " |")
   return "\n".join(out)
+
+
+def _kind_of_images(image_shape: Sequence[int]) -> str:
+  """``"32x32 colour images"`` for ``(32, 32, 3)``, ``"28x28 grayscale images"`` for one channel."""
+  height, width, channels = image_shape
+  return f"{height}x{width} {'colour' if channels == 3 else 'grayscale'} images"
 
 
 def quantizer_summary(q: Any) -> str:
@@ -144,8 +152,9 @@ def render_card(name: str, config: ModelConfig, description: str = "",
             "codes = model.encode(images)   # uint8 or [0, 1] floats",
             "recon = model.decode(codes)", "```", "",
             "## Limitations", "",
-            "Trained on small grayscale images; reconstructions of other kinds of images will be "
-            "poor. MSE is the only objective, so reconstructions are slightly blurry.", ""]
+            f"Trained on small {_kind_of_images(config.image_shape)}; reconstructions of other "
+            "kinds of images will be poor. MSE is the only objective, so reconstructions are "
+            "slightly blurry.", ""]
   credits = []
   if dataset in DATASET_CREDITS:
     title, authors, _, licence = DATASET_CREDITS[dataset]
@@ -280,17 +289,17 @@ def zoo_card(entry: Any, metrics: Mapping[str, Any]) -> str:
 def zoo_table() -> str:
   """The README's zoo table, rendered from the registry and each variant's measured metrics."""
   from vqzoo.pretrained import registry
-  rows = ["| variant | architecture | bits per image | test MSE | PSNR (dB) | codes used | "
-          "perplexity | bar |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+  rows = ["| variant | architecture | bits per image | test MSE | NMSE | PSNR (dB) | codes used | "
+          "perplexity | bar |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
   for name in registry.list_models():
     entry = registry.get_entry(name)
     m = entry.metrics
     bar = bar_text(entry.bar)
     if not m:
-      rows.append(f"| `{name}` | {entry.description} | | not trained | | | | {bar} |")
+      rows.append(f"| `{name}` | {entry.description} | | not trained | | | | | {bar} |")
       continue
     rows.append(f"| `{name}` | {entry.description} | {m['bits_per_image']:,.0f} | "
-                f"{m['mse']:.5f} | {m['psnr']:.2f} | "
+                f"{m['mse']:.5f} | {m['nmse']:.4f} | {m['psnr']:.2f} | "
                 f"{m['codes_used']} | {m['perplexity']:.1f} | {bar} |")
   return "\n".join(rows)
 
