@@ -247,6 +247,26 @@ def depth_section(config: Any, m: Mapping[str, Any]) -> str:
   return "\n".join(rows)
 
 
+_PRIOR_BAR_TEXT = {
+    "bits_vs_unigram_max": ("test bits at most {:.0%} of the unigram baseline's",
+                            lambda m: f"{m['prior_bits'] / m['unigram_bits']:.1%}"),
+    "sample_64_seconds_max": ("64 samples in under {:g} s",
+                              lambda m: f"{m['sample_64_seconds']:.2f} s"),
+    "class_accuracy_min": ("every class's conditional samples at least {:.0%} in that class",
+                           lambda m: "lowest class "
+                                     f"{min(m['class_accuracy_per_class'].values()):.1%}")}
+
+
+def prior_bar_text(bar: Mapping[str, float], m: Mapping[str, Any]) -> str:
+  """The prior's bars in words, each with its measured value and whether it is met."""
+  from vqzoo.pretrained.registry import prior_bar_misses
+  missed = prior_bar_misses(bar, m)
+  parts = [f"{_PRIOR_BAR_TEXT[key][0].format(value)} "
+           f"({'missed' if key in missed else 'met'}: {_PRIOR_BAR_TEXT[key][1](m)})"
+           for key, value in bar.items()]
+  return "Bars: " + "; ".join(parts) + "."
+
+
 def likelihood_section(lk: Mapping[str, Any]) -> str:
   """The full-model likelihood bound (:mod:`vqzoo.evaluation.likelihood`) in bits per dim."""
   dims = round(lk["total_bits"] / lk["bits_per_dim"])
@@ -277,6 +297,9 @@ def zoo_card(entry: Any, metrics: Mapping[str, Any]) -> str:
   if "prior" in metrics and entry.prior is not None:
     sections["Prior and samples"] = prior_section(entry.prior.config, entry.prior.train,
                                                   metrics["prior"])
+    if entry.config.arch == "conv":  # the prior bars are the conv models'
+      sections["Prior and samples"] += "\n\n" + prior_bar_text(entry.prior_bar,
+                                                               metrics["prior"])
   sections["Reproduce"] = (f"`python scripts/train.py --variant {entry.name}` (recipe above), "
                            f"then `vqzoo eval {entry.name}`"
                            + (f"; the prior: `python scripts/fit_prior.py --variant {entry.name}`"

@@ -75,6 +75,9 @@ class ZooEntry:
       ``bits_vs_unigram_max`` x the unigram baseline's (when given), 64 samples in under
       ``sample_64_seconds_max`` s, and (when given) every class's conditional samples classified
       as that class at least ``class_accuracy_min`` of the time.
+    prior_bar_missed: the keys of ``prior_bar`` its shipped prior is measured to miss (the card
+      says so beside the measured value; the zoo test checks they are still missed, so a prior
+      that meets them must drop them from here).
   """
 
   name: str
@@ -85,6 +88,7 @@ class ZooEntry:
   bar: dict[str, float]
   prior: PriorRecipe | None = None
   prior_bar: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DIGIT_PRIOR_BAR))
+  prior_bar_missed: tuple[str, ...] = ()
 
   @property
   def eval_dataset(self) -> str:
@@ -116,6 +120,20 @@ class ZooEntry:
     return failures
 
 
+def prior_bar_misses(bar: Mapping[str, float], m: Mapping[str, Any]) -> list[str]:
+  """The keys of a prior ``bar`` that the prior metrics ``m`` (``scripts/fit_prior.py``'s) miss."""
+  missed = []
+  if "bits_vs_unigram_max" in bar and not m["prior_bits"] <= (bar["bits_vs_unigram_max"]
+                                                              * m["unigram_bits"]):
+    missed.append("bits_vs_unigram_max")
+  if "sample_64_seconds_max" in bar and not m["sample_64_seconds"] < bar["sample_64_seconds_max"]:
+    missed.append("sample_64_seconds_max")
+  worst = min(m.get("class_accuracy_per_class", {}).values(), default=1.0)
+  if "class_accuracy_min" in bar and not worst >= bar["class_accuracy_min"]:
+    missed.append("class_accuracy_min")
+  return missed
+
+
 # The prior bars of the digit models. Fashion-MNIST's classes overlap (shirt, T-shirt,
 # pullover, coat), where even real images score lower, so it has no class bar; CIFAR-10's
 # 8x8 grid of 512 codes is harder to model and slower to sample.
@@ -123,10 +141,6 @@ DIGIT_PRIOR_BAR = {"bits_vs_unigram_max": 0.6, "sample_64_seconds_max": 1.0,
                    "class_accuracy_min": 0.85}
 NO_CLASS_BAR = {"bits_vs_unigram_max": 0.6, "sample_64_seconds_max": 1.0}
 CIFAR_PRIOR_BAR = {"bits_vs_unigram_max": 0.7, "sample_64_seconds_max": 2.0}
-# mnist-conv-fsq's first prior (the zoo's 4,000-step recipe) reached 208.2 test bits, 62.5% of
-# its unigram baseline (333.1: FSQ spreads its codes more evenly than a codebook): it misses the
-# digits' 60% bar, which is therefore not claimed for it until a longer fit meets it.
-FSQ_PRIOR_BAR = {"sample_64_seconds_max": 1.0, "class_accuracy_min": 0.85}
 
 
 def _pins() -> dict[str, str]:
@@ -177,7 +191,10 @@ def _entries() -> list[dict[str, Any]]:
            description="Conv, 7x7 latent grid, FSQ levels (8, 4, 4): 128 implicit codes",
            config=ModelConfig(arch="conv", conv=_CONV,
                               quantizer=QuantizerConfig(kind="fsq", levels=(8, 4, 4))),
-           recipe=conv_recipe, bar={"mse_max": 0.0020}, prior_bar=FSQ_PRIOR_BAR),
+           recipe=conv_recipe, bar={"mse_max": 0.0020},
+           # Its first prior (the zoo's 4,000-step recipe): 208.2 test bits, 62.5% of its
+           # unigram baseline's 333.1 (FSQ spreads its codes more evenly than a codebook).
+           prior_bar_missed=("bits_vs_unigram_max",)),
       dict(name="mnist-conv-rvq",
            description="Conv, 7x7 latent grid, residual VQ: 4 EMA stages of K=128, D=16",
            config=ModelConfig(arch="conv", conv=_CONV, quantizer=QuantizerConfig(
@@ -199,7 +216,10 @@ def _entries() -> list[dict[str, Any]]:
                               learning_rate=1e-3, warmup_steps=200, final_lr_fraction=0.05,
                               seed=0),
            bar={"nmse_max": 0.056, "perplexity_min": 326, "codes_used_min": 480},
-           prior_bar=CIFAR_PRIOR_BAR),
+           prior_bar=CIFAR_PRIOR_BAR,
+           # Its first prior (64 channels, 8 layers, 4,000 steps of 64): 421.7 test bits, 75.8%
+           # of the unigram baseline's 556.4, and 64 samples in 2.73 s.
+           prior_bar_missed=("bits_vs_unigram_max", "sample_64_seconds_max")),
   ]
 
 
