@@ -3,6 +3,8 @@
 
   python scripts/fit_prior.py --variant mnist-conv-ema            # fit, measure, report
   python scripts/fit_prior.py --variant mnist-conv-ema --bundle   # ... and write it into the package
+  python scripts/fit_prior.py --variant mnist-conv-ema --measure-only --bundle
+                                          # measure the bundled prior again (no fitting)
 
 Measures on the full test split: prior NLL (bits per image) beside the uniform and unigram
 baselines, classifier Fréchet distances (samples, train split, reconstructions, unigram samples),
@@ -35,14 +37,19 @@ def main(argv=None) -> int:
                       help="delete the workdir's checkpoint and metrics and start afresh")
   parser.add_argument("--bundle", action="store_true",
                       help="write the prior, its metrics, card and pins into the package")
+  parser.add_argument("--measure-only", action="store_true",
+                      help="measure the prior the package bundles instead of fitting one")
   parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
   workdir = args.workdir or f"runs/{args.variant}-prior"
   try:
-    run = RunConfig(resume=args.resume, overwrite=args.overwrite, checkpoint_every=500,
-                    log_every=100, progress=not args.no_progress)
-    model = zoo_tools.fit_variant_prior(args.variant, workdir, run, args.data_dir)
+    if args.measure_only:
+      model = zoo_tools.bundled_prior(args.variant)
+    else:
+      run = RunConfig(resume=args.resume, overwrite=args.overwrite, checkpoint_every=500,
+                      log_every=100, progress=not args.no_progress)
+      model = zoo_tools.fit_variant_prior(args.variant, workdir, run, args.data_dir)
   except (FileExistsError, FileNotFoundError, ValueError) as e:
     parser.error(str(e))  # the workdir or the recipe does not fit: exit status 2
   metrics = zoo_tools.measure_prior(args.variant, model, args.data_dir,

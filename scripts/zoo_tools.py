@@ -90,6 +90,15 @@ def fit_variant_prior(name: str, workdir: str | Path | None = None,
   return model
 
 
+def bundled_prior(name: str) -> PretrainedVQVAE:
+  """The bundled variant with its bundled prior; ``ValueError`` when it ships none."""
+  from vqzoo.pretrained import load
+  model = load(name)
+  if model.prior is None:
+    raise ValueError(f"{name} ships no prior to measure; fit one first (drop --measure-only)")
+  return model
+
+
 def measure_prior(name: str, model: PretrainedVQVAE, data_dir: str | None = None,
                   progress: bool = True) -> dict:
   """Prior NLL against its baselines, sample quality and sampling time, on the test split."""

@@ -178,6 +178,39 @@ def test_sampling_at_temperature_zero_is_greedy(conditional, pixelcnn, condition
   assert len(np.unique(expected)) > 1  # not a degenerate grid
 
 
+@pytest.mark.parametrize("conditional", [False, True])
+def test_row_logits_from_the_vertical_terms_equal_the_whole_networks(conditional, pixelcnn,
+                                                                     conditional_pixelcnn):
+  """The sampler's two halves, called in one user-written transform, give every row's logits."""
+  config, params = conditional_pixelcnn if conditional else pixelcnn
+  labels = jnp.array([0, 2], jnp.int32) if conditional else None
+  codes = jax.random.randint(jax.random.PRNGKey(5), (2, H, W), 0, K)
+
+  def rows(codes, labels):
+    prior = make_prior(config)
+    terms = prior.vertical_terms(codes, labels)
+    assert len(terms) == config.num_layers + 1
+    return [prior.row_logits(codes[:, r:r + 1], [t[:, r:r + 1] for t in terms], labels)
+            for r in range(H)]
+
+  by_row = jnp.concatenate(hk.transform(rows).apply(params, None, codes, labels), axis=1)
+  whole = logits_fn(config)(params, None, codes, labels)
+  np.testing.assert_allclose(by_row, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_draws_what_the_whole_network_draws_position_by_position(pixelcnn):
+  """Row-by-row sampling is the plain loop (whole network, ``fold_in(rng, i)`` at position i)."""
+  config, params = pixelcnn
+  rng, num = jax.random.PRNGKey(7), 3
+  codes = np.zeros((num, H, W), np.int32)
+  for i in range(H * W):
+    logits = np.asarray(logits_fn(config)(params, None, jnp.asarray(codes), None))
+    drawn = jax.random.categorical(jax.random.fold_in(rng, i),
+                                   jnp.asarray(logits.reshape(num, H * W, K)[:, i]) / 0.7)
+    codes.reshape(num, -1)[:, i] = np.asarray(drawn)
+  np.testing.assert_array_equal(sampler(config)(params, rng, num, temperature=0.7), codes)
+
+
 def test_sampling_is_seeded_in_range_and_jit_compatible(pixelcnn):
   config, params = pixelcnn
   sample = sampler(config)
