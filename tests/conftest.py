@@ -35,6 +35,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+  """The slow and heavy tests first: xdist's work stealing then hands out the short ones around
+  them, instead of one long test running alone at the end."""
+  items.sort(key=lambda item: not any(item.iter_markers(name) for name in ("slow", "heavy")))
+
+
 @pytest.fixture(scope="session")
 def synthetic_train() -> np.ndarray:
   """4096 synthetic 28x28 grey images, for tests of the machinery rather than of real data."""

@@ -280,6 +280,7 @@ def runs(tmp_path_factory, jax_cache):
   return tmp
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 def test_two_processes_train_one_model(runs, arch):
   p0, p1 = _load(runs / "dump-two" / f"{arch}-p0.npz"), _load(runs / "dump-two" / f"{arch}-p1.npz")
@@ -299,6 +300,7 @@ def test_two_processes_train_one_model(runs, arch):
     assert "2 devices" in (runs / f"two-{i}.log").read_text()
 
 
+@pytest.mark.heavy
 def test_a_killed_process_fails_the_other_fast_and_resume_is_bit_exact(runs, tmp_path,
                                                                         jax_cache):
   for d in ("work", "dump"):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from _util import REPO  # noqa: E402
@@ -35,9 +36,10 @@ def test_finetune_own_images(tmp_path, mnist_test):
   assert "held-out MSE" in out
 
 
+@pytest.mark.heavy
 def test_tokenizer_and_prior(tmp_path):
   _run(["bash", str(EXAMPLES / "tokenizer_and_prior.sh"), str(tmp_path / "o"), "test[:200]",
-        "5"], tmp_path)
+        "5", "train[:5000]"], tmp_path)
   from vqzoo.pretrained.tokenizing import read_codes
   assert read_codes(tmp_path / "o" / "codes.npz")["codes"].shape == (200, 7, 7)
   with Image.open(tmp_path / "o" / "sneakers.png") as im:

@@ -22,6 +22,7 @@ def _folder(tmp_path, n=40):
   return folder
 
 
+@pytest.mark.heavy
 def test_a_new_model_trained_on_a_folder_loads_and_its_card_is_true(tmp_path):
   folder = _folder(tmp_path)
   recipe = TrainConfig(dataset="image-folder", steps=4, batch_size=8, warmup_steps=1)

@@ -41,6 +41,7 @@ def _load(path):
     return {k: f[k] for k in f.files}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("caller", ["train", "finetune", "prior", "classifier"])
 def test_killed_run_resumes_bit_exactly(tmp_path, caller):
   from vqzoo.training import checkpoint

@@ -48,6 +48,7 @@ def test_readme_setup_names_the_environment_and_the_data():
   assert "export TFDS_DATA_DIR=" in text
 
 
+@pytest.mark.heavy
 def test_readme_code_blocks_run_as_written(tmp_path, tfds_dir):
   for name in ("scripts", "examples"):
     (tmp_path / name).symlink_to(REPO / name)

@@ -193,6 +193,7 @@ def test_every_required_variant_ships_a_prior():
     assert vqzoo.load(name).prior is not None
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", WITH_PRIOR)
 def test_prior_nll_of_every_zoo_model_matches_its_card(name, tfds_dir):
   from vqzoo.training.data import load_labels
