@@ -26,6 +26,24 @@ def test_user_flags_and_opt_out_win(monkeypatch):
   assert cpu_tuning.compiler_options() is None
 
 
+def test_a_training_init_compiled_once_equals_haikus_own_init_bit_for_bit():
+  """jit_once (optimisation level 1) changes how long the init compiles, not its values: the
+  trainer's fresh state is what ``build(config).init`` gives op by op, as before."""
+  from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig, TrainConfig
+  from vqzoo.nn import build
+  from vqzoo.training.trainer import init_train_state, make_optimizer
+  config = ModelConfig(arch="conv", conv=ConvConfig(16, 1, 8),
+                       quantizer=QuantizerConfig(32, 8, ema=True))
+  recipe = TrainConfig(steps=2, batch_size=8)
+  fresh = init_train_state(config, make_optimizer(recipe), seed=5)
+  init_rng = jax.random.split(jax.random.PRNGKey(5))[0]  # as init_train_state splits it
+  params, state = build(config).init(init_rng, jnp.zeros((1, 28, 28, 1)), True)  # op by op
+  for got, want in zip(jax.tree_util.tree_leaves((fresh.params, fresh.state)),
+                       jax.tree_util.tree_leaves((params, state)), strict=True):
+    np.testing.assert_array_equal(got, want)
+  assert cpu_tuning.jit_once(lambda x: x + 1)(np.float32(1)) == 2
+
+
 def _conv(x, w):
   return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -105,7 +105,9 @@ def init_params(seed: int = 0, image_shape: Sequence[int] = IMAGE_SHAPE) -> hk.P
     seed: seeds the initialisation.
     image_shape: ``(H, W, C)`` of the input, one of :data:`SHAPE_BY_CHANNELS`' values.
   """
-  return build_classifier().init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape)))
+  # Compiled whole rather than op by op (see trainer.init_train_state); the same values.
+  return cpu_tuning.jit_once(build_classifier().init)(jax.random.PRNGKey(seed),
+                                                      jnp.zeros((1, *image_shape)))
 
 
 def image_shape_for(dataset: str) -> tuple[int, int, int]:
@@ -189,8 +191,8 @@ def train_classifier(images_u8: np.ndarray, labels: np.ndarray, steps: int,
   model = build_classifier(wrap=cpu_tuning.tuned)
   optimizer = optax.adam(loop.learning_rate_schedule(recipe))
   params = jax.device_get(init_params(seed, image_shape))
-  fresh = TrainState(params, {}, jax.device_get(optimizer.init(params)), np.int32(0),
-                     np.asarray(jax.random.PRNGKey(seed)))
+  opt_state = jax.device_get(cpu_tuning.jit_once(optimizer.init)(params))
+  fresh = TrainState(params, {}, opt_state, np.int32(0), np.asarray(jax.random.PRNGKey(seed)))
 
   def step(ts: TrainState, batch):
     x, y = batch
@@ -329,7 +331,8 @@ def load_classifier(dataset: str, directory: str | os.PathLike | None = None) ->
   data = read_bounded(path, "classifier weights")
   verify_sha256_bytes(data, record["sha256"], path)
   params, _ = serialization.parse_weights(data, str(path))
-  expected = init_params(image_shape=DATASET_SHAPES.get(dataset) or image_shape_of(params))
+  shape = DATASET_SHAPES.get(dataset) or image_shape_of(params)
+  expected = jax.eval_shape(lambda: init_params(image_shape=shape))  # shapes only, nothing runs
   serialization.check_structure(expected, params, f"{path}: classifier weights")
   serialization.check_values(expected, params, f"{path}")
   return params

@@ -23,7 +23,7 @@ import optax
 
 from vqzoo.configs import PriorConfig, RunConfig, TrainConfig
 from vqzoo.nn import prior_bits
-from vqzoo import result_warnings
+from vqzoo import cpu_tuning, result_warnings
 from vqzoo.training import loop
 from vqzoo.training.checkpoint import TrainState
 from vqzoo.training.data import batch_indices
@@ -48,7 +48,8 @@ def encode_images(model: Any, images: np.ndarray, batch_size: int = 2000,
 def _init_params(config: PriorConfig, seed: int) -> hk.Params:
   codes = jnp.zeros((1, *config.latent_shape), jnp.int32)
   labels = None if config.num_classes == 0 else jnp.zeros((1,), jnp.int32)
-  return prior_bits(config).init(jax.random.PRNGKey(seed), codes, labels)
+  # Compiled whole rather than op by op (see trainer.init_train_state); the same values.
+  return cpu_tuning.jit_once(prior_bits(config).init)(jax.random.PRNGKey(seed), codes, labels)
 
 
 def _count_categorical(config: PriorConfig, codes: np.ndarray,
@@ -114,8 +115,8 @@ def fit_prior(config: PriorConfig, recipe: TrainConfig, codes: np.ndarray,
   recipe = dataclasses.replace(recipe, batch_size=min(recipe.batch_size, len(codes)))
   optimizer = optax.adam(loop.learning_rate_schedule(recipe))
   params = jax.device_get(_init_params(config, recipe.seed))
-  fresh = TrainState(params, {}, jax.device_get(optimizer.init(params)), np.int32(0),
-                     np.asarray(jax.random.PRNGKey(recipe.seed)))
+  opt_state = jax.device_get(cpu_tuning.jit_once(optimizer.init)(params))
+  fresh = TrainState(params, {}, opt_state, np.int32(0), np.asarray(jax.random.PRNGKey(recipe.seed)))
 
   def step(ts: TrainState, batch):
     c, l = batch

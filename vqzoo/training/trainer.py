@@ -72,18 +72,26 @@ def init_train_state(model: ModelSpec, optimizer: optax.GradientTransformation, 
   ``image_shape`` ``(H, W, C)`` is needed to initialise a model given as a factory.
   """
   init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
-  if params is None or state is None:
-    if image_shape is None:
-      if not isinstance(model, ModelConfig):
-        raise ValueError("image_shape: needed to initialise a model given as a factory")
-      image_shape = model.image_shape
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    init = lambda x: build(model).init(init_rng, x, True)
-    if isinstance(model, ModelConfig):
-      params, state = init(dummy)
-    else:  # a factory's quantizer may name the replica axis: bind it (one replica)
-      params, state = _bind_axis(init)(dummy)
-  return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
+  step = jnp.zeros((), jnp.int32)
+  # Compiled whole: op by op, every operation compiles on its own (10 s for a conv model's
+  # init on the CPU, against 1.7 s compiled whole by jit_once, or 0.6 s from the compilation
+  # cache); the values are the same.
+  if params is not None and state is not None:
+    return TrainState(params, state, cpu_tuning.jit_once(optimizer.init)(params), step, rng)
+  if image_shape is None:
+    if not isinstance(model, ModelConfig):
+      raise ValueError("image_shape: needed to initialise a model given as a factory")
+    image_shape = model.image_shape
+  init = lambda x: build(model).init(init_rng, x, True)
+  if not isinstance(model, ModelConfig):  # a factory's quantizer may name the replica axis:
+    init = _bind_axis(init)                # bind it (one replica)
+
+  def fresh(x):
+    params, state = init(x)
+    return params, state, optimizer.init(params)
+
+  params, state, opt_state = cpu_tuning.jit_once(fresh)(jnp.zeros((1, *image_shape), jnp.float32))
+  return TrainState(params, state, opt_state, step, rng)
 
 
 def _bind_axis(fn: Callable) -> Callable:
