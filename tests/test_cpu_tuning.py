@@ -41,7 +41,10 @@ def test_a_training_init_compiled_once_equals_haikus_own_init_bit_for_bit():
   for got, want in zip(jax.tree_util.tree_leaves((fresh.params, fresh.state)),
                        jax.tree_util.tree_leaves((params, state)), strict=True):
     np.testing.assert_array_equal(got, want)
-  assert cpu_tuning.jit_once(lambda x: x + 1)(np.float32(1)) == 2
+  once = cpu_tuning.jit_once(lambda x: x + 1)
+  assert once(np.float32(1)) == 2
+  assert jax.jit(once)(np.float32(1)) == 2  # inside another jit: compiled with it
+  assert jax.eval_shape(once, np.float32(1)).shape == ()
 
 
 def _conv(x, w):

@@ -117,9 +117,20 @@ def jit_once(fn: Callable, **kwargs: Any) -> Callable:
   """``jax.jit(fn, **kwargs)`` for a function called once (an init): on the CPU, compiled at
   optimisation level 1 (:data:`RUN_ONCE_OPTIONS`), which spends less time compiling than the
   function will ever run."""
+  plain = jax.jit(fn, **kwargs)
   if not enabled() or "compiler_options" not in inspect.signature(jax.jit).parameters:
-    return jax.jit(fn, **kwargs)
-  return jax.jit(fn, compiler_options=dict(RUN_ONCE_OPTIONS), **kwargs)
+    return plain
+  quick = jax.jit(fn, compiler_options=dict(RUN_ONCE_OPTIONS), **kwargs)
+
+  @functools.wraps(fn)
+  def call(*args: Any, **call_kwargs: Any) -> Any:
+    try:
+      return quick(*args, **call_kwargs)
+    except ValueError as e:  # inside the caller's jit (or eval_shape): compiled with it
+      if "compiler_options" not in str(e):
+        raise
+      return plain(*args, **call_kwargs)
+  return call
 
 
 # ----------------------------------------------------------------------------- 2. convolutions

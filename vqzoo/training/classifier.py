@@ -332,7 +332,8 @@ def load_classifier(dataset: str, directory: str | os.PathLike | None = None) ->
   verify_sha256_bytes(data, record["sha256"], path)
   params, _ = serialization.parse_weights(data, str(path))
   shape = DATASET_SHAPES.get(dataset) or image_shape_of(params)
-  expected = jax.eval_shape(lambda: init_params(image_shape=shape))  # shapes only, nothing runs
+  expected = jax.eval_shape(build_classifier().init, jax.random.PRNGKey(0),
+                            jnp.zeros((1, *shape)))  # shapes only, nothing runs
   serialization.check_structure(expected, params, f"{path}: classifier weights")
   serialization.check_values(expected, params, f"{path}")
   return params
