@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Per-layer profile of the zoo's conv VQ-VAE on this machine: XLA defaults, vqzoo, PyTorch.
 
-For each convolution of the mnist-conv-ema architecture, forward and forward+backward (input
-and weight gradients) times in ms, each layer jitted alone:
+For each convolution of a zoo conv architecture (``--model``, default ``mnist-conv-ema``),
+forward and forward+backward (input and weight gradients) times in ms, each layer jitted alone:
 
 * "XLA default": ``lax.conv_general_dilated`` under plain ``jax.jit`` (XLA:CPU hands
   convolutions to YNNPACK);
@@ -16,6 +16,7 @@ plain ``jax.jit`` and under ``vqzoo.cpu_tuning.jit``, and the PyTorch twin
 ``sum(sin(conv(x)))``, so all timings carry the same small elementwise overhead.
 
   python benchmarks/conv_profile.py --batch 128 --batch 1024
+  python benchmarks/conv_profile.py --model cifar10-conv-ema --batch 128
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def torch_model(torch, config, x):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   parser.add_argument("--batch", type=int, action="append")
+  parser.add_argument("--model", default="mnist-conv-ema", help="a zoo conv model's name")
   args = parser.parse_args(argv)
   try:
     import torch
@@ -113,11 +115,11 @@ def main(argv=None):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
   except ImportError:
     torch = None
-  config = vqzoo.get_config("mnist-conv-ema")
+  config = vqzoo.get_config(args.model)
   xla = lambda s: (lambda x, w: lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=DN))
   ours = lambda s: (lambda x, w: conv2d(x, w, s))
   print(f"vqzoo compiler options: {compilation.compiler_options()}; PyTorch: "
-        f"{'not installed' if torch is None else torch.__version__}")
+        f"{'not installed' if torch is None else torch.__version__}; model {args.model}")
   for batch in args.batch or [128, 1024]:
     print(f"\nbatch {batch}: ms per call, fwd / fwd+bwd (count = uses in the model)")
     head = "| layer | count | XLA default | vqzoo |" + (" PyTorch |" if torch else "")
@@ -135,7 +137,7 @@ def main(argv=None):
     cells = [f"{total[i]:.1f} / {total[i + 1]:.1f}" for i in range(0, 6 if torch else 4, 2)]
     print("| all convs x count | | " + " | ".join(cells) + " |")
 
-    x = jnp.asarray((rng.random((batch, 28, 28, 1)) < 0.2), jnp.float32)
+    x = jnp.asarray(rng.random((batch, *config.image_shape)) < 0.2, jnp.float32)
     params, state = build(config).init(jax.random.PRNGKey(0), x[:1], True)
     whole = []
     for jit, wrap in ((jax.jit, lambda f: f), (compilation.jit, compilation.tuned)):

@@ -2,10 +2,13 @@
 """vqzoo against PyTorch + vector-quantize-pytorch, measured in one run on one machine.
 
 Prints tables and writes JSON. Rows: training throughput (images/s, steady state after
-compilation), inference throughput of ``reconstruct``, cold start to the first result, and the
-nearest-code search (time and peak memory) against the distance formula written as an `[N, K, D]` broadcast. The models:
-the MNIST MLP and conv models at batch 128 and 1024, and the CIFAR-10 conv model (32x32x3
-images, 128 channels, an 8x8 grid) at batch 128.
+compilation), inference throughput of ``reconstruct``, cold start to the first result, time to
+the first training step (``mnist-conv-ema`` and ``cifar10-conv-ema``), a whole 400-step
+``mnist-conv-ema`` run with its start-up, and the nearest-code search (time and peak memory)
+against the distance formula written as an ``[N, K, D]`` broadcast. The models: the MNIST MLP
+and conv models at batch 128 and 1024, and the CIFAR-10 conv model (32x32x3 images, 128
+channels, an 8x8 grid) at batch 128. Last, a table of the speed targets, each marked met or
+missed.
 
   python benchmarks/run_all.py --json bench_results/latest.json
   python benchmarks/run_all.py --models cifar10-conv-ema --only train --only infer
@@ -232,6 +235,85 @@ def first_step(name: str, threads: int) -> dict:
           "pytorch_s": float(res.stdout.strip().splitlines()[-1])}
 
 
+RUN_JAX = """
+import sys, time, tempfile, dataclasses; start = float(sys.argv[1])
+from vqzoo import compilation_cache
+compilation_cache.enable()
+from vqzoo.configs import RunConfig
+from vqzoo.pretrained import registry
+from vqzoo.training import train
+from vqzoo.training.data import load_images
+config, recipe = registry.config_and_recipe({name!r})
+recipe = dataclasses.replace(recipe, steps={steps})
+train(config, recipe, tempfile.mkdtemp(), load_images(recipe.dataset, recipe.split),
+      run=RunConfig(progress=False, checkpoint_every={steps}, log_every=100))
+print(time.time() - start)
+"""
+
+RUN_TORCH = """
+import sys, time; start = float(sys.argv[1])
+import numpy as np, torch
+torch.set_num_threads({threads})
+sys.path.insert(0, {here!r})
+from vqzoo.pretrained import registry
+from torch_reference import build_torch, torch_train_step
+config, recipe = registry.config_and_recipe({name!r})
+images = np.load({images!r})
+torch.manual_seed(0)
+model = build_torch(config).train()
+step = torch_train_step(model, torch.optim.Adam(model.parameters(), recipe.learning_rate))
+order = np.random.default_rng(0).permutation(len(images))
+for i in range({steps}):
+  batch = images[order[i * recipe.batch_size:(i + 1) * recipe.batch_size]]
+  step(torch.from_numpy(batch.astype(np.float32) / 255.0))
+torch.save(model.state_dict(), {checkpoint!r})  # as the vqzoo run writes its checkpoint
+print(time.time() - start)
+"""
+
+
+def short_run(name: str, steps: int, threads: int) -> dict:
+  """Wall seconds of a whole ``steps``-step training run in a fresh process, start-up included:
+  vqzoo's ``train`` (its dataset cache filled, an empty compilation cache: a first run) against
+  a PyTorch loop over the same images (import, build the twin, the steps, save the weights)."""
+  from vqzoo.training.data import load_images
+  recipe = registry.config_and_recipe(name)[1]
+  images = load_images(recipe.dataset, recipe.split)  # decoded once, outside the timing
+  out = {"model": name, "steps": steps, "batch": recipe.batch_size}
+  with tempfile.TemporaryDirectory() as tmp:
+    np.save(os.path.join(tmp, "images.npy"), images)
+    scripts = {"vqzoo": RUN_JAX.format(name=name, steps=steps),
+               "pytorch": RUN_TORCH.format(threads=threads, here=str(HERE), name=name,
+                                           steps=steps, images=os.path.join(tmp, "images.npy"),
+                                           checkpoint=os.path.join(tmp, "model.pt"))}
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.path.join(tmp, "jax-cache")}
+    for who, script in scripts.items():
+      start = time.time()
+      res = subprocess.run([sys.executable, "-c", script, str(start)], capture_output=True,
+                           text=True, check=True, env=env)
+      out[f"{who}_s"] = float(res.stdout.strip().splitlines()[-1])
+  out["ratio"] = out["pytorch_s"] / out["vqzoo_s"]  # images/s of vqzoo over PyTorch's
+  return out
+
+
+def targets(result: dict) -> list[tuple[str, float, str, bool]]:
+  """``(target, measured, bar, met)`` for every target whose row was measured."""
+  out = []
+  for f in result.get("first_step", []):
+    out.append((f"first training step, first run, {f['model']}", f["vqzoo_first_run_s"],
+                "<= 8 s", f["vqzoo_first_run_s"] <= 8))
+    out.append((f"first training step, compilation cache filled, {f['model']}",
+                f["vqzoo_cached_s"], "<= 3 s", f["vqzoo_cached_s"] <= 3))
+  for row in result["rows"]:
+    if row["what"] == "train" and row["batch"] == 128 and "conv" in row["model"]:
+      out.append((f"steady training, {row['model']}, batch 128, vqzoo / PyTorch", row["ratio"],
+                  ">= 1.0x", row["ratio"] >= 1.0))
+  if "short_run" in result:
+    r = result["short_run"]
+    out.append((f"{r['steps']}-step {r['model']} run with start-up, vqzoo / PyTorch images/s",
+                r["ratio"], ">= 0.9x", r["ratio"] >= 0.9))
+  return out
+
+
 def quantizer_search() -> dict:
   out = {}
   for mode in ("vqzoo", "broadcast-jit", "broadcast-eager"):
@@ -248,15 +330,15 @@ def main(argv=None):
   parser.add_argument("--json", default="bench_results/latest.json")
   parser.add_argument("--seconds", type=float, default=3.0, help="timing window per row")
   parser.add_argument("--threads", type=int, default=os.cpu_count())
-  parser.add_argument("--only", choices=("train", "infer", "cold", "first-step", "quantizer"),
-                      action="append")
+  parser.add_argument("--only", action="append",
+                      choices=("train", "infer", "cold", "first-step", "short-run", "quantizer"))
   parser.add_argument("--models", choices=MODELS, action="append",
                       help="models of the train/infer rows (repeatable; default: all)")
   args = parser.parse_args(argv)
   sys.path.insert(0, str(HERE))
   import torch
   torch.set_num_threads(args.threads)
-  parts = set(args.only or ("train", "infer", "cold", "first-step", "quantizer"))
+  parts = set(args.only or ("train", "infer", "cold", "first-step", "short-run", "quantizer"))
   result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "cpus": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
                         "jax_devices": str(jax.devices()), "torch_threads": args.threads},
@@ -286,16 +368,29 @@ def main(argv=None):
           f"{c['vqzoo']['process_wall_s']:.2f} s  pytorch {c['pytorch']['process_wall_s']:.2f} s",
           flush=True)
   if "first-step" in parts:
-    result["first_step"] = f = first_step("mnist-conv-ema", args.threads)
-    print(f"first training step (mnist-conv-ema, batch 128, fresh process): vqzoo "
-          f"{f['vqzoo_first_run_s']:.1f} s ({f['vqzoo_cached_s']:.1f} s with the compilation "
-          f"cache filled)  pytorch {f['pytorch_s']:.1f} s", flush=True)
+    result["first_step"] = []
+    for name in ("mnist-conv-ema", "cifar10-conv-ema"):
+      result["first_step"].append(f := first_step(name, args.threads))
+      print(f"first training step ({name}, batch 128, fresh process): vqzoo "
+            f"{f['vqzoo_first_run_s']:.1f} s ({f['vqzoo_cached_s']:.1f} s with the compilation "
+            f"cache filled)  pytorch {f['pytorch_s']:.1f} s", flush=True)
+  if "short-run" in parts:
+    result["short_run"] = r = short_run("mnist-conv-ema", 400, args.threads)
+    print(f"400-step run with start-up (mnist-conv-ema, batch 128, fresh process): vqzoo "
+          f"{r['vqzoo_s']:.1f} s  pytorch {r['pytorch_s']:.1f} s  ratio {r['ratio']:.2f}",
+          flush=True)
   if "quantizer" in parts:
     result["quantizer"] = q = quantizer_search()
     for mode, r in q.items():
       temp = "" if r["xla_temp_bytes"] is None else f"  XLA temp {r['xla_temp_bytes'] / 2**20:8.1f} MiB"
       print(f"search N=65536 K=512 D=64 {mode:10s}: {r['seconds'] * 1e3:8.1f} ms  peak RSS growth "
             f"{r['peak_rss_growth_bytes'] / 2**20:8.1f} MiB{temp}", flush=True)
+  result["targets"] = [dict(target=t, measured=m, bar=b, met=ok) for t, m, b, ok in targets(result)]
+  if result["targets"]:
+    print("\n| speed target | measured | bar | |\n| --- | ---: | --- | --- |")
+    for t in result["targets"]:
+      print(f"| {t['target']} | {t['measured']:.2f} | {t['bar']} | "
+            f"{'met' if t['met'] else 'missed'} |")
   Path(args.json).parent.mkdir(parents=True, exist_ok=True)
   Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
   print(f"wrote {args.json}")
