@@ -34,7 +34,7 @@ demo: .venv/.done
 	.venv/bin/vqzoo demo --out vqzoo_demo.png
 
 test: .venv-test/.done
-	.venv-test/bin/python -m pytest -q -n 2
+	.venv-test/bin/python -m pytest -q -n 3 --dist worksteal
 
 bench: .venv-bench/.done
 	.venv-bench/bin/python benchmarks/run_all.py --json bench_results/latest.json
