@@ -116,7 +116,8 @@ def fit_prior(config: PriorConfig, recipe: TrainConfig, codes: np.ndarray,
   optimizer = optax.adam(loop.learning_rate_schedule(recipe))
   params = jax.device_get(_init_params(config, recipe.seed))
   opt_state = jax.device_get(cpu_tuning.jit_once(optimizer.init)(params))
-  fresh = TrainState(params, {}, opt_state, np.int32(0), np.asarray(jax.random.PRNGKey(recipe.seed)))
+  fresh = TrainState(params, {}, opt_state, np.int32(0),
+                     np.asarray(jax.random.PRNGKey(recipe.seed)))
 
   def step(ts: TrainState, batch):
     c, l = batch
