@@ -495,8 +495,8 @@ def sample_codes(config: PriorConfig, jit: Callable[..., Any] = jax.jit) -> Samp
     labels: ``[N]`` int32 labels for a class-conditional prior, else ``None``.
     temperature: a scalar >= 0.
   """
-  apply = build_prior(config).apply
   row_by_row = _row_by_row(config) if config.kind == "pixelcnn" else None
+  categorical = None if row_by_row is not None else build_prior(config).apply
 
   def draw(params, rng, labels, temperature, num_samples):
     temperature = jnp.asarray(temperature, jnp.float32)
@@ -506,7 +506,7 @@ def sample_codes(config: PriorConfig, jit: Callable[..., Any] = jax.jit) -> Samp
     grid = jnp.zeros((num_samples, *config.latent_shape), jnp.int32)
     if row_by_row is not None:
       return row_by_row(params, rng, labels, greedy, scale, grid)
-    logits = apply(params, None, grid, labels)  # the categorical prior: one position
+    logits = categorical(params, None, grid, labels)  # one position
     return _draw_position(logits, jax.random.fold_in(rng, 0), greedy, scale)
 
   compiled = jit(draw, static_argnames="num_samples")
