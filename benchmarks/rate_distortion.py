@@ -8,11 +8,13 @@ steps of 128, so these MSEs are higher than the zoo models'), and measures it on
 MNIST test split: MSE, PSNR, the share of the K codes used, perplexity, and the training
 speed in images per second (steps x batch over the wall time of ``vqzoo.training.train``,
 compilation included; the same for every row, so compare the rows with each other). A residual model is trained
-once, with quantizer dropout, and measured at every depth 1..N.
+once, with quantizer dropout, and measured at every depth 1..N. ``--dataset cifar10`` does
+the same for four quantizers at 9 bits on cifar10-conv-ema's encoder and decoder (8x8 grid).
 
   python benchmarks/rate_distortion.py                          # the table, into stdout
   python benchmarks/rate_distortion.py --json benchmarks/results/rate_distortion.json
   python benchmarks/rate_distortion.py --only fsq --steps 200   # some rows, a quicker recipe
+  python benchmarks/rate_distortion.py --dataset cifar10 --json benchmarks/results/rate_distortion_cifar10.json
 """
 
 from __future__ import annotations
@@ -46,20 +48,45 @@ QUANTIZERS = [
     ("fsq", QuantizerConfig(kind="fsq", levels=(8, 5, 5, 5))),
     ("lfq", QuantizerConfig(kind="lfq", num_embeddings=128)),
     ("lfq", QuantizerConfig(kind="lfq", num_embeddings=1024)),
+    # mnist-conv-lfq's weights: commitment and entropy penalty sized for an MSE of ~0.005.
+    ("lfq (commitment 0.002, entropy 0.003)", QuantizerConfig(
+        kind="lfq", num_embeddings=128, commitment_cost=0.002, entropy_weight=0.003)),
+    ("lfq (commitment 0.002, entropy 0.003)", QuantizerConfig(
+        kind="lfq", num_embeddings=1024, commitment_cost=0.002, entropy_weight=0.003)),
     ("rvq (EMA, 2 stages)", QuantizerConfig(kind="rvq", num_embeddings=32, embedding_dim=16,
                                             num_stages=2, quantizer_dropout=0.5, **_EMA)),
 ]
 CONV = ConvConfig(num_hiddens=64, num_residual_layers=2, num_residual_hiddens=32)
+
+#: CIFAR-10 at one rate, 9 bits per position (512 codes), on cifar10-conv-ema's encoder and
+#: decoder (128 channels, 2 residual layers of 32, an 8x8 grid) and its learning rate, 1e-3.
+CIFAR_QUANTIZERS = [
+    ("vq (EMA)", QuantizerConfig(num_embeddings=512, embedding_dim=64, decay=0.99, **_EMA)),
+    ("vq (plain)", QuantizerConfig(num_embeddings=512, embedding_dim=64, **_PLAIN)),
+    ("fsq", QuantizerConfig(kind="fsq", levels=(8, 8, 8))),
+    ("lfq (commitment 0.002, entropy 0.003)", QuantizerConfig(
+        kind="lfq", num_embeddings=512, commitment_cost=0.002, entropy_weight=0.003)),
+]
+#: dataset -> (the zoo model whose encoder/decoder every row uses, its config, image shape,
+#: peak learning rate, the rows).
+DATASETS = {
+    "mnist": ("mnist-conv-ema", CONV, (28, 28, 1), 2e-3, QUANTIZERS),
+    "cifar10": ("cifar10-conv-ema", ConvConfig(num_hiddens=128, num_residual_layers=2,
+                                               num_residual_hiddens=32),
+                (32, 32, 3), 1e-3, CIFAR_QUANTIZERS),
+}
 
 
 def _rate(q: QuantizerConfig) -> float:
   return math.log2(q.num_embeddings)
 
 
-def run_row(name: str, q: QuantizerConfig, steps: int, batch: int, train_images, test_images
-            ) -> list[dict]:
-  config = ModelConfig(arch="conv", conv=CONV, quantizer=q)
-  recipe = TrainConfig(dataset="mnist", steps=steps, batch_size=batch, learning_rate=2e-3,
+def run_row(name: str, q: QuantizerConfig, steps: int, batch: int, train_images, test_images,
+            dataset: str = "mnist") -> list[dict]:
+  _, conv, image_shape, learning_rate, _ = DATASETS[dataset]
+  config = ModelConfig(arch="conv", conv=conv, image_shape=image_shape, quantizer=q)
+  recipe = TrainConfig(dataset=dataset, steps=steps, batch_size=batch,
+                       learning_rate=learning_rate,
                        warmup_steps=min(200, steps // 10), final_lr_fraction=0.05, seed=0)
   with tempfile.TemporaryDirectory() as workdir:
     started = time.perf_counter()
@@ -82,9 +109,10 @@ def run_row(name: str, q: QuantizerConfig, steps: int, batch: int, train_images,
   return rows
 
 
-def table(rows: list[dict], steps: int, batch: int) -> str:
-  lines = [f"Rate-distortion on MNIST, mnist-conv-ema's encoder/decoder, {steps} steps of "
-           f"{batch} for every row; full test split.", "",
+def table(rows: list[dict], steps: int, batch: int, dataset: str = "mnist") -> str:
+  title = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[dataset]
+  lines = [f"Rate-distortion on {title}, {DATASETS[dataset][0]}'s encoder/decoder, {steps} "
+           f"steps of {batch} for every row; full test split.", "",
            "| quantizer | bits / position | MSE | PSNR (dB) | codes used | perplexity | "
            "train img/s (wall) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
   for r in sorted(rows, key=lambda r: (r["bits_per_position"], r["mse"])):
@@ -100,6 +128,8 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
+                      help="mnist: every quantizer at 7 and 10 bits; cifar10: four at 9 bits")
   parser.add_argument("--only", action="append", default=[],
                       help="rows whose quantizer name contains this (repeatable)")
   parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
@@ -107,18 +137,19 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   from vqzoo import compilation_cache
   compilation_cache.enable()
-  train_images = load_images("mnist", "train", args.data_dir)
-  test_images = load_images("mnist", "test", args.data_dir)
+  train_images = load_images(args.dataset, "train", args.data_dir)
+  test_images = load_images(args.dataset, "test", args.data_dir)
   rows = []
-  for name, q in QUANTIZERS:
+  for name, q in DATASETS[args.dataset][4]:
     if args.only and not any(o in name for o in args.only):
       continue
-    rows += run_row(name, q, args.steps, args.batch, train_images, test_images)
+    rows += run_row(name, q, args.steps, args.batch, train_images, test_images, args.dataset)
     print(json.dumps({k: v for k, v in rows[-1].items() if k != "config"}), flush=True)
-  print(table(rows, args.steps, args.batch))
+  print(table(rows, args.steps, args.batch, args.dataset))
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"steps": args.steps, "batch": args.batch, "rows": rows}, f, indent=2)
+      json.dump({"dataset": args.dataset, "steps": args.steps, "batch": args.batch,
+                 "rows": rows}, f, indent=2)
   return 0
 
 

@@ -231,9 +231,13 @@ _BAR_TEXT = {"mse_max": "MSE ≤ {:g}", "nmse_max": "NMSE ≤ {:g}", "perplexity
              "perplexity ≥ {:g}", "codes_used_min": "≥ {:g} codes"}
 
 
-def bar_text(bar: Mapping[str, float]) -> str:
-  """A quality bar (``{"mse_max": 0.002, ...}``) in words: ``MSE ≤ 0.002, ≥ 120 codes``."""
-  return ", ".join(_BAR_TEXT[k].format(v) for k, v in bar.items())
+def bar_text(bar: Mapping[str, float], m: Mapping[str, Any] | None = None) -> str:
+  """A quality bar (``{"mse_max": 0.002, ...}``) in words: ``MSE ≤ 0.002, ≥ 120 codes``; given
+  the measured metrics ``m``, each condition they miss is marked ``(missed)``."""
+  from vqzoo.pretrained.registry import bar_misses
+  missed = bar_misses(bar, m) if m else []
+  return ", ".join(_BAR_TEXT[k].format(v) + (" (missed)" if k in missed else "")
+                   for k, v in bar.items())
 
 
 def depth_section(config: Any, m: Mapping[str, Any]) -> str:
@@ -288,7 +292,7 @@ def likelihood_section(lk: Mapping[str, Any]) -> str:
 
 def zoo_card(entry: Any, metrics: Mapping[str, Any]) -> str:
   """The model card of a zoo variant (a :class:`~vqzoo.pretrained.registry.ZooEntry`)."""
-  bar = bar_text(entry.bar)
+  bar = bar_text(entry.bar, metrics)
   sections = {}
   if "mse_by_depth" in metrics:
     sections["Rate at every depth"] = depth_section(entry.config, metrics)
@@ -317,7 +321,7 @@ def zoo_table() -> str:
   for name in registry.list_models():
     entry = registry.get_entry(name)
     m = entry.metrics
-    bar = bar_text(entry.bar)
+    bar = bar_text(entry.bar, m)
     if not m:
       rows.append(f"| `{name}` | {entry.description} | | not trained | | | | | {bar} |")
       continue

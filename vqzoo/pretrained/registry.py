@@ -75,6 +75,9 @@ class ZooEntry:
       ``bits_vs_unigram_max`` x the unigram baseline's (when given), 64 samples in under
       ``sample_64_seconds_max`` s, and (when given) every class's conditional samples classified
       as that class at least ``class_accuracy_min`` of the time.
+    bar_missed: the keys of ``bar`` its shipped weights are measured to miss (the card and the
+      README's zoo table say so; the zoo test checks they are still missed, so weights that
+      meet them must drop them from here). Empty for every model that meets its bar.
     prior_bar_missed: the keys of ``prior_bar`` its shipped prior is measured to miss (the card
       says so beside the measured value; the zoo test checks they are still missed, so a prior
       that meets them must drop them from here).
@@ -89,6 +92,7 @@ class ZooEntry:
   prior: PriorRecipe | None = None
   prior_bar: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DIGIT_PRIOR_BAR))
   prior_bar_missed: tuple[str, ...] = ()
+  bar_missed: tuple[str, ...] = ()
 
   @property
   def eval_dataset(self) -> str:
@@ -107,17 +111,25 @@ class ZooEntry:
     return json.loads(path.read_text()) if path.exists() else {}
 
   def check_bar(self, metrics: Mapping[str, Any]) -> list[str]:
-    """The bar conditions ``metrics`` fails (empty when it meets the bar)."""
-    failures = []
-    if "mse_max" in self.bar and not metrics["mse"] <= self.bar["mse_max"]:
-      failures.append(f"mse {metrics['mse']:.5f} > {self.bar['mse_max']}")
-    if "nmse_max" in self.bar and not metrics["nmse"] <= self.bar["nmse_max"]:
-      failures.append(f"nmse {metrics['nmse']:.4f} > {self.bar['nmse_max']}")
-    if "perplexity_min" in self.bar and not metrics["perplexity"] >= self.bar["perplexity_min"]:
-      failures.append(f"perplexity {metrics['perplexity']:.1f} < {self.bar['perplexity_min']}")
-    if "codes_used_min" in self.bar and not metrics["codes_used"] >= self.bar["codes_used_min"]:
-      failures.append(f"codes_used {metrics['codes_used']} < {self.bar['codes_used_min']}")
-    return failures
+    """The bar conditions ``metrics`` fails, in words (empty when it meets the bar)."""
+    return [_BAR_FAILURE[key](metrics, self.bar[key]) for key in bar_misses(self.bar, metrics)]
+
+
+_BAR_FAILURE = {
+    "mse_max": lambda m, v: f"mse {m['mse']:.5f} > {v}",
+    "nmse_max": lambda m, v: f"nmse {m['nmse']:.4f} > {v}",
+    "perplexity_min": lambda m, v: f"perplexity {m['perplexity']:.1f} < {v}",
+    "codes_used_min": lambda m, v: f"codes_used {m['codes_used']} < {v}"}
+
+
+def bar_misses(bar: Mapping[str, float], m: Mapping[str, Any]) -> list[str]:
+  """The keys of a model ``bar`` (``{"mse_max": 0.002, ...}``) that the metrics ``m`` miss."""
+  missed = []
+  for key, value in bar.items():
+    measured = m[key.rsplit("_", 1)[0]]
+    if not (measured <= value if key.endswith("_max") else measured >= value):
+      missed.append(key)
+  return missed
 
 
 def prior_bar_misses(bar: Mapping[str, float], m: Mapping[str, Any]) -> list[str]:
@@ -200,7 +212,25 @@ def _entries() -> list[dict[str, Any]]:
            config=ModelConfig(arch="conv", conv=_CONV, quantizer=QuantizerConfig(
                **_CONV_Q, kind="rvq", num_stages=4, quantizer_dropout=0.5, ema=True,
                dead_code_threshold=1.0)),
-           recipe=conv_recipe, bar={"mse_max": 0.0012}),
+           recipe=conv_recipe, bar={"mse_max": 0.0012},
+           # Its prior (the zoo's recipe on a 7x28 grid, each position's 4 stages in a row):
+           # 938.7 test bits, 71.0% of the unigram baseline's 1,321.8; its conditional samples
+           # are of their class 66% of the time (class 3: 47%). Later stages are residual
+           # detail that a PixelCNN of this size hardly predicts.
+           prior_bar_missed=("bits_vs_unigram_max", "class_accuracy_min")),
+      # LFQ's default weights (commitment 0.25, entropy 0.1, as vector-quantize-pytorch) are
+      # sized for a reconstruction loss far larger than an MSE of ~0.005: here they pin z to
+      # +-1 and reach 0.0126 on the rate-distortion recipe; 0.002 and 0.003 reach 0.0076
+      # (bounding z by tanh or a clip before the sign changed nothing). On the zoo's recipe
+      # that is test MSE 0.00326, FSQ's 0.00171 with the same 128 codes: short of the bar.
+      dict(name="mnist-conv-lfq",
+           description="Conv, 7x7 latent grid, LFQ: 7 sign bits, 128 implicit codes",
+           config=ModelConfig(arch="conv", conv=_CONV, quantizer=QuantizerConfig(
+               kind="lfq", num_embeddings=128, commitment_cost=0.002, entropy_weight=0.003)),
+           recipe=conv_recipe, bar={"mse_max": 0.0020}, bar_missed=("mse_max",),
+           # Its prior: 172.7 test bits, 50.4% of the unigram baseline's; its class-8 samples
+           # are of their class 77.8% of the time (bar 85%), the other classes 82-96%.
+           prior_bar_missed=("class_accuracy_min",)),
       # The CIFAR-10 VQ-VAE of the Sonnet/Haiku notebooks (van den Oord et al. 2017): two
       # stride-2 stages of 128 channels, 2 residual layers of 32, an 8x8 grid, K=512 codes of
       # D=64, EMA decay 0.99. 4,000 steps of 128 reached test NMSE 0.0604 (MSE 0.00381),
