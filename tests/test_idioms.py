@@ -110,7 +110,7 @@ def test_list_models_takes_timms_arguments():
   trained = vqzoo.list_models(pretrained=True)
   assert trained == [n for n in every if registry.get_entry(n).weights.sha256]
   assert trained and set(trained) <= set(every)
-  assert vqzoo.list_models("mnist-*", exclude_filters=["*-ema", "*-fsq", "*-rvq"]) == [
+  assert vqzoo.list_models("mnist-*", exclude_filters=["*-ema", "*-fsq", "*-lfq", "*-rvq"]) == [
       "mnist-conv", "mnist-mlp"]
   assert vqzoo.list_models(["mnist-mlp", "fashion-*"]) == ["fashion-mnist-conv-ema", "mnist-mlp"]
   assert vqzoo.list_models("") == every
