@@ -14,7 +14,7 @@ the same for four quantizers at 9 bits on cifar10-conv-ema's encoder and decoder
   python benchmarks/rate_distortion.py                          # the table, into stdout
   python benchmarks/rate_distortion.py --json benchmarks/results/rate_distortion.json
   python benchmarks/rate_distortion.py --only fsq --steps 200   # some rows, a quicker recipe
-  python benchmarks/rate_distortion.py --dataset cifar10 --json benchmarks/results/rate_distortion_cifar10.json
+  python benchmarks/rate_distortion.py --dataset cifar10      # CIFAR-10: four quantizers, 9 bits
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import time
 
 import numpy as np
 
-from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig, RunConfig, TrainConfig
+from vqzoo.configs import ModelConfig, QuantizerConfig, RunConfig, TrainConfig
+from vqzoo.pretrained.registry import config_and_recipe
 from vqzoo.training import load_images, train
 from vqzoo.training.metrics import evaluate
 
@@ -56,7 +57,6 @@ QUANTIZERS = [
     ("rvq (EMA, 2 stages)", QuantizerConfig(kind="rvq", num_embeddings=32, embedding_dim=16,
                                             num_stages=2, quantizer_dropout=0.5, **_EMA)),
 ]
-CONV = ConvConfig(num_hiddens=64, num_residual_layers=2, num_residual_hiddens=32)
 
 #: CIFAR-10 at one rate, 9 bits per position (512 codes), on cifar10-conv-ema's encoder and
 #: decoder (128 channels, 2 residual layers of 32, an 8x8 grid) and its learning rate, 1e-3.
@@ -67,14 +67,10 @@ CIFAR_QUANTIZERS = [
     ("lfq (commitment 0.002, entropy 0.003)", QuantizerConfig(
         kind="lfq", num_embeddings=512, commitment_cost=0.002, entropy_weight=0.003)),
 ]
-#: dataset -> (the zoo model whose encoder/decoder every row uses, its config, image shape,
-#: peak learning rate, the rows).
-DATASETS = {
-    "mnist": ("mnist-conv-ema", CONV, (28, 28, 1), 2e-3, QUANTIZERS),
-    "cifar10": ("cifar10-conv-ema", ConvConfig(num_hiddens=128, num_residual_layers=2,
-                                               num_residual_hiddens=32),
-                (32, 32, 3), 1e-3, CIFAR_QUANTIZERS),
-}
+#: dataset -> (the zoo model whose encoder/decoder, image shape and peak learning rate every
+#: row uses, the rows).
+DATASETS = {"mnist": ("mnist-conv-ema", QUANTIZERS),
+            "cifar10": ("cifar10-conv-ema", CIFAR_QUANTIZERS)}
 
 
 def _rate(q: QuantizerConfig) -> float:
@@ -83,10 +79,11 @@ def _rate(q: QuantizerConfig) -> float:
 
 def run_row(name: str, q: QuantizerConfig, steps: int, batch: int, train_images, test_images,
             dataset: str = "mnist") -> list[dict]:
-  _, conv, image_shape, learning_rate, _ = DATASETS[dataset]
-  config = ModelConfig(arch="conv", conv=conv, image_shape=image_shape, quantizer=q)
+  zoo_config, zoo_recipe = config_and_recipe(DATASETS[dataset][0])
+  config = ModelConfig(arch="conv", conv=zoo_config.conv, image_shape=zoo_config.image_shape,
+                       quantizer=q)
   recipe = TrainConfig(dataset=dataset, steps=steps, batch_size=batch,
-                       learning_rate=learning_rate,
+                       learning_rate=zoo_recipe.learning_rate,
                        warmup_steps=min(200, steps // 10), final_lr_fraction=0.05, seed=0)
   with tempfile.TemporaryDirectory() as workdir:
     started = time.perf_counter()
@@ -140,7 +137,7 @@ def main(argv=None) -> int:
   train_images = load_images(args.dataset, "train", args.data_dir)
   test_images = load_images(args.dataset, "test", args.data_dir)
   rows = []
-  for name, q in DATASETS[args.dataset][4]:
+  for name, q in DATASETS[args.dataset][1]:
     if args.only and not any(o in name for o in args.only):
       continue
     rows += run_row(name, q, args.steps, args.batch, train_images, test_images, args.dataset)
