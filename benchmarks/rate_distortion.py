@@ -144,9 +144,10 @@ def main(argv=None) -> int:
     print(json.dumps({k: v for k, v in rows[-1].items() if k != "config"}), flush=True)
   print(table(rows, args.steps, args.batch, args.dataset))
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"dataset": args.dataset, "steps": args.steps, "batch": args.batch,
-                 "rows": rows}, f, indent=2)
+    from vqzoo.io import atomic_write_bytes  # a rerun replaces the old results whole
+    atomic_write_bytes(args.json, json.dumps({"dataset": args.dataset, "steps": args.steps,
+                                              "batch": args.batch, "rows": rows},
+                                             indent=2).encode())
   return 0
 
 
