@@ -24,6 +24,13 @@ def test_checks_name_each_problem_and_stay_quiet_when_there_is_none():
   (bad,) = result_warnings.prior_warnings({**good, "prior_bits": 1069.7, "eval_split": "held-out"})
   assert "1069.7 bits per image" in bad and "unigram baseline (300.0)" in bad
   assert "uniform one (343.0)" in bad
+  collapsed = {"perplexity": 1.0, "codes_used": 1, "num_images": 10000}
+  (message,) = result_warnings.code_usage_warnings(collapsed, 49)
+  assert "collapsed: over 490000 latent positions of the held-out images" in message
+  assert "perplexity is 1.00 (1 distinct code)" in message and "levels of 4 or more" in message
+  assert result_warnings.code_usage_warnings({**collapsed, "perplexity": 2.0}, 49) == []
+  assert result_warnings.code_usage_warnings({**collapsed, "num_images": 4}, 1) == []  # too few
+  assert result_warnings.code_usage_warnings({**collapsed, "num_images": 3}, 49)  # 147 positions
   assert result_warnings.card_section([]) == {}
   assert result_warnings.card_section(["a problem"]) == {"Warnings": "- A problem."}
 

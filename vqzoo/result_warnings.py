@@ -56,6 +56,29 @@ def prior_warnings(metrics: Mapping[str, Any]) -> list[str]:
           + ": it is not a useful model of the codes; fit it for more steps or on more images"]
 
 
+#: Fewer latent positions than this measure too little to call a model's codes collapsed.
+MIN_POSITIONS = 100
+
+
+def code_usage_warnings(metrics: Mapping[str, Any], positions_per_image: int) -> list[str]:
+  """A trained model whose codes collapsed: a code perplexity under 2 on the held-out images
+  (less than two codes in real use), measured on at least :data:`MIN_POSITIONS` positions.
+
+  FSQ with levels of 3 can start this way: every position rounds to the centre value and the
+  decoder sees one constant input (``benchmarks/fsq_levels.py``: with levels ``(3, 3, 3, 3)``
+  two of three seeds never left it).
+  """
+  positions = metrics["num_images"] * positions_per_image
+  if positions < MIN_POSITIONS or metrics["perplexity"] >= 2.0:
+    return []
+  used = metrics["codes_used"]
+  return [f"the trained model's codes collapsed: over {positions} latent positions of the "
+          f"held-out images the code perplexity is {metrics['perplexity']:.2f} ({used} distinct "
+          f"code{'' if used == 1 else 's'}), so it decodes nearly the same image for every "
+          "input; train again with another seed (or, for FSQ, levels of 4 or more per "
+          "dimension)"]
+
+
 def emit(messages: Iterable[str]) -> list[str]:
   """Raises each message as a :class:`ResultWarning`; returns them, for the model card."""
   messages = list(messages)

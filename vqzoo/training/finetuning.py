@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,8 @@ def finetune(base: str, out: str | Path, config: FinetuneConfig = FinetuneConfig
   # The saved model keeps the base config: re-seeding is a training-time option.
   after = evaluate(model_config, result.params, result.state, eval_images,
                    progress=run.progress)
+  warned += result_warnings.emit(result_warnings.code_usage_warnings(
+      after, math.prod(model_config.codes_shape)))
   base_label = base if "path" not in base_model.source else Path(base).name
   lineage = {"base": base_label, "base_source": _portable(base_model.source), "data": data_info,
              "finetune": config.to_dict(), "steps": result.step, "reseeded_before": reseeded,

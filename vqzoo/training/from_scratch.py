@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,8 @@ def train_new_model(config: ModelConfig, recipe: TrainConfig, out: str | Path, *
   result = train(config, recipe, workdir or out.with_name(out.name + ".work"), train_images,
                  run=run)
   metrics = evaluate(config, result.params, result.state, held_out, progress=run.progress)
+  warned += result_warnings.emit(result_warnings.code_usage_warnings(
+      metrics, math.prod(config.codes_shape)))
   dataset = None if images_dir is not None else recipe.dataset
   card = render_card(out.name, config, "A VQ-VAE (van den Oord et al., 2017, arXiv:1711.00937) "
                      "trained from scratch with `vqzoo train`.", recipe=recipe, metrics=metrics,

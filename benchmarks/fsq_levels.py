@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""FSQ's levels against code collapse at the start of training.
+
+Every row trains mnist-conv-ema's encoder and decoder with one FSQ ``levels`` and one seed on
+``rate_distortion.py``'s short recipe (1,000 steps of 64, MNIST), then measures the full test
+split. ``left one code`` is the first logged step (every 50) whose training batch's code
+perplexity exceeds 1.01 (more than one code in real use). With odd levels the centre value is
+``0``: an encoder whose outputs start small rounds every position there, and the decoder then
+sees one constant input.
+
+  python benchmarks/fsq_levels.py                  # every row, a table into stdout
+  python benchmarks/fsq_levels.py --only 3,3,3,3   # the rows whose levels contain this
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+from vqzoo.configs import ModelConfig, QuantizerConfig, RunConfig, TrainConfig
+from vqzoo.pretrained.registry import config_and_recipe
+from vqzoo.training import evaluate, load_images, train
+
+#: (levels, seed); (8, 4, 4) is mnist-conv-fsq's.
+ROWS = [((3, 3, 3, 3), 0), ((3, 3, 3, 3), 1), ((3, 3, 3, 3), 2), ((3, 3, 3, 3, 3), 0),
+        ((5, 5, 5), 0), ((4, 4, 4), 0), ((8, 4, 4), 0)]
+LOG_EVERY = 50
+
+
+def run(levels: tuple[int, ...], seed: int, steps: int, batch: int, train_images,
+        test_images) -> dict:
+  zoo_config, zoo_recipe = config_and_recipe("mnist-conv-ema")
+  config = ModelConfig(arch="conv", conv=zoo_config.conv, image_shape=zoo_config.image_shape,
+                       quantizer=QuantizerConfig(kind="fsq", levels=levels))
+  recipe = TrainConfig(dataset="mnist", steps=steps, batch_size=batch,
+                       learning_rate=zoo_recipe.learning_rate,
+                       warmup_steps=min(200, steps // 10), final_lr_fraction=0.05, seed=seed)
+  with tempfile.TemporaryDirectory() as workdir:
+    result = train(config, recipe, workdir, train_images,
+                   run=RunConfig(progress=False, log_every=LOG_EVERY,
+                                 checkpoint_every=10 * steps))
+    logged = [json.loads(line) for line in Path(workdir, "metrics.jsonl").read_text().splitlines()]
+  left = next((m["step"] for m in logged if m["perplexity"] > 1.01), None)
+  m = evaluate(config, result.params, result.state, test_images)
+  return {"levels": list(levels), "seed": seed, "codes": math.prod(levels),
+          "left_one_code_at_step": left, "mse": m["mse"], "codes_used": m["codes_used"],
+          "perplexity": m["perplexity"]}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--steps", type=int, default=1000)
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--only", action="append", default=[],
+                      help="rows whose levels, written 3,3,3,3, contain this (repeatable)")
+  parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
+  args = parser.parse_args(argv)
+  from vqzoo import compilation_cache
+  compilation_cache.enable()
+  train_images = load_images("mnist", "train", args.data_dir)
+  test_images = load_images("mnist", "test", args.data_dir)
+  lines = ["| levels | codes | seed | left one code at step | MSE | codes used | perplexity |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  for levels, seed in ROWS:
+    written = ",".join(map(str, levels))
+    if args.only and not any(o in written for o in args.only):
+      continue
+    r = run(levels, seed, args.steps, args.batch, train_images, test_images)
+    print(json.dumps(r), flush=True)
+    left = "never" if r["left_one_code_at_step"] is None else f"{r['left_one_code_at_step']:,}"
+    lines.append(f"| {tuple(levels)} | {r['codes']} | {seed} | {left} | {r['mse']:.4f} | "
+                 f"{r['codes_used']} | {r['perplexity']:.1f} |")
+  print("\n".join(lines))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
