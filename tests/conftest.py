@@ -23,14 +23,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # CPU-s by default and 144 with PJRT_NPROC=1; in the whole suite, 1,920 CPU-s become 1,736.
 os.environ.setdefault("PJRT_NPROC", "1")
 # Many tests compile the same small models again (a fresh run, then its resume; each CLI
-# subprocess): a persistent compilation cache for this session only compiles each once. Every
-# program is kept, however quick to compile: each new process otherwise compiles its many tiny
-# ones again (the CLI and script tests: 159 -> 141 CPU-s, measured with a 0.2 s floor and none).
+# subprocess): a persistent compilation cache for this session only compiles each once.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _CACHE = tempfile.mkdtemp(prefix="vqzoo-test-jax-cache-")
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
   os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE,
-                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 from _util import REPO  # noqa: E402
