@@ -14,15 +14,15 @@ sees one constant input.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import tempfile
 from pathlib import Path
 
+import rate_distortion as rd
 from vqzoo.configs import ModelConfig, QuantizerConfig, RunConfig, TrainConfig
 from vqzoo.pretrained.registry import config_and_recipe
-from vqzoo.training import evaluate, load_images, train
+from vqzoo.training import evaluate, train
 
 #: (levels, seed); (8, 4, 4) is mnist-conv-fsq's.
 ROWS = [((3, 3, 3, 3), 0), ((3, 3, 3, 3), 1), ((3, 3, 3, 3), 2), ((3, 3, 3, 3, 3), 0),
@@ -51,18 +51,8 @@ def run(levels: tuple[int, ...], seed: int, steps: int, batch: int, train_images
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--steps", type=int, default=1000)
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--only", action="append", default=[],
-                      help="rows whose levels, written 3,3,3,3, contain this (repeatable)")
-  parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
-  args = parser.parse_args(argv)
-  from vqzoo import compilation_cache
-  compilation_cache.enable()
-  train_images = load_images("mnist", "train", args.data_dir)
-  test_images = load_images("mnist", "test", args.data_dir)
+  args, train_images, test_images = rd.sweep_args_and_data(
+      __doc__, "rows whose levels, written 3,3,3,3, contain this (repeatable)", argv)
   lines = ["| levels | codes | seed | left one code at step | MSE | codes used | perplexity |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
   for levels, seed in ROWS:

@@ -13,12 +13,10 @@ weights were picked.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import rate_distortion as rd
 from vqzoo.configs import QuantizerConfig
-from vqzoo.training import load_images
 
 #: (commitment_cost, entropy_weight); the first is LFQ's default.
 WEIGHTS = [(0.25, 0.1), (0.25, 0.01), (0.25, 0.0), (0.02, 0.1), (0.02, 0.01), (0.005, 0.003),
@@ -27,18 +25,8 @@ WEIGHTS = [(0.25, 0.1), (0.25, 0.01), (0.25, 0.0), (0.02, 0.1), (0.02, 0.01), (0
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--steps", type=int, default=1000)
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--only", action="append", default=[],
-                      help="rows whose name contains this (repeatable)")
-  parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
-  args = parser.parse_args(argv)
-  from vqzoo import compilation_cache
-  compilation_cache.enable()
-  train_images = load_images("mnist", "train", args.data_dir)
-  test_images = load_images("mnist", "test", args.data_dir)
+  args, train_images, test_images = rd.sweep_args_and_data(
+      __doc__, "rows whose name contains this (repeatable)", argv)
   lines = ["| commitment | entropy weight | MSE | codes used | perplexity |",
            "| ---: | ---: | ---: | ---: | ---: |"]
   for commitment, entropy in WEIGHTS:

@@ -120,6 +120,26 @@ def table(rows: list[dict], steps: int, batch: int, dataset: str = "mnist") -> s
   return "\n".join(lines)
 
 
+def sweep_args_and_data(description: str, only_help: str, argv=None):
+  """For the short-recipe sweeps (``lfq_weights.py``, ``fsq_levels.py``): their flags
+  (``--steps``, ``--batch``, ``--only``, ``--data-dir``), the compilation cache, and MNIST.
+
+  Returns:
+    ``(args, train_images, test_images)``.
+  """
+  parser = argparse.ArgumentParser(description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--steps", type=int, default=1000)
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--only", action="append", default=[], help=only_help)
+  parser.add_argument("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR)")
+  args = parser.parse_args(argv)
+  from vqzoo import compilation_cache
+  compilation_cache.enable()
+  return (args, load_images("mnist", "train", args.data_dir),
+          load_images("mnist", "test", args.data_dir))
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
