@@ -20,8 +20,7 @@ import tempfile
 from pathlib import Path
 
 import rate_distortion as rd
-from vqzoo.configs import ModelConfig, QuantizerConfig, RunConfig, TrainConfig
-from vqzoo.pretrained.registry import config_and_recipe
+from vqzoo.configs import QuantizerConfig, RunConfig
 from vqzoo.training import evaluate, train
 
 #: (levels, seed); (8, 4, 4) is mnist-conv-fsq's.
@@ -32,12 +31,8 @@ LOG_EVERY = 50
 
 def run(levels: tuple[int, ...], seed: int, steps: int, batch: int, train_images,
         test_images) -> dict:
-  zoo_config, zoo_recipe = config_and_recipe("mnist-conv-ema")
-  config = ModelConfig(arch="conv", conv=zoo_config.conv, image_shape=zoo_config.image_shape,
-                       quantizer=QuantizerConfig(kind="fsq", levels=levels))
-  recipe = TrainConfig(dataset="mnist", steps=steps, batch_size=batch,
-                       learning_rate=zoo_recipe.learning_rate,
-                       warmup_steps=min(200, steps // 10), final_lr_fraction=0.05, seed=seed)
+  config, recipe = rd.short_recipe(QuantizerConfig(kind="fsq", levels=levels), steps, batch,
+                                   seed=seed)
   with tempfile.TemporaryDirectory() as workdir:
     result = train(config, recipe, workdir, train_images,
                    run=RunConfig(progress=False, log_every=LOG_EVERY,

@@ -77,14 +77,22 @@ def _rate(q: QuantizerConfig) -> float:
   return math.log2(q.num_embeddings)
 
 
-def run_row(name: str, q: QuantizerConfig, steps: int, batch: int, train_images, test_images,
-            dataset: str = "mnist") -> list[dict]:
+def short_recipe(q: QuantizerConfig, steps: int, batch: int, dataset: str = "mnist",
+                 seed: int = 0) -> tuple[ModelConfig, TrainConfig]:
+  """The rows' model (the dataset's zoo encoder and decoder with quantizer ``q``) and their
+  short recipe (the zoo's peak learning rate, a warm-up of a tenth, at most 200 steps)."""
   zoo_config, zoo_recipe = config_and_recipe(DATASETS[dataset][0])
   config = ModelConfig(arch="conv", conv=zoo_config.conv, image_shape=zoo_config.image_shape,
                        quantizer=q)
   recipe = TrainConfig(dataset=dataset, steps=steps, batch_size=batch,
                        learning_rate=zoo_recipe.learning_rate,
-                       warmup_steps=min(200, steps // 10), final_lr_fraction=0.05, seed=0)
+                       warmup_steps=min(200, steps // 10), final_lr_fraction=0.05, seed=seed)
+  return config, recipe
+
+
+def run_row(name: str, q: QuantizerConfig, steps: int, batch: int, train_images, test_images,
+            dataset: str = "mnist") -> list[dict]:
+  config, recipe = short_recipe(q, steps, batch, dataset)
   with tempfile.TemporaryDirectory() as workdir:
     started = time.perf_counter()
     result = train(config, recipe, workdir, train_images,
