@@ -1,10 +1,19 @@
 #!/usr/bin/env python
-"""Transfer: fine-tune mnist-conv-ema on Fashion-MNIST vs. the same architecture from scratch.
+"""Transfer: fine-tune a zoo model on other images vs. the same architecture from scratch.
 
-Same recipe and seed for both; both evaluated on the full Fashion-MNIST test split every
+Same recipe and seed for both; both evaluated on the target's test images every
 ``--eval-every`` steps. Prints both curves and the steps each needs to reach the target MSE.
 
   python benchmarks/finetune_transfer.py --steps 2000 --eval-every 200 --target 0.0060
+      # mnist-conv-ema -> Fashion-MNIST (the same 28x28 grey shape)
+  python benchmarks/finetune_transfer.py --base cifar10-conv-ema --dataset fashion_mnist \\
+      --convert rgb --resize --train-images 5000 --steps 1000 --eval-every 100 --target 0.004
+      # CIFAR-10 -> a folder of 5,000 grey PNGs read as 32x32 colour images
+
+When the target's images differ from the base model's shape, they are written to a temporary
+folder as PNG files and read back through :func:`vqzoo.training.load_image_folder` with
+``--convert`` / ``--resize``: the path a user's own image files take (``vqzoo finetune
+--images-dir``).
 """
 
 from __future__ import annotations
@@ -15,27 +24,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 import vqzoo
-from vqzoo.training import data as data_lib
-from vqzoo.training import evaluate, train
+from vqzoo.training import RunConfig, evaluate, load_image_folder, load_images, train
 
 
 def curve(config, recipe, images, test, init, eval_every, workdir):
+  """``[(step, test MSE)]`` every ``eval_every`` steps from step 0, through one resumable run."""
   points = []
-  params = state = None
-  if init is not None:
-    params, state = init.params, init.state
   for until in range(0, recipe.steps + 1, eval_every):
-    if until == 0:  # the starting point (fresh, or the pretrained model), checkpointed at step 0
-      result = train(config, recipe, workdir, images=images, until_step=0, init_params=params,
-                     init_state=state, progress=False)
-      p, s = result.params, result.state
-    else:
-      result = train(config, recipe, workdir, images=images, resume=True, until_step=until,
-                     init_params=params, init_state=state, progress=False,
-                     checkpoint_every=eval_every)
-      p, s = result.params, result.state
-    mse = evaluate(config, p, s, test)["mse"]
+    run = RunConfig(resume=until > 0, until_step=until, checkpoint_every=max(eval_every, 1),
+                    progress=False)
+    result = train(config, recipe, workdir, images, run=run, init=init)
+    mse = evaluate(config, result.params, result.state, test)["mse"]
     points.append((until, mse))
     print(f"  step {until:5d}  test MSE {mse:.5f}", flush=True)
   return points
@@ -45,33 +48,62 @@ def first_reaching(points, target):
   return next((step for step, mse in points if mse <= target), None)
 
 
+def through_a_folder(images: np.ndarray, folder: Path, image_shape, convert, resize):
+  """Writes ``[N, H, W, C]`` uint8 images as PNG files and reads them for ``image_shape``."""
+  folder.mkdir(parents=True)
+  for i, image in enumerate(images):
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(folder / f"{i:05d}.png")
+  read, paths = load_image_folder(folder, image_shape, convert, resize)
+  order = np.argsort([Path(p).name for p in paths])  # the files' order, not the scan's
+  return read[order]
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--base", default="mnist-conv-ema")
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--base", default="mnist-conv-ema", help="zoo model to fine-tune")
+  parser.add_argument("--dataset", default="fashion_mnist", help="TFDS dataset to transfer to")
+  parser.add_argument("--train-images", type=int, help="first N training images (default all)")
+  parser.add_argument("--test-images", type=int, help="first N test images (default all)")
+  parser.add_argument("--convert", choices=("grey", "rgb"),
+                      help="read images of the other channel kind as the base model's")
+  parser.add_argument("--resize", action="store_true",
+                      help="resize images of another size to the base model's")
   parser.add_argument("--steps", type=int, default=2000)
   parser.add_argument("--eval-every", type=int, default=200)
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--lr", type=float, default=1e-3)
+  parser.add_argument("--warmup-steps", type=int, default=50)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--target", type=float, default=0.0060)
   parser.add_argument("--json", default="bench_results/finetune_transfer.json")
   args = parser.parse_args(argv)
+  if args.steps < 1 or args.eval_every < 1 or args.steps % args.eval_every:
+    parser.error(f"--steps ({args.steps}) must be a positive multiple of --eval-every "
+                 f"({args.eval_every})")
 
   base = vqzoo.load(args.base)
-  recipe = vqzoo.TrainConfig(dataset="fashion_mnist", steps=args.steps,
-                             batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=50,
-                             seed=args.seed)
-  images = data_lib.load_images("fashion_mnist", "train")
-  test = data_lib.load_images("fashion_mnist", "test")
+  recipe = vqzoo.TrainConfig(dataset=args.dataset, steps=args.steps,
+                             batch_size=args.batch_size, learning_rate=args.lr,
+                             warmup_steps=args.warmup_steps, seed=args.seed)
+  images = load_images(args.dataset, "train")[:args.train_images]
+  test = load_images(args.dataset, "test")[:args.test_images]
   curves = {}
   t0 = time.time()
   with tempfile.TemporaryDirectory() as tmp:
-    for label, init in (("fine-tuned from " + args.base, base), ("from scratch", None)):
+    if images.shape[1:] != base.config.image_shape:
+      images = through_a_folder(images, Path(tmp) / "train_images", base.config.image_shape,
+                                args.convert, args.resize)
+      test = through_a_folder(test, Path(tmp) / "test_images", base.config.image_shape,
+                              args.convert, args.resize)
+    for label, init in (("fine-tuned from " + args.base, (base.params, base.state)),
+                        ("from scratch", None)):
       print(label, flush=True)
       curves[label] = curve(base.config, recipe, images, test, init, args.eval_every,
                             Path(tmp) / label.replace(" ", "_"))
   labels = list(curves)
-  print(f"\nFashion-MNIST test MSE (10,000 images), recipe: {json.dumps(recipe.to_dict())}")
+  print(f"\n{args.dataset} test MSE ({len(test):,} images; {len(images):,} training images "
+        f"{np.asarray(images.shape[1:]).tolist()}), recipe: {json.dumps(recipe.to_dict())}")
   print("| step | " + " | ".join(labels) + " |")
   print("| ---: |" + " ---: |" * len(labels))
   for i, (step, _) in enumerate(curves[labels[0]]):
@@ -81,8 +113,11 @@ def main(argv=None):
       f"{l}: {s if s is not None else f'not within {args.steps}'}" for l, s in reach.items()))
   print(f"wall time {time.time() - t0:.0f} s")
   Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-  Path(args.json).write_text(json.dumps({"recipe": recipe.to_dict(), "target": args.target,
-                                         "curves": curves, "steps_to_target": reach}, indent=2))
+  Path(args.json).write_text(json.dumps({
+      "base": args.base, "dataset": args.dataset, "train_images": len(images),
+      "test_images": len(test), "convert": args.convert, "resize": args.resize,
+      "recipe": recipe.to_dict(), "target": args.target, "curves": curves,
+      "steps_to_target": reach}, indent=2))
 
 
 if __name__ == "__main__":
