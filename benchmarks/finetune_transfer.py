@@ -7,7 +7,7 @@ Same recipe and seed for both; both evaluated on the target's test images every
   python benchmarks/finetune_transfer.py --steps 2000 --eval-every 200 --target 0.0060
       # mnist-conv-ema -> Fashion-MNIST (the same 28x28 grey shape)
   python benchmarks/finetune_transfer.py --base cifar10-conv-ema --dataset fashion_mnist \\
-      --convert rgb --resize --train-images 5000 --steps 1000 --eval-every 100 --target 0.004
+      --convert rgb --resize --train-images 5000 --steps 1000 --eval-every 100 --target 0.0045
       # CIFAR-10 -> a folder of 5,000 grey PNGs read as 32x32 colour images
 
 When the target's images differ from the base model's shape, they are written to a temporary
@@ -35,7 +35,7 @@ def curve(config, recipe, images, test, init, eval_every, workdir):
   """``[(step, test MSE)]`` every ``eval_every`` steps from step 0, through one resumable run."""
   points = []
   for until in range(0, recipe.steps + 1, eval_every):
-    run = RunConfig(resume=until > 0, until_step=until, checkpoint_every=max(eval_every, 1),
+    run = RunConfig(resume=until > 0, until_step=until, checkpoint_every=eval_every,
                     progress=False)
     result = train(config, recipe, workdir, images, run=run, init=init)
     mse = evaluate(config, result.params, result.state, test)["mse"]
