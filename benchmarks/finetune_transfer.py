@@ -2,13 +2,19 @@
 """Transfer: fine-tune a zoo model on other images vs. the same architecture from scratch.
 
 Same recipe and seed for both; both evaluated on the target's test images every
-``--eval-every`` steps. Prints both curves and the steps each needs to reach the target MSE.
+``--eval-every`` steps (or at the ``--eval-at`` steps, stopping after the last one, the
+learning-rate schedule still that of ``--steps``). Prints both curves and the steps each needs
+to reach the target MSE.
 
   python benchmarks/finetune_transfer.py --steps 2000 --eval-every 200 --target 0.0060
       # mnist-conv-ema -> Fashion-MNIST (the same 28x28 grey shape)
   python benchmarks/finetune_transfer.py --base cifar10-conv-ema --dataset fashion_mnist \\
       --convert rgb --resize --train-images 5000 --steps 1000 --eval-every 100 --target 0.0045
       # CIFAR-10 -> a folder of 5,000 grey PNGs read as 32x32 colour images
+  python benchmarks/finetune_transfer.py --base cifar10-conv-ema --dataset fashion_mnist \
+      --convert rgb --resize --train-images 5000 --test-images 2000 --steps 1000 \
+      --eval-at 0,1,2,3,5,10,20,50,100 --target 0.0045
+      # the first 100 steps of that 1,000-step recipe, closely
 
 When the target's images differ from the base model's shape, they are written to a temporary
 folder as PNG files and read back through :func:`vqzoo.training.load_image_folder` with
@@ -31,11 +37,12 @@ import vqzoo
 from vqzoo.training import RunConfig, evaluate, load_image_folder, load_images, train
 
 
-def curve(config, recipe, images, test, init, eval_every, workdir):
-  """``[(step, test MSE)]`` every ``eval_every`` steps from step 0, through one resumable run."""
+def curve(config, recipe, images, test, init, eval_steps, workdir):
+  """``[(step, test MSE)]`` at each of the increasing ``eval_steps``, through one resumable
+  run (each stop writes a checkpoint the next one resumes from)."""
   points = []
-  for until in range(0, recipe.steps + 1, eval_every):
-    run = RunConfig(resume=until > 0, until_step=until, checkpoint_every=eval_every,
+  for until in eval_steps:
+    run = RunConfig(resume=until > 0, until_step=until, checkpoint_every=recipe.steps,
                     progress=False)
     result = train(config, recipe, workdir, images, run=run, init=init)
     mse = evaluate(config, result.params, result.state, test)["mse"]
@@ -71,6 +78,8 @@ def main(argv=None):
                       help="resize images of another size to the base model's")
   parser.add_argument("--steps", type=int, default=2000)
   parser.add_argument("--eval-every", type=int, default=200)
+  parser.add_argument("--eval-at", help="comma-separated increasing steps to evaluate at, "
+                                        "e.g. 0,1,2,5,10 (instead of --eval-every)")
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--lr", type=float, default=1e-3)
   parser.add_argument("--warmup-steps", type=int, default=50)
@@ -78,9 +87,20 @@ def main(argv=None):
   parser.add_argument("--target", type=float, default=0.0060)
   parser.add_argument("--json", default="bench_results/finetune_transfer.json")
   args = parser.parse_args(argv)
-  if args.steps < 1 or args.eval_every < 1 or args.steps % args.eval_every:
+  if args.eval_at is not None:
+    try:
+      eval_steps = [int(step) for step in args.eval_at.split(",")]
+    except ValueError:
+      parser.error(f"--eval-at: expected comma-separated integers, got {args.eval_at!r}")
+    if eval_steps != sorted(set(eval_steps)) or not 0 <= eval_steps[0] <= eval_steps[-1] \
+        <= args.steps:
+      parser.error(f"--eval-at: expected increasing steps from 0 to --steps ({args.steps}), "
+                   f"got {args.eval_at!r}")
+  elif args.steps < 1 or args.eval_every < 1 or args.steps % args.eval_every:
     parser.error(f"--steps ({args.steps}) must be a positive multiple of --eval-every "
                  f"({args.eval_every})")
+  else:
+    eval_steps = list(range(0, args.steps + 1, args.eval_every))
 
   base = vqzoo.load(args.base)
   recipe = vqzoo.TrainConfig(dataset=args.dataset, steps=args.steps,
@@ -99,7 +119,7 @@ def main(argv=None):
     for label, init in (("fine-tuned from " + args.base, (base.params, base.state)),
                         ("from scratch", None)):
       print(label, flush=True)
-      curves[label] = curve(base.config, recipe, images, test, init, args.eval_every,
+      curves[label] = curve(base.config, recipe, images, test, init, eval_steps,
                             Path(tmp) / label.replace(" ", "_"))
   labels = list(curves)
   print(f"\n{args.dataset} test MSE ({len(test):,} images; {len(images):,} training images "
@@ -110,7 +130,8 @@ def main(argv=None):
     print(f"| {step} | " + " | ".join(f"{curves[l][i][1]:.5f}" for l in labels) + " |")
   reach = {l: first_reaching(curves[l], args.target) for l in labels}
   print(f"\nsteps to reach MSE <= {args.target}: " + "; ".join(
-      f"{l}: {s if s is not None else f'not within {args.steps}'}" for l, s in reach.items()))
+      f"{l}: {s if s is not None else f'not within {eval_steps[-1]}'}"
+      for l, s in reach.items()))
   print(f"wall time {time.time() - t0:.0f} s")
   Path(args.json).parent.mkdir(parents=True, exist_ok=True)
   Path(args.json).write_text(json.dumps({
