@@ -37,8 +37,8 @@ def _time_per_call(fn, seconds: float) -> float:
   return (time.perf_counter() - start) / calls
 
 
-def _images(batch: int) -> np.ndarray:
-  return (np.random.default_rng(0).random((batch, 28, 28, 1)) < 0.2).astype(np.float32)
+def _images(batch: int, shape=(28, 28, 1)) -> np.ndarray:
+  return (np.random.default_rng(0).random((batch, *shape)) < 0.2).astype(np.float32)
 
 
 def train_ips(name: str, batch: int, seconds: float) -> float:
@@ -50,7 +50,7 @@ def train_ips(name: str, batch: int, seconds: float) -> float:
   compiled = train_lib.compile_step(config, optimizer, jax.local_devices()[:1])
   if isinstance(compiled, tuple):  # jit over a mesh: (step, placement)
     step, parallel = compiled
-    holder, x = [parallel.replicate(ts)], parallel.shard(_images(batch))
+    holder, x = [parallel.replicate(ts)], parallel.shard(_images(batch, config.image_shape))
   else:  # vqzoo <= 0.2: a replica axis
     step, holder, x = compiled, [train_lib.replicate(ts, 1)], _images(batch)[None]
 
@@ -61,7 +61,8 @@ def train_ips(name: str, batch: int, seconds: float) -> float:
 
 
 def reconstruct_ips(name: str, batch: int, seconds: float) -> float:
-  model, x = vqzoo.load(name), _images(batch)
+  model = vqzoo.load(name)
+  x = _images(batch, model.config.image_shape)
   return batch / _time_per_call(lambda: model.reconstruct(x), seconds)
 
 
@@ -70,11 +71,14 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--seconds", type=float, default=3.0, help="timing window per row")
   parser.add_argument("--json", help="also write the rows here")
+  parser.add_argument("--models", nargs="+", default=MODELS, help=f"default {' '.join(MODELS)}")
+  parser.add_argument("--batches", nargs="+", type=int, default=BATCHES,
+                      help=f"default {' '.join(map(str, BATCHES))}")
   args = parser.parse_args(argv)
   rows = {}
   print(f"vqzoo {vqzoo.__version__} from {vqzoo.__file__}")
-  for name in MODELS:
-    for batch in BATCHES:
+  for name in args.models:
+    for batch in args.batches:
       for what, fn in (("train", train_ips), ("reconstruct", reconstruct_ips)):
         rows[f"{what} {name} {batch}"] = value = fn(name, batch, args.seconds)
         print(f"| {what} | {name} | {batch} | {value:,.0f} img/s |", flush=True)
