@@ -10,12 +10,19 @@ from PIL import Image
 
 from vqzoo.configs import TrainConfig
 from vqzoo import result_warnings
+from vqzoo.training.loop import learning_rate_schedule
 
 
 def test_checks_name_each_problem_and_stay_quiet_when_there_is_none():
   assert result_warnings.recipe_warnings(TrainConfig(steps=100, warmup_steps=10, batch_size=32), 1000) == []
   warm, batch = result_warnings.recipe_warnings(TrainConfig(steps=10, warmup_steps=10, batch_size=128), 45)
   assert "warm-up (10 steps) is not shorter than the run (10 steps)" in warm
+  assert ("compressed to 9 steps, so the rate climbs to its peak (0.001) by the run's last "
+          "step, by 0.000111111 a step instead of 0.0001") in warm
+  schedule = learning_rate_schedule(TrainConfig(steps=10, warmup_steps=10, learning_rate=1e-3))
+  assert [float(schedule(count)) for count in (1, 9)] == pytest.approx([1e-3 / 9, 1e-3])
+  (one,) = result_warnings.recipe_warnings(TrainConfig(steps=1, warmup_steps=5))
+  assert "compressed to 0 steps, so its one step runs at the peak rate (0.001)" in one
   assert "batch size 128 is larger than the 45 training images" in batch
   assert result_warnings.held_out_warnings(result_warnings.MIN_HELD_OUT) == []
   assert "only 5 held-out images" in result_warnings.held_out_warnings(5)[0]

@@ -20,13 +20,20 @@ class ResultWarning(UserWarning):
 
 
 def recipe_warnings(recipe: TrainConfig, num_train: int | None = None) -> list[str]:
-  """Warm-up not shorter than the run; a batch larger than the ``num_train`` training images
-  (where the batch is cut to the images, as in fine-tuning; ``None``: not checked)."""
+  """Warm-up not shorter than the run (the schedule then compresses it, see
+  :func:`vqzoo.training.loop.learning_rate_schedule`); a batch larger than the ``num_train``
+  training images (where the batch is cut to the images, as in fine-tuning; ``None``: not
+  checked)."""
   out = []
   if recipe.warmup_steps >= recipe.steps:
+    lr, steps = recipe.learning_rate, recipe.steps - 1
+    climb = (f"the rate climbs to its peak ({lr:g}) by the run's last step, by {lr / steps:g} a "
+             f"step instead of {lr / recipe.warmup_steps:g}" if steps else
+             f"its one step runs at the peak rate ({lr:g})")
     out.append(f"the learning-rate warm-up ({recipe.warmup_steps} steps) is not shorter than "
-               f"the run ({recipe.steps} steps): the rate never reaches its peak; shorten "
-               "the warm-up or run more steps")
+               f"the run ({recipe.steps} steps): it is compressed to {steps} "
+               f"step{'s' if steps != 1 else ''}, so {climb}; lower --lr, or run more "
+               "steps than the warm-up")
   if num_train is not None and recipe.batch_size > num_train:
     out.append(f"batch size {recipe.batch_size} is larger than the {num_train} training images: "
                f"each batch holds every image (batch {num_train}); lower --batch-size or add "

@@ -38,7 +38,12 @@ from vqzoo.training.parallel import DataParallel, to_host
 
 
 def learning_rate_schedule(recipe: TrainConfig) -> optax.Schedule:
-  """Linear warm-up to ``recipe.learning_rate``, then cosine decay or a constant rate."""
+  """Linear warm-up to ``recipe.learning_rate``, then cosine decay or a constant rate.
+
+  The warm-up takes ``min(warmup_steps, steps - 1)`` steps (optax counts the first update as
+  step 0): a run no longer than its warm-up still reaches the peak rate, at its last update
+  (:func:`vqzoo.result_warnings.recipe_warnings` says so).
+  """
   warmup = min(recipe.warmup_steps, recipe.steps - 1)
   if recipe.schedule == "constant":
     return optax.join_schedules([optax.linear_schedule(0.0, recipe.learning_rate, warmup),
