@@ -11,8 +11,8 @@ to reach the target MSE.
   python benchmarks/finetune_transfer.py --base cifar10-conv-ema --dataset fashion_mnist \\
       --convert rgb --resize --train-images 5000 --steps 1000 --eval-every 100 --target 0.0045
       # CIFAR-10 -> a folder of 5,000 grey PNGs read as 32x32 colour images
-  python benchmarks/finetune_transfer.py --base cifar10-conv-ema --dataset fashion_mnist \
-      --convert rgb --resize --train-images 5000 --test-images 2000 --steps 1000 \
+  python benchmarks/finetune_transfer.py --base cifar10-conv-ema --dataset fashion_mnist \\
+      --convert rgb --resize --train-images 5000 --test-images 2000 --steps 1000 \\
       --eval-at 0,1,2,3,5,10,20,50,100 --target 0.0045
       # the first 100 steps of that 1,000-step recipe, closely
 
