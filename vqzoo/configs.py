@@ -394,6 +394,12 @@ class TrainConfig(_Config):
              "final_lr_fraction", "a number in [0, 1]", self.final_lr_fraction)
     _require(_is_int(self.seed), "seed", "an integer", self.seed)
 
+  @property
+  def warmup_length(self) -> int:
+    """The updates the warm-up actually takes: ``min(warmup_steps, steps - 1)``, so that even a
+    run no longer than its warm-up reaches the peak rate, at its last update."""
+    return min(self.warmup_steps, self.steps - 1)
+
   def to_dict(self) -> dict[str, Any]:
     """As :meth:`_Config.to_dict`, without ``compute_dtype`` at its default: checkpoints, model
     cards and run records of float32 recipes keep the bytes they had before it."""

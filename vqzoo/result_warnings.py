@@ -20,13 +20,13 @@ class ResultWarning(UserWarning):
 
 
 def recipe_warnings(recipe: TrainConfig, num_train: int | None = None) -> list[str]:
-  """Warm-up not shorter than the run (the schedule then compresses it, see
-  :func:`vqzoo.training.loop.learning_rate_schedule`); a batch larger than the ``num_train``
+  """Warm-up not shorter than the run (the schedule then compresses it to
+  :attr:`~vqzoo.configs.TrainConfig.warmup_length`); a batch larger than the ``num_train``
   training images (where the batch is cut to the images, as in fine-tuning; ``None``: not
   checked)."""
   out = []
   if recipe.warmup_steps >= recipe.steps:
-    lr, steps = recipe.learning_rate, recipe.steps - 1
+    lr, steps = recipe.learning_rate, recipe.warmup_length
     climb = (f"the rate climbs to its peak ({lr:g}) by the run's last step, by {lr / steps:g} a "
              f"step instead of {lr / recipe.warmup_steps:g}" if steps else
              f"its one step runs at the peak rate ({lr:g})")

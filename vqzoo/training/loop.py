@@ -40,11 +40,10 @@ from vqzoo.training.parallel import DataParallel, to_host
 def learning_rate_schedule(recipe: TrainConfig) -> optax.Schedule:
   """Linear warm-up to ``recipe.learning_rate``, then cosine decay or a constant rate.
 
-  The warm-up takes ``min(warmup_steps, steps - 1)`` steps (optax counts the first update as
-  step 0): a run no longer than its warm-up still reaches the peak rate, at its last update
-  (:func:`vqzoo.result_warnings.recipe_warnings` says so).
+  The warm-up takes :attr:`~vqzoo.configs.TrainConfig.warmup_length` updates (optax counts the
+  first as step 0; :func:`vqzoo.result_warnings.recipe_warnings` says when it is compressed).
   """
-  warmup = min(recipe.warmup_steps, recipe.steps - 1)
+  warmup = recipe.warmup_length
   if recipe.schedule == "constant":
     return optax.join_schedules([optax.linear_schedule(0.0, recipe.learning_rate, warmup),
                                  optax.constant_schedule(recipe.learning_rate)], [warmup])
