@@ -163,3 +163,21 @@ def test_slices_and_chunks_follow_the_input_shape_and_dtype(row_shape, monkeypat
   assert [len(c) for c in cpu_tuning.inference_chunks(batch, row_shape, "mlp")] == [1000]
   with cpu_tuning.disabled():
     assert [len(c) for c in cpu_tuning.inference_chunks(batch, row_shape, "conv")] == [1000]
+
+
+def test_evaluate_in_inference_chunks_measures_what_one_call_measures(mnist_test):
+  """evaluate's default batch is trick 4's chunk; a short last chunk is padded, never counted."""
+  import vqzoo
+  model = vqzoo.load("mnist-conv-rvq")  # residual: the per-depth errors are padded too
+  images = mnist_test[:300]  # 128 + 128 + a short chunk of 44
+  assert cpu_tuning.inference_chunk_rows((28, 28, 1), "conv") == 128
+  assert cpu_tuning.inference_chunk_rows((28, 28, 1), "mlp") is None
+  chunked = vqzoo.evaluate(model.config, model.params, model.state, images)
+  whole = vqzoo.evaluate(model.config, model.params, model.state, images, batch_size=300)
+  assert chunked["num_images"] == whole["num_images"] == 300
+  assert chunked["codes_used"] == whole["codes_used"]
+  for key in ("mse", "perplexity", "nmse"):
+    assert chunked[key] == pytest.approx(whole[key], rel=1e-5), key
+  assert chunked["mse_by_depth"] == pytest.approx(whole["mse_by_depth"], rel=1e-5)
+  with pytest.raises(ValueError, match="positive number of images"):
+    vqzoo.evaluate(model.config, model.params, model.state, images, batch_size=0)

@@ -17,8 +17,10 @@ the hooks it declares (:mod:`vqzoo.nn.hooks`); nothing is written onto a module:
 3. **Batch slicing.** :class:`~vqzoo.nn.hooks.IndependentRows` modules (the zoo's conv encoder
    and decoder) run on slices of the batch inside one compiled function, so each slice's
    activations stay in cache; a slice's size follows the module's input (:func:`slice_rows`).
-4. **Chunked inference.** The loaded-model container dispatches large conv batches in host
-   chunks, back to back (:func:`inference_chunks`), sized by the image shape.
+4. **Chunked inference.** The loaded-model container and :func:`vqzoo.evaluate` dispatch large
+   conv batches in host chunks, back to back (:func:`inference_chunks`), sized by the image
+   shape: a small compiled function, where one over a whole large batch would unroll many
+   slices (3) and take seconds longer to compile.
 5. **Nearest-code search.** For :class:`~vqzoo.nn.hooks.CodeSearch` modules (the quantizers)
    and distance matrices that fit in cache, the first minimum is found by two vectorised
    reductions instead of ``argmin``'s (value, index) reduction.
@@ -275,17 +277,22 @@ def tuned(fn: F) -> F:
   return wrapper  # type: ignore[return-value]
 
 
+def inference_chunk_rows(image_shape: Sequence[int], arch: str) -> int | None:
+  """Trick 4's host chunk, in images: for conv models on the CPU, :data:`CHUNK_BYTES` of float32
+  images of ``image_shape`` (128 of 28x28x1, 32 of 32x32x3); otherwise ``None`` (one call)."""
+  if arch != "conv" or not enabled():
+    return None
+  return max(1, CHUNK_BYTES // (math.prod(image_shape) * 4))
+
+
 def inference_chunks(batch: np.ndarray, image_shape: Sequence[int], arch: str
                      ) -> Iterator[np.ndarray]:
-  """Trick 4: ``[B, ...]`` in the slices a loaded model dispatches back to back.
-
-  Conv models on the CPU: chunks of :data:`CHUNK_BYTES` of float32 images of ``image_shape``
-  (128 images of 28x28x1, 32 of 32x32x3); otherwise one call.
-  """
-  if arch != "conv" or not enabled():
+  """Trick 4: ``[B, ...]`` in the chunks of :func:`inference_chunk_rows`, dispatched back to back
+  by a loaded model (and by :func:`vqzoo.evaluate`)."""
+  size = inference_chunk_rows(image_shape, arch)
+  if size is None:
     yield batch
     return
-  size = max(1, CHUNK_BYTES // (math.prod(image_shape) * 4))
   if len(batch) == 0:
     yield batch
   for i in range(0, len(batch), size):

@@ -6,6 +6,7 @@ returns), so MSE is measured on valid images.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -18,7 +19,11 @@ from vqzoo.images import to_float_images
 from vqzoo.nn import build, build_codec
 
 
-def _eval_fn(config: ModelConfig):
+# One compiled function per (config, CPU tricks and compiler options), reused by every evaluate()
+# of a process (a fine-tune measures its base and its result); a trace made with the tricks on
+# never serves a call made with them off.
+@functools.lru_cache(maxsize=8)
+def _eval_fn(config: ModelConfig, tricks: tuple):
   model = build(config, wrap=cpu_tuning.tuned)
 
   @cpu_tuning.jit
@@ -31,7 +36,8 @@ def _eval_fn(config: ModelConfig):
   return fn
 
 
-def _depth_fn(config: ModelConfig):
+@functools.lru_cache(maxsize=8)
+def _depth_fn(config: ModelConfig, tricks: tuple):
   """Squared error per image ``[N, B]`` of a residual model decoding at depths ``1..N``."""
   codec = build_codec(config, wrap=cpu_tuning.tuned)
 
@@ -47,8 +53,12 @@ def _depth_fn(config: ModelConfig):
 
 
 def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
-             batch_size: int = 1000, progress: bool = False) -> dict[str, float]:
+             batch_size: int | None = None, progress: bool = False) -> dict[str, float]:
   """Measures a model on ``images`` ``[N, H, W, C]`` (uint8, or float in [0, 1]).
+
+  ``batch_size`` images go through the model per call: by default the loaded model's
+  inference chunk (:func:`vqzoo.cpu_tuning.inference_chunk_rows`: 128 of 28x28x1 and 32 of
+  32x32x3 for conv models on the CPU), else 1000. The metrics do not depend on it.
 
   Returns:
     ``mse`` (per pixel), ``nmse`` (MSE divided by the variance of the split's pixels, how the
@@ -60,10 +70,15 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
     its last entry is ``mse``). ``progress`` shows a progress bar.
   """
   images = to_float_images(images, config.image_shape)
-  fn = _eval_fn(config)
+  if batch_size is None:
+    batch_size = cpu_tuning.inference_chunk_rows(config.image_shape, config.arch) or 1000
+  if batch_size < 1:
+    raise ValueError(f"batch_size: expected a positive number of images, got {batch_size}")
+  tricks = (cpu_tuning.enabled(), repr(cpu_tuning.compiler_options()))  # the cache key's part
+  fn = _eval_fn(config, tricks)
   k = config.quantizer.num_embeddings
   stages = config.quantizer.num_stages if config.quantizer.kind == "rvq" else 0
-  depth_fn = _depth_fn(config) if stages else None
+  depth_fn = _depth_fn(config, tricks) if stages else None
   counts = np.zeros(k, np.int64)
   depth_sq = np.zeros(stages, np.float64)
   total_sq = pixel_sum = pixel_sq = 0.0
@@ -71,13 +86,17 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
   for start in tqdm(range(0, len(images), batch_size), desc="evaluate", unit="batch",
                     leave=False, disable=not progress):
     chunk = images[start:start + batch_size]
-    sq_err, codes = fn(params, state, chunk)
-    total_sq += float(np.sum(np.asarray(sq_err, np.float64)))
+    # A short last chunk is padded to the others' shape (one compilation) and the pad dropped.
+    padded = _pad_rows(chunk, batch_size) if start else chunk
+    sq_err, codes = fn(params, state, padded)
     if depth_fn is not None:
-      depth_sq += np.sum(np.asarray(depth_fn(params, state, chunk, codes), np.float64), axis=1)
+      depth_sq += np.sum(np.asarray(depth_fn(params, state, padded, codes), np.float64)[
+          :, :len(chunk)], axis=1)
+    sq_err, codes = np.asarray(sq_err)[:len(chunk)], np.asarray(codes)[:len(chunk)]
+    total_sq += float(np.sum(sq_err, dtype=np.float64))
     pixel_sum += float(np.sum(chunk, dtype=np.float64))
     pixel_sq += float(np.sum(np.square(chunk, dtype=np.float64)))
-    counts += np.bincount(np.asarray(codes).ravel(), minlength=k)
+    counts += np.bincount(codes.ravel(), minlength=k)
   pixels = len(images) * math.prod(config.image_shape)
   mse = total_sq / pixels
   variance = pixel_sq / pixels - (pixel_sum / pixels) ** 2
@@ -95,6 +114,13 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
       "num_images": int(len(images)),
       **by_depth,
   }
+
+
+def _pad_rows(chunk: np.ndarray, rows: int) -> np.ndarray:
+  """``chunk`` ``[n, ...]`` with zero rows appended up to ``[rows, ...]``."""
+  if len(chunk) == rows:
+    return chunk
+  return np.concatenate([chunk, np.zeros((rows - len(chunk), *chunk.shape[1:]), chunk.dtype)])
 
 
 def measure(model: Any, dataset: str, split: str = "test",
