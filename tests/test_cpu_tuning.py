@@ -169,12 +169,12 @@ def test_evaluate_in_inference_chunks_measures_what_one_call_measures(mnist_test
   """evaluate's default batch is trick 4's chunk; a short last chunk is padded, never counted."""
   import vqzoo
   model = vqzoo.load("mnist-conv-rvq")  # residual: the per-depth errors are padded too
-  images = mnist_test[:300]  # 128 + 128 + a short chunk of 44
+  images = mnist_test[:150]  # 128 + a short chunk of 22
   assert cpu_tuning.inference_chunk_rows((28, 28, 1), "conv") == 128
   assert cpu_tuning.inference_chunk_rows((28, 28, 1), "mlp") is None
   chunked = vqzoo.evaluate(model.config, model.params, model.state, images)
-  whole = vqzoo.evaluate(model.config, model.params, model.state, images, batch_size=300)
-  assert chunked["num_images"] == whole["num_images"] == 300
+  whole = vqzoo.evaluate(model.config, model.params, model.state, images, batch_size=150)
+  assert chunked["num_images"] == whole["num_images"] == 150
   assert chunked["codes_used"] == whole["codes_used"]
   for key in ("mse", "perplexity", "nmse"):
     assert chunked[key] == pytest.approx(whole[key], rel=1e-5), key
