@@ -30,8 +30,12 @@ print(time.perf_counter() - start, m["mse"], m["codes_used"])
 
 def _row(name: str, batch: int) -> tuple[float, float, float, int]:
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
-  out = subprocess.run([sys.executable, "-c", CHILD, name, str(batch)], capture_output=True,
-                       text=True, check=True).stdout.split()
+  result = subprocess.run([sys.executable, "-c", CHILD, name, str(batch)], capture_output=True,
+                          text=True)
+  if result.returncode != 0:
+    raise SystemExit(f"evaluate_speed.py: the {name} row (batch {batch or 'default'}) failed:\n"
+                     f"{result.stderr[-2000:]}")
+  out = result.stdout.split()
   after = resource.getrusage(resource.RUSAGE_CHILDREN)
   cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
   return float(out[0]), cpu, float(out[1]), int(out[2])
