@@ -18,10 +18,9 @@ from PIL import Image
 import vqzoo
 from vqzoo.cli import MAX_COUNT, MAX_SAMPLES, main
 from vqzoo.pretrained.tokenizing import encode_to_file
-from _util import one_line_error as _one_line_error
+from _util import REPO, one_line_error as _one_line_error
 
 MODEL = "mnist-mlp"
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _status(argv) -> int:

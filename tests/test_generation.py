@@ -17,7 +17,7 @@ from vqzoo.pretrained.generation import NoPriorError
 from vqzoo.pretrained.integrity import PRIOR_WEIGHTS_NAME, manifest_digest
 from vqzoo.training.prior_fitting import fit_prior
 
-from _util import assert_trees_equal
+from _util import assert_trees_equal, compiled_init
 from hub_server import hub  # noqa: F401  (the fixture)
 
 BASE = "mnist-conv-ema"
@@ -26,8 +26,8 @@ BASE = "mnist-conv-ema"
 def _random_prior(config, seed=0, num_classes=10):
   prior = PriorConfig.for_model(config, num_classes=num_classes, hidden=8, num_layers=1)
   labels = jnp.zeros((1,), jnp.int32) if num_classes else None
-  params = prior_bits(prior).init(jax.random.PRNGKey(seed),
-                                  jnp.zeros((1, *prior.latent_shape), jnp.int32), labels)
+  params = compiled_init(prior_bits(prior), jax.random.PRNGKey(seed),
+                         jnp.zeros((1, *prior.latent_shape), jnp.int32), labels)
   # Non-zero biases everywhere, so samples depend on the parameters.
   params = jax.tree_util.tree_map(
       lambda x: x + 0.3 * np.random.default_rng(seed).normal(size=x.shape).astype(x.dtype), params)

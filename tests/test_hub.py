@@ -23,9 +23,9 @@ from vqzoo.pretrained.hub import HubError
 from vqzoo.pretrained.integrity import manifest_digest
 from vqzoo.pretrained import WEIGHTS_NAME, PretrainedVQVAE
 
+from _util import REPO as REPO_ROOT, compiled_init
 from hub_server import hub  # noqa: F401  (the fixture)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DIGITS = Path(vqzoo.__file__).parent / "assets" / "mnist_test_digits.npy"
 COMMIT_LEN = 40
 
@@ -50,8 +50,8 @@ def model_a() -> PretrainedVQVAE:
 def model_b() -> PretrainedVQVAE:
   """The same architecture from another init seed: every tensor differs from ``model_a``."""
   config = vqzoo.ModelConfig()
-  params, state = vqzoo.build(config).init(jax.random.PRNGKey(1),
-                                           jnp.zeros((1, *config.image_shape)), True)
+  params, state = compiled_init(vqzoo.build(config), jax.random.PRNGKey(1),
+                                jnp.zeros((1, *config.image_shape)), True)
   return PretrainedVQVAE(config, params, state)
 
 

@@ -19,7 +19,8 @@ from vqzoo.nn import build
 from vqzoo.pretrained import registry
 from vqzoo.pretrained.initial import initial_weights
 
-REPO = Path(__file__).resolve().parent.parent
+from _util import REPO, compiled_init
+
 DIGITS = Path(vqzoo.__file__).parent / "assets" / "mnist_test_digits.npy"
 CONV = "mnist-conv"
 
@@ -43,8 +44,8 @@ def test_untrained_create_model_is_fast_in_a_fresh_process():
 @pytest.mark.parametrize("name", ["mnist-mlp", "mnist-conv-ema"])
 def test_fresh_weights_have_the_init_shapes_and_distribution(name):
   config = registry.get_config(name)
-  init = lambda rng: build(config).init(rng, jnp.zeros((1, *config.image_shape)), True)
-  reference = init(jax.random.PRNGKey(0))
+  reference = compiled_init(build(config), jax.random.PRNGKey(0),
+                            jnp.zeros((1, *config.image_shape)), True)
   params, state = initial_weights(config, seed=0)
   for ours, theirs in zip((params, state), reference):
     assert set(ours) == set(theirs)
@@ -152,7 +153,7 @@ def test_an_initialiser_that_cannot_run_alone_falls_back_to_the_compiled_init(mo
   monkeypatch.setattr(initial, "_in_jax", cannot_run_alone)
   config = registry.get_config("mnist-conv-ema")
   _, state = initial_weights(config, seed=0)
-  _, reference = build(config).init(jax.random.PRNGKey(0), jnp.zeros((1, *config.image_shape)),
-                                    True)
+  _, reference = compiled_init(build(config), jax.random.PRNGKey(0),
+                               jnp.zeros((1, *config.image_shape)), True)
   module = next(m for m in reference if "codebook" in reference[m])
   np.testing.assert_array_equal(state[module]["codebook"], reference[module]["codebook"])

@@ -14,7 +14,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from _util import REPO
+
 LOW = {"vqzoo.configs", "vqzoo.io", "vqzoo.images", "vqzoo.grid",
        "vqzoo._version", "vqzoo.assets", "vqzoo.weights", "vqzoo.folders", "vqzoo.decoded_images",
        "vqzoo.sampling", "vqzoo.compilation_cache", "vqzoo.image_folder", "vqzoo.result_warnings"}

@@ -12,6 +12,8 @@ import vqzoo
 from vqzoo.configs import PriorConfig
 from vqzoo.evaluation import likelihood
 
+from _util import compiled_init
+
 TINY = dict(num_embeddings=16, embedding_dim=8, num_hiddens=16, num_residual_hiddens=8)
 
 
@@ -107,8 +109,8 @@ def test_bound_uses_the_models_prior():
   from vqzoo.nn import prior_bits
   model = vqzoo.create_model("mnist-conv-ema", image_shape=(32, 32, 3), **TINY)
   prior = PriorConfig.for_model(model.config, num_classes=10, hidden=8, num_layers=1)
-  params = prior_bits(prior).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8), jnp.int32),
-                                  jnp.zeros((1,), jnp.int32))
+  params = compiled_init(prior_bits(prior), jax.random.PRNGKey(0),
+                         jnp.zeros((1, 8, 8), jnp.int32), jnp.zeros((1,), jnp.int32))
   model.set_prior(prior, params)
   x, labels = _images(4), np.array([0, 3, 3, 9])
   codes = model.encode(x)

@@ -47,8 +47,9 @@ def test_params_and_optimizer_state_stay_float32():
     assert _float_dtypes(part) == {jnp.dtype(jnp.float32)}
   assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))
   # init inside a bfloat16 transform also creates float32 params
-  params, _ = build(CONFIG, compute_dtype="bfloat16").init(
-      jax.random.PRNGKey(0), jnp.zeros((1, *CONFIG.image_shape), jnp.bfloat16), True)
+  init = lambda rng, x: build(CONFIG, compute_dtype="bfloat16").init(rng, x, True)
+  params, _ = jax.eval_shape(init, jax.random.PRNGKey(0),
+                             jnp.zeros((1, *CONFIG.image_shape), jnp.bfloat16))
   assert _float_dtypes(params) == {jnp.dtype(jnp.float32)}
 
 

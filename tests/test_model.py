@@ -11,6 +11,8 @@ from vqzoo.images import to_float_images
 from vqzoo import cpu_tuning
 from vqzoo.nn import build, build_codec
 
+from _util import compiled_init
+
 CONFIGS = {
     "mlp": ModelConfig(),
     "mlp-ema": ModelConfig(quantizer=QuantizerConfig(ema=True)),
@@ -32,7 +34,7 @@ class ShapeTest(chex.TestCase):
         k, d = config.quantizer.num_embeddings, config.quantizer.embedding_dim
         x = jax.random.uniform(jax.random.PRNGKey(0), (b, h, w, c))
         model = build(config)
-        params, state = model.init(jax.random.PRNGKey(1), x, True)
+        params, state = compiled_init(model, jax.random.PRNGKey(1), x, True)
         apply = self.variant(model.apply, static_argnums=(4,))
         out, new_state = apply(params, state, None, x, True)
         latent = config.latent_shape
@@ -57,7 +59,7 @@ def test_total_loss_is_sum_of_named_terms():
     config = CONFIGS[name]
     x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
     model = build(config)
-    params, state = model.init(jax.random.PRNGKey(1), x, True)
+    params, state = compiled_init(model, jax.random.PRNGKey(1), x, True)
     out, _ = model.apply(params, state, None, x, True)
     np.testing.assert_allclose(out.reconstruction_loss, jnp.mean((x - out.reconstruction) ** 2),
                                rtol=1e-6)
@@ -167,11 +169,12 @@ def test_tuned_conv_model_equals_the_plain_model(monkeypatch):
   """Slicing, matmul convs and the two-pass search change nothing but speed."""
   config = CONFIGS["conv-ema-rgb"]
   x = jnp.asarray(np.random.default_rng(3).random((40, *config.image_shape)), jnp.float32)
-  params, state = build(config).init(jax.random.PRNGKey(0), x, True)
+  params, state = compiled_init(build(config), jax.random.PRNGKey(0), x, True)
   monkeypatch.setattr(cpu_tuning, "SLICE_BYTES", 7 * 4 * 3 * 8 * 4)  # decoder: 6 slices of 7
   monkeypatch.setattr(cpu_tuning, "MIN_SLICE_ROWS", 1)
-  plain = build(config).apply(params, state, jax.random.PRNGKey(1), x, True)
-  tuned = build(config, wrap=cpu_tuning.tuned).apply(params, state, jax.random.PRNGKey(1), x, True)
+  apply = lambda wrap: jax.jit(build(config, wrap=wrap).apply, static_argnums=4)(
+      params, state, jax.random.PRNGKey(1), x, True)
+  plain, tuned = apply(lambda f: f), apply(cpu_tuning.tuned)
   (whole, whole_state), (sliced, sliced_state) = plain, tuned
   np.testing.assert_allclose(sliced.reconstruction, whole.reconstruction, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(sliced.codes, whole.codes)
@@ -200,7 +203,7 @@ def test_user_modules_plug_into_the_vqvae_with_either_quantizer():
                                       name="codes"), name="mine")
     model = build(factory)
     x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
-    params, state = model.init(jax.random.PRNGKey(1), x, True)
+    params, state = compiled_init(model, jax.random.PRNGKey(1), x, True)
     out, _ = model.apply(params, state, None, x, True)
     chex.assert_shape(out.reconstruction, (4, 28, 28, 1))
     chex.assert_shape(out.codes, (4,))

@@ -8,7 +8,7 @@ import haiku as hk
 import jax
 import numpy as np
 import pytest
-from _util import synthetic_images
+from _util import compiled_init, synthetic_images
 
 import vqzoo.nn as vnn
 from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig, RunConfig, TrainConfig
@@ -109,7 +109,7 @@ def test_each_module_in_a_user_written_transform_with_its_own_encoder(name):
 
   model = hk.transform_with_state(forward)
   x = synthetic_images(32).astype(np.float32) / 255
-  params, state = model.init(jax.random.PRNGKey(0), x, True)
+  params, state = compiled_init(model, jax.random.PRNGKey(0), x, True)
   loss = lambda p: model.apply(p, state, jax.random.PRNGKey(1), x, True)[0].loss
   grads = jax.grad(loss)(params)
   assert np.any(np.asarray(grads["enc/linear"]["w"]) != 0)
