@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqzoo import cpu_tuning
 from vqzoo.configs import ModelConfig
 from vqzoo.nn import build
 
@@ -84,10 +85,12 @@ def _on_host(init: Any, shape: tuple[int, ...], rng: np.random.Generator) -> np.
 
 def _in_jax(init: Callable, shape: tuple[int, ...], dtype: Any, seed: int, name: str
             ) -> np.ndarray:
-  """``init(shape, dtype)`` run by Haiku, compiled for this one shape."""
+  """``init(shape, dtype)`` run by Haiku, compiled for this one shape (at the optimisation
+  level of :func:`vqzoo.cpu_tuning.jit_once`: a codebook's uniform draw compiled in 1.8 s at
+  XLA's default level on 2 cores)."""
   fn = hk.transform(lambda: init(shape, dtype))
   key = jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(name.encode()))
-  return np.asarray(jax.jit(fn.apply)({}, key))
+  return np.asarray(cpu_tuning.jit_once(fn.apply)({}, key))
 
 
 def initial_weights(config: ModelConfig, seed: int = 0) -> tuple[hk.Params, hk.State]:
@@ -140,6 +143,8 @@ def initial_weights(config: ModelConfig, seed: int = 0) -> tuple[hk.Params, hk.S
 
 @functools.lru_cache(maxsize=2)
 def _full_init(config: ModelConfig, seed: int) -> tuple[hk.Params, hk.State]:
-  """``build(config).init`` itself, compiled (the slow path, for unknown initialisers only)."""
+  """``build(config).init`` itself, compiled (the slow path, for unknown initialisers only) at
+  the optimisation level of :func:`vqzoo.cpu_tuning.jit_once`: the op-by-op values, and a few
+  seconds of compilation where a plain ``jax.jit`` takes 10-20 s for a conv model on the CPU."""
   init = lambda rng: build(config).init(rng, jnp.zeros((1, *config.image_shape)), True)
-  return jax.jit(init)(jax.random.PRNGKey(seed))
+  return cpu_tuning.jit_once(init)(jax.random.PRNGKey(seed))
