@@ -33,14 +33,16 @@ def test_untrained_create_model_draws_on_the_host_and_never_compiles_the_network
   Now numpy draws every weight except a codebook (a module's own initialiser), compiled alone;
   the whole init is never compiled. (Its time: ``benchmarks/startup.py``; no timer here.)"""
   from vqzoo.pretrained import initial
-  compiled_alone = []
-  run_alone = initial._in_jax
-  monkeypatch.setattr(initial, "_in_jax", lambda init, shape, *rest: (
-      compiled_alone.append(shape), run_alone(init, shape, *rest))[1])
+  compiled_alone, run_alone = [], initial._in_jax
+
+  def in_jax(init, shape, *rest):
+    compiled_alone.append(shape)
+    return run_alone(init, shape, *rest)
 
   def whole_init(*_):
     raise AssertionError("the whole network's init was compiled")
 
+  monkeypatch.setattr(initial, "_in_jax", in_jax)
   monkeypatch.setattr(initial, "_full_init", whole_init)
   model = vqzoo.create_model(name)
   k, d = model.config.quantizer.num_embeddings, model.config.quantizer.embedding_dim
