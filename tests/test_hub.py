@@ -23,7 +23,7 @@ from vqzoo.pretrained.hub import HubError
 from vqzoo.pretrained.integrity import manifest_digest
 from vqzoo.pretrained import WEIGHTS_NAME, PretrainedVQVAE
 
-from _util import REPO as REPO_ROOT, compiled_init
+from _util import REPO, compiled_init
 from hub_server import hub  # noqa: F401  (the fixture)
 
 DIGITS = Path(vqzoo.__file__).parent / "assets" / "mnist_test_digits.npy"
@@ -89,7 +89,7 @@ def assert_no_partial_weights(cache_dir, weights_sha256: str) -> None:
 
 
 def load_script(name: str):
-  path = REPO_ROOT / "scripts" / f"{name}.py"
+  path = REPO / "scripts" / f"{name}.py"
   spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
