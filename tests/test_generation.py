@@ -15,9 +15,9 @@ from vqzoo.configs import PriorConfig, RunConfig, TrainConfig
 from vqzoo.nn import prior_bits
 from vqzoo.pretrained.generation import NoPriorError
 from vqzoo.pretrained.integrity import PRIOR_WEIGHTS_NAME, manifest_digest
-from vqzoo.training.prior_fitting import fit_prior
+from vqzoo.training.prior_fitting import fit_prior, training_codes
 
-from _util import assert_trees_equal, compiled_init
+from _util import assert_trees_equal, compiled_init, synthetic_images
 from hub_server import hub  # noqa: F401  (the fixture)
 
 BASE = "mnist-conv-ema"
@@ -122,6 +122,19 @@ def test_categorical_prior_is_fitted_exactly_by_counting():
   np.testing.assert_allclose(bits, expected, rtol=1e-5)
 
 
+def test_mirrored_training_codes_follow_the_originals_with_their_labels(model):
+  images = synthetic_images(6)
+  labels = np.arange(6, dtype=np.int32)
+  codes, same = training_codes(model, images, labels, progress=False)
+  assert same is labels and codes.shape == (6, 7, 7)
+  both, repeated = training_codes(model, images, labels, mirrored=True, progress=False)
+  np.testing.assert_array_equal(both[:6], codes)
+  np.testing.assert_array_equal(both[6:], model.encode(images[:, :, ::-1]))
+  np.testing.assert_array_equal(repeated, np.concatenate([labels, labels]))
+  assert not np.array_equal(both[6:], codes)  # the mirror is other data
+  assert training_codes(model, images, None, mirrored=True, progress=False)[1] is None
+
+
 def test_pixelcnn_fit_learns_and_resumes_bit_exactly(tmp_path, mnist_test):
   m = vqzoo.load(BASE)
   codes = m.encode(mnist_test[:512])
@@ -149,7 +162,7 @@ def test_cli_fit_prior_then_sample(tmp_path, tfds_dir, capsys):
   assert cli_main(["fit-prior", BASE, "--dataset", "mnist", "--split", "train[:1000]",
                    "--eval-split", "test[:300]", "--steps", "8", "--batch-size", "32",
                    "--hidden", "8", "--layers", "1", "--out", str(out), "--data-dir", tfds_dir,
-                   "--no-progress", "--json"]) == 0
+                   "--mirror", "--no-progress", "--json"]) == 0
   metrics = json.loads(capsys.readouterr().out)
   assert metrics["uniform_bits"] == pytest.approx(49 * 7)
   assert metrics["eval_split"] == "test[:300]"
@@ -160,6 +173,11 @@ def test_cli_fit_prior_then_sample(tmp_path, tfds_dir, capsys):
   assert metrics["prior_bits"] == pytest.approx(
       model.prior_bits(codes, load_labels("mnist", "test[:300]", tfds_dir)).mean(), rel=1e-5)
   assert vqzoo.load(str(out)).prior.num_classes == 10
+  # --mirror adds the mirrored images' codes to the fit; the unigram baseline stays the images'.
+  from vqzoo.training.prior_fitting import unigram_bits
+  train_codes = encode_images(model, load_images("mnist", "train[:1000]", tfds_dir), progress=False)
+  assert metrics["unigram_bits"] == pytest.approx(unigram_bits(train_codes, codes, 128).mean())
+  assert "`mnist` split `train[:1000]` and of those images mirrored left-right" in model.card
   grid = tmp_path / "s.png"
   assert cli_main(["sample", str(out), "--n", "8", "--label", "3", "--out", str(grid)]) == 0
   from PIL import Image

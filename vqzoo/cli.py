@@ -362,7 +362,8 @@ def cmd_fit_prior(args):
                                eval_split=args.eval_split,
                                conditional=not args.unconditional, hidden=args.hidden,
                                num_layers=args.layers, workdir=args.workdir, run=run,
-                               convert=args.convert, resize=args.resize)
+                               convert=args.convert, resize=args.resize,
+                               mirrored=args.mirror)
   _emit(args, {"out": args.out, **metrics},
         f"prior saved with the model in {args.out}: {metrics['eval_split']} "
         f"{metrics['prior_bits']:.1f} bits per "
@@ -535,6 +536,8 @@ def _args_fit_prior(f) -> None:
   f.add_argument("--eval-split", default="test",
                  help="TFDS split the prior is measured on (default test)")
   f.add_argument("--unconditional", action="store_true", help="ignore the dataset's labels")
+  f.add_argument("--mirror", action="store_true",
+                 help="also fit the codes of the images mirrored left-right (twice the data)")
   from vqzoo.pretrained.registry import PRIOR_HIDDEN, PRIOR_LAYERS, PRIOR_RECIPE as r
   f.add_argument("--steps", type=_positive_int, default=r.steps, help=f"default {r.steps}")
   f.add_argument("--batch-size", type=_positive_int, default=r.batch_size,

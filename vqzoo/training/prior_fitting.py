@@ -45,6 +45,23 @@ def encode_images(model: Any, images: np.ndarray, batch_size: int = 2000,
   return np.concatenate(out)
 
 
+def training_codes(model: Any, images: np.ndarray, labels: np.ndarray | None = None,
+                   mirrored: bool = False, progress: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+  """The data a prior is fitted to: ``[N, *latent]`` codes of ``[N, H, W, C]`` images, and
+  their ``[N]`` labels (or ``None``).
+
+  With ``mirrored``, the codes of the images mirrored left-right follow theirs (``[2N, *latent]``,
+  the labels repeated): twice the data for a prior that would otherwise overfit it.
+  """
+  codes = encode_images(model, images, progress=progress)
+  if mirrored:
+    flipped = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
+    codes = np.concatenate([codes, encode_images(model, flipped, progress=progress)])
+    labels = None if labels is None else np.concatenate([labels, labels])
+  return codes, labels
+
+
 def _init_params(config: PriorConfig, seed: int) -> hk.Params:
   codes = jnp.zeros((1, *config.latent_shape), jnp.int32)
   labels = None if config.num_classes == 0 else jnp.zeros((1,), jnp.int32)
@@ -186,7 +203,7 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
                     conditional: bool = True, hidden: int = 32,
                     num_layers: int = 6, workdir: str | os.PathLike | None = None,
                     run: RunConfig = RunConfig(checkpoint_every=500, log_every=100),
-                    convert: str | None = None, resize: bool = False
+                    convert: str | None = None, resize: bool = False, mirrored: bool = False
                     ) -> tuple[Any, dict[str, Any]]:
   """Fits a prior to any model's codes and saves the model with it to ``out``.
 
@@ -203,6 +220,8 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
     run: resume/overwrite, intervals, progress bars.
     convert, resize: how image files of another channel kind or size are converted
       (see :func:`~vqzoo.image_folder.load_image_folder`); recorded in the lineage.
+    mirrored: also fit to the codes of the training images mirrored left-right
+      (:func:`training_codes`); the unigram baseline stays that of the images as given.
 
   Returns:
     ``(model with its prior, metrics)``: bits per image of the held-out codes beside the
@@ -230,13 +249,13 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
   num_classes = 0 if labels is None else int(labels.max()) + 1
   config = PriorConfig.for_model(model.config, num_classes=num_classes, hidden=hidden,
                                  num_layers=num_layers)
-  codes = encode_images(model, images, progress=run.progress)
+  codes, labels = training_codes(model, images, labels, mirrored, run.progress)
   out = Path(out)
   workdir = Path(workdir or out.with_name(out.name + ".work"))
   params = fit_prior(config, recipe, codes, labels, workdir=workdir, run=run)
   model.set_prior(config, params)
   metrics = {**prior_nll(model, encode_images(model, test_images, progress=run.progress),
-                         test_labels, codes), "eval_split": eval_split}
+                         test_labels, codes[:len(images)]), "eval_split": eval_split}
   warned = result_warnings.emit(result_warnings.prior_warnings(metrics) + (
       result_warnings.held_out_warnings(len(test_images) if eval_split == "held-out" else 0)
       if images_dir is not None else []))
@@ -245,6 +264,8 @@ def fit_model_prior(base: str, out: str | os.PathLike, recipe: TrainConfig, *,
           {"source": "image-folder", "folder": Path(images_dir).name, "images": len(everything),
            "held_out": len(test_images) if eval_split == "held-out" else 0,
            "conversion": conversion_record(convert, resize)})
+  if mirrored:
+    data["mirrored"] = True
   model.card = prior_card(model, base, out.name, config, recipe, metrics, data, warned)
   model.save_pretrained(out)
   return model, metrics
@@ -265,6 +286,8 @@ def prior_card(model: Any, base: str, name: str, config: PriorConfig, recipe: Tr
           else ", unconditional")
   where = (f"`{data['dataset']}` split `{data['split']}`" if data["source"] == "tfds"
            else f"the images of the folder `{data['folder']}`")
+  if data.get("mirrored"):
+    where += " and of those images mirrored left-right"
   rows = [f"| this prior | {metrics['prior_bits']:.1f} |"]
   if "prior_bits_marginal" in metrics:
     rows.append(f"| this prior (label summed out) | {metrics['prior_bits_marginal']:.1f} |")
