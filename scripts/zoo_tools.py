@@ -77,15 +77,15 @@ def fit_variant_prior(name: str, workdir: str | Path | None = None,
   from vqzoo.pretrained import load
   from vqzoo.training import load_images
   from vqzoo.training.data import load_labels
-  from vqzoo.training.prior_fitting import fit_prior, training_codes
+  from vqzoo.training.prior_fitting import encode_images, fit_prior
   entry = registry.get_entry(name)
   recipe = entry.prior
   model = load(name)
   images = load_images(recipe.train.dataset, recipe.train.split, data_dir)
-  labels = (load_labels(recipe.train.dataset, recipe.train.split, data_dir)
-            if recipe.config.num_classes else None)
-  codes, labels = training_codes(model, images, labels, recipe.mirrored, run.progress)
-  params = fit_prior(recipe.config, recipe.train, codes, labels, workdir=workdir, run=run)
+  labels = load_labels(recipe.train.dataset, recipe.train.split, data_dir)
+  codes = encode_images(model, images, progress=run.progress)
+  params = fit_prior(recipe.config, recipe.train, codes,
+                     labels if recipe.config.num_classes else None, workdir=workdir, run=run)
   model.set_prior(recipe.config, params)
   return model
 

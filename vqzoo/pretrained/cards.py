@@ -188,9 +188,8 @@ def _distributed(licence: str | None) -> str:
           else "distributed without a stated licence")
 
 
-def prior_section(prior: Any, recipe: Any, m: Mapping[str, Any], mirrored: bool = False) -> str:
-  """Markdown: what the prior is and how it was measured (``m`` from ``scripts/fit_prior.py``;
-  ``mirrored``: fitted to the mirrored training images' codes too)."""
+def prior_section(prior: Any, recipe: Any, m: Mapping[str, Any]) -> str:
+  """Markdown: what the prior is and how it was measured (``m`` from ``scripts/fit_prior.py``)."""
   kind = ("a gated PixelCNN over the code grid (van den Oord et al. 2016), "
           f"{prior.hidden} channels, {prior.num_layers} gated layers"
           if prior.kind == "pixelcnn" else "a categorical distribution over the one code per "
@@ -199,7 +198,6 @@ def prior_section(prior: Any, recipe: Any, m: Mapping[str, Any], mirrored: bool 
   fd = m["frechet"]
   lines = [
       f"The prior is {kind}{cond}, fitted to the codes of the training split"
-      + (" and of its images mirrored left-right" if mirrored else "")
       + (f" ({recipe.steps} Adam steps of batch {recipe.batch_size})"
          if prior.kind == "pixelcnn" else "") + ". "
       "`model.sample(n, label=...)` draws codes from it and decodes them.", "",
@@ -302,7 +300,7 @@ def zoo_card(entry: Any, metrics: Mapping[str, Any]) -> str:
     sections["Likelihood bound in bits per dimension"] = likelihood_section(metrics["likelihood"])
   if "prior" in metrics and entry.prior is not None:
     sections["Prior and samples"] = prior_section(entry.prior.config, entry.prior.train,
-                                                  metrics["prior"], entry.prior.mirrored)
+                                                  metrics["prior"])
     if entry.config.arch == "conv":  # the prior bars are the conv models'
       sections["Prior and samples"] += "\n\n" + prior_bar_text(entry.prior_bar,
                                                                metrics["prior"])

@@ -53,13 +53,10 @@ class PriorRecipe:
     config: the prior (class-conditional on the dataset's labels).
     train: data and optimiser; a categorical prior is fitted exactly, by counting, and uses only
       its dataset and split.
-    mirrored: also fit to the codes of the training images mirrored left-right
-      (:func:`~vqzoo.training.prior_fitting.training_codes`).
   """
 
   config: PriorConfig
   train: TrainConfig
-  mirrored: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,14 +275,13 @@ PRIOR_RECIPE = TrainConfig(steps=4000, batch_size=128, learning_rate=2e-3, warmu
 
 
 def _prior_recipe(config: ModelConfig, dataset: str, steps: int = 4000,
-                  size: tuple[int, int] = (PRIOR_HIDDEN, PRIOR_LAYERS),
-                  mirrored: bool = False) -> PriorRecipe:
+                  size: tuple[int, int] = (PRIOR_HIDDEN, PRIOR_LAYERS)) -> PriorRecipe:
   if config.arch == "mlp":
     return PriorRecipe(PriorConfig.for_model(config, num_classes=10),
                        TrainConfig(dataset=dataset, steps=1, batch_size=1))
   return PriorRecipe(
       PriorConfig.for_model(config, num_classes=10, hidden=size[0], num_layers=size[1]),
-      dataclasses.replace(PRIOR_RECIPE, dataset=dataset, steps=steps), mirrored)
+      dataclasses.replace(PRIOR_RECIPE, dataset=dataset, steps=steps))
 
 
 # mnist-conv's plain codebook spreads its codes less evenly (a lower unigram baseline), so its
