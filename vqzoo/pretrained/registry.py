@@ -248,8 +248,8 @@ def _entries() -> list[dict[str, Any]]:
            # of the mirrored images: `vqzoo fit-prior cifar10-conv-ema --dataset cifar10
            # --hidden 96 --layers 8 --steps 8000 --mirror`): 430.6 test bits at step 1,000,
            # 422.3, 418.4, 416.6, 415.0 and 414.3 (74.5%) at 6,000, where it was stopped, its
-           # training bits falling faster (400.2). Not shipped: 2% fewer bits for a sampler
-           # about twice as slow, and the bar needs more than width.
+           # training bits falling faster (400.2). Not shipped: 2% fewer bits for 2.25 times
+           # the sampler's convolution work, and the bar needs more than width.
            prior_bar_missed=("bits_vs_unigram_max",)),
   ]
 
