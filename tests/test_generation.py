@@ -122,6 +122,27 @@ def test_categorical_prior_is_fitted_exactly_by_counting():
   np.testing.assert_allclose(bits, expected, rtol=1e-5)
 
 
+def test_a_residual_models_unigram_baseline_counts_each_stage_among_its_own_codes():
+  from vqzoo.training.prior_fitting import code_frequencies, sample_unigram, unigram_bits
+  # [N, H, W, stages]: stage 0 only ever uses code 0, stage 1 codes 1 and 2 equally often.
+  train = np.zeros((100, 2, 2, 2), np.int32)
+  train[..., 1] = np.arange(400).reshape(100, 2, 2) % 2 + 1
+  probs = code_frequencies(train, 4, per_stage=True)
+  np.testing.assert_allclose(probs, [[401 / 404, 1 / 404, 1 / 404, 1 / 404],
+                                     [1 / 404, 201 / 404, 201 / 404, 1 / 404]])
+  test = train[:3]
+  expected = 4 * -math.log2(401 / 404) + 4 * -math.log2(201 / 404)  # 4 positions, 2 stages
+  np.testing.assert_allclose(unigram_bits(train, test, 4, per_stage=True), [expected] * 3)
+  pooled = unigram_bits(train, test, 4)  # one histogram over both codebooks' indices
+  assert np.all(pooled > expected + 4)  # code 0 pooled is ~1/2, not ~1: a weaker baseline
+  drawn = sample_unigram(train, 200, 4, seed=0, per_stage=True)
+  assert drawn.shape == (200, 2, 2, 2) and drawn.dtype == np.int32
+  assert np.mean(drawn[..., 0] == 0) > 0.95 and set(np.unique(drawn[..., 1])) <= {0, 1, 2, 3}
+  assert np.mean(np.isin(drawn[..., 1], (1, 2))) > 0.95
+  single = sample_unigram(train[..., 0], 50, 4, seed=0)  # a one-stage model's codes [N, H, W]
+  assert single.shape == (50, 2, 2) and np.mean(single == 0) > 0.95
+
+
 def test_mirrored_training_codes_follow_the_originals_with_their_labels(model):
   images = synthetic_images(6)
   labels = np.arange(6, dtype=np.int32)

@@ -46,12 +46,14 @@ def sample_quality(model: Any, dataset: str, data_dir: str | None = None, seed: 
   train = load_images(dataset, "train", data_dir)
   labels = load_labels(dataset, "test", data_dir) if model.prior.num_classes else None
   k = model.config.quantizer.num_embeddings
+  per_stage = model.config.quantizer.kind == "rvq"  # a residual model: a codebook per stage
   train_codes = encode_images(model, train, progress=progress)
   sets = {
       "samples": _draw(model, labels, len(test), seed, progress=progress),
       "train_split": train[np.random.default_rng(seed).permutation(len(train))[:len(test)]],
       "reconstructions": model.reconstruct(test),
-      "unigram_samples": model.decode(sample_unigram(train_codes, len(test), k, seed)),
+      "unigram_samples": model.decode(sample_unigram(train_codes, len(test), k, seed,
+                                                     per_stage)),
   }
   reference = feature_moments(classifier_lib.features(params, test))
   out: dict[str, Any] = {"frechet": {}, "num_images": int(len(test))}

@@ -188,8 +188,9 @@ def _distributed(licence: str | None) -> str:
           else "distributed without a stated licence")
 
 
-def prior_section(prior: Any, recipe: Any, m: Mapping[str, Any]) -> str:
-  """Markdown: what the prior is and how it was measured (``m`` from ``scripts/fit_prior.py``)."""
+def prior_section(prior: Any, recipe: Any, m: Mapping[str, Any], per_stage: bool = False) -> str:
+  """Markdown: what the prior is and how it was measured (``m`` from ``scripts/fit_prior.py``;
+  ``per_stage``: a residual model's, whose unigram baseline counts each stage's own codes)."""
   kind = ("a gated PixelCNN over the code grid (van den Oord et al. 2016), "
           f"{prior.hidden} channels, {prior.num_layers} gated layers"
           if prior.kind == "pixelcnn" else "a categorical distribution over the one code per "
@@ -206,7 +207,8 @@ def prior_section(prior: Any, recipe: Any, m: Mapping[str, Any]) -> str:
       f"| this prior (given the true label) | {m['prior_bits']:.1f} |"]
   if "prior_bits_marginal" in m:
     lines.append(f"| this prior (label summed out) | {m['prior_bits_marginal']:.1f} |")
-  lines += [f"| unigram code frequencies | {m['unigram_bits']:.1f} |",
+  unigram = "unigram code frequencies" + (" (each stage's own)" if per_stage else "")
+  lines += [f"| {unigram} | {m['unigram_bits']:.1f} |",
             f"| uniform | {m['uniform_bits']:.1f} |", "",
             "Classifier Fréchet distance to the test split, in the 128-d features of vqzoo's own "
             "small classifier for this dataset (`vqzoo/evaluation/frechet.py`; not FID, not "
@@ -299,8 +301,9 @@ def zoo_card(entry: Any, metrics: Mapping[str, Any]) -> str:
   if "likelihood" in metrics:
     sections["Likelihood bound in bits per dimension"] = likelihood_section(metrics["likelihood"])
   if "prior" in metrics and entry.prior is not None:
-    sections["Prior and samples"] = prior_section(entry.prior.config, entry.prior.train,
-                                                  metrics["prior"])
+    sections["Prior and samples"] = prior_section(
+        entry.prior.config, entry.prior.train, metrics["prior"],
+        per_stage=entry.config.quantizer.kind == "rvq")
     if entry.config.arch == "conv":  # the prior bars are the conv models'
       sections["Prior and samples"] += "\n\n" + prior_bar_text(entry.prior_bar,
                                                                metrics["prior"])

@@ -154,21 +154,40 @@ def fit_prior(config: PriorConfig, recipe: TrainConfig, codes: np.ndarray,
   return result.state.params
 
 
-def unigram_bits(train_codes: np.ndarray, codes: np.ndarray, num_embeddings: int) -> np.ndarray:
+def code_frequencies(train_codes: np.ndarray, num_embeddings: int, per_stage: bool = False
+                     ) -> np.ndarray:
+  """Add-one smoothed frequencies of the training codes: ``[1, K]``, or ``[N, K]`` with
+  ``per_stage`` (a residual model's codes ``[..., N]``: each stage has its own codebook, so a
+  code's frequency is counted among its own stage's codes, never pooled with the others')."""
+  codes = np.asarray(train_codes)
+  flat = codes.reshape(-1, codes.shape[-1]) if per_stage else codes.reshape(-1, 1)
+  counts = np.stack([np.bincount(flat[:, s], minlength=num_embeddings)
+                     for s in range(flat.shape[1])]) + 1.0
+  return counts / counts.sum(axis=1, keepdims=True)
+
+
+def unigram_bits(train_codes: np.ndarray, codes: np.ndarray, num_embeddings: int,
+                 per_stage: bool = False) -> np.ndarray:
   """``[N]`` bits of ``codes`` under independent codes with the training codes' frequencies
-  (add-one smoothed), the same at every position."""
-  counts = np.bincount(np.asarray(train_codes).ravel(), minlength=num_embeddings) + 1.0
-  log2p = np.log2(counts / counts.sum())
-  return -log2p[np.asarray(codes).reshape(len(codes), -1)].sum(axis=1)
+  (:func:`code_frequencies`), the same at every position."""
+  log2p = np.log2(code_frequencies(train_codes, num_embeddings, per_stage))
+  codes = np.asarray(codes)
+  stages = len(log2p)
+  flat = codes.reshape(len(codes), -1, stages)  # [N, positions, stages]
+  return -log2p[np.arange(stages), flat].sum(axis=(1, 2))
 
 
-def sample_unigram(train_codes: np.ndarray, num: int, num_embeddings: int, seed: int
-                   ) -> np.ndarray:
-  """``[num, *latent]`` codes drawn independently from the training codes' frequencies."""
-  counts = np.bincount(np.asarray(train_codes).ravel(), minlength=num_embeddings) + 1.0
+def sample_unigram(train_codes: np.ndarray, num: int, num_embeddings: int, seed: int,
+                   per_stage: bool = False) -> np.ndarray:
+  """``[num, *latent]`` codes drawn independently from the training codes' frequencies
+  (:func:`code_frequencies`: a residual model's stages each from their own with ``per_stage``)."""
+  probs = code_frequencies(train_codes, num_embeddings, per_stage)
   shape = (num, *np.shape(train_codes)[1:])
   rng = np.random.default_rng(seed)
-  return rng.choice(num_embeddings, size=shape, p=counts / counts.sum()).astype(np.int32)
+  if len(probs) == 1:
+    return rng.choice(num_embeddings, size=shape, p=probs[0]).astype(np.int32)
+  stages = [rng.choice(num_embeddings, size=shape[:-1], p=p) for p in probs]
+  return np.stack(stages, axis=-1).astype(np.int32)
 
 
 def prior_nll(model: Any, test_codes: np.ndarray, test_labels: np.ndarray | None,
@@ -182,11 +201,12 @@ def prior_nll(model: Any, test_codes: np.ndarray, test_labels: np.ndarray | None
     ``uniform_bits`` (positions x log2 K) and ``unigram_bits``.
   """
   k = model.config.quantizer.num_embeddings
+  per_stage = model.config.quantizer.kind == "rvq"  # a residual model: a codebook per stage
   positions = math.prod(model.config.codes_shape)
   labels = test_labels if model.prior.num_classes else None
   out = {"prior_bits": float(np.mean(_batched(model.prior_bits, test_codes, labels))),
          "uniform_bits": positions * math.log2(k),
-         "unigram_bits": float(np.mean(unigram_bits(train_codes, test_codes, k)))}
+         "unigram_bits": float(np.mean(unigram_bits(train_codes, test_codes, k, per_stage)))}
   if model.prior.num_classes and marginal:
     out["prior_bits_marginal"] = float(np.mean(_batched(model.prior_bits, test_codes, None)))
   return out
@@ -289,6 +309,7 @@ def prior_card(model: Any, base: str, name: str, config: PriorConfig, recipe: Tr
   if data.get("mirrored"):
     where += " and of those images mirrored left-right"
   rows = [f"| this prior | {metrics['prior_bits']:.1f} |"]
+  each_stage = " (each stage's own)" if model.config.quantizer.kind == "rvq" else ""
   if "prior_bits_marginal" in metrics:
     rows.append(f"| this prior (label summed out) | {metrics['prior_bits_marginal']:.1f} |")
   section = "\n".join([
@@ -297,7 +318,7 @@ def prior_card(model: Any, base: str, name: str, config: PriorConfig, recipe: Tr
       f"Negative log-likelihood of the {metrics['eval_split']} codes, bits per image (lower is "
       "better; a useful prior is well below the unigram baseline):", "",
       "| model of the codes | bits per image |", "| --- | ---: |", *rows,
-      f"| unigram code frequencies | {metrics['unigram_bits']:.1f} |",
+      f"| unigram code frequencies{each_stage} | {metrics['unigram_bits']:.1f} |",
       f"| uniform | {metrics['uniform_bits']:.1f} |"])
   lineage = {"base": base_label, "base_source": _portable(model.source), "prior_data": data,
              "prior": config.to_dict(), "prior_recipe": recipe.to_dict()}
