@@ -156,9 +156,9 @@ def fit_prior(config: PriorConfig, recipe: TrainConfig, codes: np.ndarray,
 
 def code_frequencies(train_codes: np.ndarray, num_embeddings: int, per_stage: bool = False
                      ) -> np.ndarray:
-  """Add-one smoothed frequencies of the training codes: ``[1, K]``, or ``[N, K]`` with
-  ``per_stage`` (a residual model's codes ``[..., N]``: each stage has its own codebook, so a
-  code's frequency is counted among its own stage's codes, never pooled with the others')."""
+  """Add-one smoothed frequencies of the training codes: ``[1, K]``, or ``[S, K]`` with
+  ``per_stage`` (a residual model's codes ``[..., S]``: each of its S stages has its own
+  codebook, so a code is counted among its own stage's codes, never pooled with the others')."""
   codes = np.asarray(train_codes)
   flat = codes.reshape(-1, codes.shape[-1]) if per_stage else codes.reshape(-1, 1)
   counts = np.stack([np.bincount(flat[:, s], minlength=num_embeddings)
