@@ -162,6 +162,16 @@ def test_each_kind_measures_fine_tunes_and_refuses_reseed_before(kind, tmp_path)
   if kind == "rvq":
     assert len(m["mse_by_depth"]) == stages and math.isclose(m["mse_by_depth"][-1], m["mse"],
                                                              rel_tol=1e-5)
+    # Each stage's own histogram, beside the pooled one: the same codes, counted per stage.
+    codes = np.asarray(base.encode(images))  # [64, 7, 7, stages]
+    k = config.quantizer.num_embeddings
+    assert m["codes_used_by_stage"] == [len(np.unique(codes[..., s])) for s in range(stages)]
+    assert m["codes_used"] == len(np.unique(codes))
+    for s, perplexity in enumerate(m["perplexity_by_stage"]):
+      p = np.bincount(codes[..., s].ravel(), minlength=k) / codes[..., s].size
+      assert perplexity == pytest.approx(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))))
+  else:
+    assert "codes_used_by_stage" not in m and "perplexity_by_stage" not in m
   with pytest.raises(ValueError, match="reseed_before.*'" + kind + "'"):
     finetune(str(tmp_path / "base"), tmp_path / "out", vqzoo.FinetuneConfig(reseed_before=True),
              images_dir=str(tmp_path / "nowhere"))

@@ -58,6 +58,9 @@ def test_shipped_variant_meets_its_bar_and_matches_its_card(name, tfds_dir):
     assert math.isclose(mse, recorded["mse_by_depth"][depth - 1], rel_tol=0.01), depth
   if "mse_by_depth" in measured:
     assert measured["mse_by_depth"] == sorted(measured["mse_by_depth"], reverse=True)
+    assert measured["codes_used_by_stage"] == recorded["codes_used_by_stage"]
+    assert measured["perplexity_by_stage"] == pytest.approx(recorded["perplexity_by_stage"],
+                                                            rel=0.01)
   card = (REPO_CARDS / f"{name}.md").read_text()
   assert card == model.card  # the repo's card is the one shipped with the weights
   parsed = ModelCard(card)  # the Hub's own parser: front matter and model-index are valid

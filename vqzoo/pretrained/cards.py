@@ -243,13 +243,23 @@ def bar_text(bar: Mapping[str, float], m: Mapping[str, Any] | None = None) -> st
 
 
 def depth_section(config: Any, m: Mapping[str, Any]) -> str:
-  """A residual model's test MSE when decoding the first 1..N stages (``mse_by_depth``)."""
+  """A residual model's test MSE when decoding the first 1..N stages (``mse_by_depth``), and
+  each stage's own codes used and perplexity (``codes_used_by_stage``, ``perplexity_by_stage``,
+  when measured)."""
   bits = math.prod(config.latent_shape) * math.log2(config.quantizer.num_embeddings)
+  per_stage = "codes_used_by_stage" in m
   rows = ["Encode once, keep the first `n` stages of the codes (`codes[..., :n]`) and decode: "
-          "one model, any of these rates. Test split:", "",
-          "| depth | bits per image | MSE | PSNR (dB) |", "| ---: | ---: | ---: | ---: |"]
-  rows += [f"| {n} | {n * bits:.0f} | {mse:.5f} | {10 * math.log10(1 / mse):.2f} |"
-           for n, mse in enumerate(m["mse_by_depth"], start=1)]
+          "one model, any of these rates. Test split"
+          + (" (the last two columns: stage `n`'s own codes; the metrics above pool the "
+             "stages' code indices)" if per_stage else "") + ":", "",
+          "| depth | bits per image | MSE | PSNR (dB) |"
+          + (" stage's codes used | stage's perplexity |" if per_stage else ""),
+          "| ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if per_stage else "")]
+  for n, mse in enumerate(m["mse_by_depth"], start=1):
+    row = f"| {n} | {n * bits:.0f} | {mse:.5f} | {10 * math.log10(1 / mse):.2f} |"
+    if per_stage:
+      row += f" {m['codes_used_by_stage'][n - 1]} | {m['perplexity_by_stage'][n - 1]:.1f} |"
+    rows.append(row)
   return "\n".join(rows)
 
 

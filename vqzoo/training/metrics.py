@@ -67,7 +67,9 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
     ``bits_per_image`` (code positions x log2 K, the fixed-rate code length; a residual
     model's N stages count N codes per latent position), ``num_images``. A residual model
     also gives ``mse_by_depth`` (a list: the MSE when decoding the first ``1..N`` stages;
-    its last entry is ``mse``). ``progress`` shows a progress bar.
+    its last entry is ``mse``); its ``perplexity`` and ``codes_used`` pool the N stages' code
+    indices, and ``perplexity_by_stage`` and ``codes_used_by_stage`` (lists of N) give each
+    stage's own. ``progress`` shows a progress bar.
   """
   images = to_float_images(images, config.image_shape)
   if batch_size is None:
@@ -80,6 +82,7 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
   stages = config.quantizer.num_stages if config.quantizer.kind == "rvq" else 0
   depth_fn = _depth_fn(config, tricks) if stages else None
   counts = np.zeros(k, np.int64)
+  stage_counts = np.zeros((stages, k), np.int64)
   depth_sq = np.zeros(stages, np.float64)
   total_sq = pixel_sum = pixel_sq = 0.0
   from tqdm.auto import tqdm
@@ -97,23 +100,33 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
     pixel_sum += float(np.sum(chunk, dtype=np.float64))
     pixel_sq += float(np.sum(np.square(chunk, dtype=np.float64)))
     counts += np.bincount(codes.ravel(), minlength=k)
+    for stage in range(stages):
+      stage_counts[stage] += np.bincount(codes[..., stage].ravel(), minlength=k)
   pixels = len(images) * math.prod(config.image_shape)
   mse = total_sq / pixels
   variance = pixel_sq / pixels - (pixel_sum / pixels) ** 2
-  probs = counts / counts.sum()
-  nz = probs[probs > 0]
   positions = math.prod(config.codes_shape)
-  by_depth = {"mse_by_depth": [float(x) for x in depth_sq / pixels]} if stages else {}
+  by_depth = {"mse_by_depth": [float(x) for x in depth_sq / pixels],
+              "perplexity_by_stage": [_perplexity(c) for c in stage_counts],
+              "codes_used_by_stage": [int(np.count_nonzero(c)) for c in stage_counts]
+              } if stages else {}
   return {
       "mse": mse,
       "nmse": mse / variance if variance > 0 else float("inf"),
       "psnr": 10.0 * math.log10(1.0 / mse) if mse > 0 else float("inf"),
-      "perplexity": float(np.exp(-np.sum(nz * np.log(nz)))),
+      "perplexity": _perplexity(counts),
       "codes_used": int(np.count_nonzero(counts)),
       "bits_per_image": positions * math.log2(k),
       "num_images": int(len(images)),
       **by_depth,
   }
+
+
+def _perplexity(counts: np.ndarray) -> float:
+  """``exp`` of the entropy (nats) of a ``[K]`` code histogram."""
+  probs = counts / counts.sum()
+  nz = probs[probs > 0]
+  return float(np.exp(-np.sum(nz * np.log(nz))))
 
 
 def _pad_rows(chunk: np.ndarray, rows: int) -> np.ndarray:
