@@ -240,3 +240,12 @@ def test_readme_prior_table_is_the_measured_one():
   from vqzoo.pretrained.cards import prior_table
   readme = (registry.WEIGHTS_DIR.parent.parent / "README.md").read_text()
   assert prior_table() in readme, "README's prior table is stale: paste cards.prior_table()"
+
+
+def test_eval_line_of_a_residual_model_gives_each_stages_codes_beside_the_pooled():
+  from vqzoo.cli import _eval_summary
+  single = {"mse": 0.001, "psnr": 30.0, "perplexity": 60.0, "codes_used": 120}
+  assert _eval_summary(single) == "MSE 0.00100, PSNR 30.00 dB, perplexity 60.0, codes used 120"
+  residual = {**single, "perplexity_by_stage": [40.0, 35.5], "codes_used_by_stage": [100, 90]}
+  assert _eval_summary(residual).endswith(
+      "codes used 120 (stages pooled; each stage's own: perplexity 40.0/35.5, codes used 100/90)")

@@ -205,6 +205,18 @@ def _first(images: np.ndarray, count: int, what: str) -> np.ndarray:
   return images[:count]
 
 
+def _eval_summary(metrics: dict) -> str:
+  """One line of :func:`~vqzoo.training.metrics.evaluate`'s metrics (a residual model's per
+  stage too)."""
+  line = (f"MSE {metrics['mse']:.5f}, PSNR {metrics['psnr']:.2f} dB, perplexity "
+          f"{metrics['perplexity']:.1f}, codes used {metrics['codes_used']}")
+  if "perplexity_by_stage" in metrics:
+    line += (" (stages pooled; each stage's own: perplexity "
+             + "/".join(f"{p:.1f}" for p in metrics["perplexity_by_stage"]) + ", codes used "
+             + "/".join(map(str, metrics["codes_used_by_stage"])) + ")")
+  return line
+
+
 def cmd_eval(args):
   from vqzoo.training.data import load_images
   from vqzoo.training.metrics import evaluate
@@ -217,9 +229,8 @@ def cmd_eval(args):
     metrics = evaluate(model.config, model.params, model.state, images)
     _emit(args, {"model": args.name, "images_dir": args.images,
                  "conversion": _conversion(args), **metrics},
-          f"{args.name} on the images of {args.images} ({metrics['num_images']} images): MSE "
-          f"{metrics['mse']:.5f}, PSNR {metrics['psnr']:.2f} dB, perplexity "
-          f"{metrics['perplexity']:.1f}, codes used {metrics['codes_used']}")
+          f"{args.name} on the images of {args.images} ({metrics['num_images']} images): "
+          f"{_eval_summary(metrics)}")
     return 0
   dataset = args.dataset or _model_dataset(model, args.name)
   if dataset is None:
@@ -228,9 +239,8 @@ def cmd_eval(args):
   images = load_images(dataset, args.split, args.data_dir)
   metrics = evaluate(model.config, model.params, model.state, images)
   _emit(args, {"model": args.name, "dataset": dataset, "split": args.split, **metrics},
-        f"{args.name} on {dataset} {args.split} ({metrics['num_images']} images): MSE "
-        f"{metrics['mse']:.5f}, PSNR {metrics['psnr']:.2f} dB, perplexity "
-        f"{metrics['perplexity']:.1f}, codes used {metrics['codes_used']}")
+        f"{args.name} on {dataset} {args.split} ({metrics['num_images']} images): "
+        f"{_eval_summary(metrics)}")
   if args.check_bar and "zoo" in model.source:
     failures = registry_entry(model).check_bar(metrics)
     if failures:
