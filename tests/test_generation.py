@@ -242,5 +242,15 @@ def test_a_residual_models_prior_covers_every_stage_in_raster_order(tmp_path):
   before = float(np.mean(model.prior_bits(codes)))
   model.set_prior(prior, params)
   assert float(np.mean(model.prior_bits(codes))) < before
+  # Measured by stage: stage s is every N-th column of the grid, and the stages sum to the whole.
+  from vqzoo.nn import build_prior, position_bits
+  from vqzoo.training.prior_fitting import prior_nll
+  m = prior_nll(model, codes, None, data)
+  per_position = np.asarray(position_bits(build_prior(prior).apply(params, None, flat, None), flat))
+  assert m["prior_bits_by_stage"] == pytest.approx(
+      [per_position[:, :, s::3].sum(axis=(1, 2)).mean() for s in range(3)], rel=1e-5)
+  assert sum(m["prior_bits_by_stage"]) == pytest.approx(m["prior_bits"], rel=1e-5)
+  assert len(m["unigram_bits_by_stage"]) == 3
+  assert sum(m["unigram_bits_by_stage"]) == pytest.approx(m["unigram_bits"])
   with pytest.raises(ValueError, match="grid"):
     model.set_prior(*_random_prior(vqzoo.get_config(BASE)))

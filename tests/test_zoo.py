@@ -225,6 +225,10 @@ def test_prior_nll_of_every_zoo_model_matches_its_card(name, tfds_dir):
   recorded = entry.metrics["prior"]
   for key in ("prior_bits", "unigram_bits", "uniform_bits"):
     assert math.isclose(measured[key], recorded[key], rel_tol=1e-3), key
+  for key in ("prior_bits_by_stage", "unigram_bits_by_stage"):  # residual models
+    assert (key in measured) == (model.config.quantizer.kind == "rvq") == (key in recorded)
+    if key in measured:
+      assert measured[key] == pytest.approx(recorded[key], rel=1e-3), key
   card = (REPO_CARDS / f"{name}.md").read_text()
   assert f"| this prior (given the true label) | {measured['prior_bits']:.1f} |" in card
   if model.config.arch == "conv" and "bits_vs_unigram_max" in entry.prior_bar:  # e.g. 60%

@@ -22,7 +22,7 @@ from vqzoo.nn.lfq import LFQ
 from vqzoo.nn.residual import ResidualVQ
 from vqzoo.nn.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from vqzoo.nn.priors import (CategoricalPrior, GatedPixelCNN, bits_from_logits, build_prior,
-                             make_prior, prior_bits, sample_codes)
+                             make_prior, position_bits, prior_bits, sample_codes)
 from vqzoo.nn.quantizers import (QuantizerOutput, VectorQuantizer, VectorQuantizerEMA,
                                  apply_reseeds, nearest_codes, squared_distances)
 from vqzoo.nn.vqvae import (PARTS, VQVAE, Codec, ModelSpec, VQVAEOutput, build, build_codec,
@@ -38,5 +38,5 @@ __all__ = [
     "make_quantizer",
     "part_of", "part_prefixes", "replace_codes",
     "CategoricalPrior", "GatedPixelCNN", "bits_from_logits", "build_prior", "make_prior",
-    "prior_bits", "sample_codes",
+    "position_bits", "prior_bits", "sample_codes",
 ]

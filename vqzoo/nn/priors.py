@@ -403,16 +403,27 @@ def build_prior(config: PriorConfig) -> hk.Transformed:
   return hk.transform(forward)
 
 
+def _position_nats(logits: jax.Array, codes: jax.Array) -> jax.Array:
+  """``[B, *latent, K]`` logits, ``[B, *latent]`` int codes -> ``[B, *latent]`` nats."""
+  chex.assert_shape(logits, (*codes.shape, None))
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(log_p, codes[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
 def bits_from_logits(logits: jax.Array, codes: jax.Array) -> jax.Array:
   """``[B, *latent, K]`` logits, ``[B, *latent]`` int codes -> ``[B]`` ``-log2 p(codes)``.
 
   The sum over positions of the categorical cross-entropy, in bits.
   """
-  chex.assert_shape(logits, (*codes.shape, None))
-  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  picked = jnp.take_along_axis(log_p, codes[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  nats = -jnp.sum(picked.reshape(codes.shape[0], -1), axis=1)
+  nats = jnp.sum(_position_nats(logits, codes).reshape(codes.shape[0], -1), axis=1)
   return nats / math.log(2.0)
+
+
+def position_bits(logits: jax.Array, codes: jax.Array) -> jax.Array:
+  """``[B, *latent, K]`` logits, ``[B, *latent]`` int codes -> ``[B, *latent]`` float32
+  ``-log2 p(code at each position | the codes before it)``; they sum to
+  :func:`bits_from_logits`."""
+  return _position_nats(logits, codes) / math.log(2.0)
 
 
 def prior_bits(config: PriorConfig) -> hk.Transformed:

@@ -209,8 +209,15 @@ def prior_section(prior: Any, recipe: Any, m: Mapping[str, Any], per_stage: bool
     lines.append(f"| this prior (label summed out) | {m['prior_bits_marginal']:.1f} |")
   unigram = "unigram code frequencies" + (" (each stage's own)" if per_stage else "")
   lines += [f"| {unigram} | {m['unigram_bits']:.1f} |",
-            f"| uniform | {m['uniform_bits']:.1f} |", "",
-            "Classifier Fréchet distance to the test split, in the 128-d features of vqzoo's own "
+            f"| uniform | {m['uniform_bits']:.1f} |", ""]
+  if per_stage and "prior_bits_by_stage" in m:
+    lines += ["By residual stage (the same bits, summed over the positions of one stage):", "",
+              "| stage | this prior | unigram (the stage's own codes) | prior / unigram |",
+              "| ---: | ---: | ---: | ---: |"]
+    lines += [f"| {n} | {bits:.1f} | {uni:.1f} | {bits / uni:.1%} |" for n, (bits, uni)
+              in enumerate(zip(m["prior_bits_by_stage"], m["unigram_bits_by_stage"]), start=1)]
+    lines.append("")
+  lines += ["Classifier Fréchet distance to the test split, in the 128-d features of vqzoo's own "
             "small classifier for this dataset (`vqzoo/evaluation/frechet.py`; not FID, not "
             f"comparable with published FIDs), {m['num_images']:,} images each:", "",
             "| images | classifier Fréchet distance |", "| --- | ---: |",

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from vqzoo.configs import PriorConfig, RunConfig, TrainConfig
-from vqzoo.nn import prior_bits
+from vqzoo.nn import build_prior, position_bits, prior_bits
 from vqzoo import cpu_tuning, result_warnings
 from vqzoo.training import loop
 from vqzoo.training.checkpoint import TrainState
@@ -170,11 +170,17 @@ def unigram_bits(train_codes: np.ndarray, codes: np.ndarray, num_embeddings: int
                  per_stage: bool = False) -> np.ndarray:
   """``[N]`` bits of ``codes`` under independent codes with the training codes' frequencies
   (:func:`code_frequencies`), the same at every position."""
+  return _unigram_bits_by_stage(train_codes, codes, num_embeddings, per_stage).sum(axis=1)
+
+
+def _unigram_bits_by_stage(train_codes: np.ndarray, codes: np.ndarray, num_embeddings: int,
+                           per_stage: bool) -> np.ndarray:
+  """``[N, S]`` unigram bits of each stage's codes (``S = 1`` without ``per_stage``)."""
   log2p = np.log2(code_frequencies(train_codes, num_embeddings, per_stage))
   codes = np.asarray(codes)
   stages = len(log2p)
   flat = codes.reshape(len(codes), -1, stages)  # [N, positions, stages]
-  return -log2p[np.arange(stages), flat].sum(axis=(1, 2))
+  return -log2p[np.arange(stages), flat].sum(axis=1)
 
 
 def sample_unigram(train_codes: np.ndarray, num: int, num_embeddings: int, seed: int,
@@ -209,7 +215,24 @@ def prior_nll(model: Any, test_codes: np.ndarray, test_labels: np.ndarray | None
          "unigram_bits": float(np.mean(unigram_bits(train_codes, test_codes, k, per_stage)))}
   if model.prior.num_classes and marginal:
     out["prior_bits_marginal"] = float(np.mean(_batched(model.prior_bits, test_codes, None)))
+  if per_stage and model.prior.kind == "pixelcnn":
+    out["prior_bits_by_stage"] = _prior_bits_by_stage(model, test_codes, labels).tolist()
+    out["unigram_bits_by_stage"] = np.mean(
+        _unigram_bits_by_stage(train_codes, test_codes, k, per_stage), axis=0).tolist()
   return out
+
+
+def _prior_bits_by_stage(model: Any, codes: np.ndarray, labels: np.ndarray | None
+                         ) -> np.ndarray:
+  """``[S]`` mean bits per image of each residual stage's codes under the prior (given the
+  labels), from the bits at every position of its ``(H, W * S)`` grid."""
+  config = model.prior
+  logits = build_prior(config).apply
+  fn = cpu_tuning.jit(lambda p, c, l: position_bits(logits(p, None, c, l), c))
+  grid = np.asarray(codes, np.int32).reshape(len(codes), *config.latent_shape)
+  bits = _batched(lambda c, l: np.asarray(fn(model.prior_params, c, l)), grid, labels)
+  stages = model.config.quantizer.num_stages
+  return bits.reshape(len(codes), -1, stages).sum(axis=1).mean(axis=0)
 
 
 def _batched(fn, codes: np.ndarray, labels: np.ndarray | None, size: int = 1000) -> np.ndarray:
