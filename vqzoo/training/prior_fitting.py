@@ -210,29 +210,33 @@ def prior_nll(model: Any, test_codes: np.ndarray, test_labels: np.ndarray | None
   per_stage = model.config.quantizer.kind == "rvq"  # a residual model: a codebook per stage
   positions = math.prod(model.config.codes_shape)
   labels = test_labels if model.prior.num_classes else None
-  out = {"prior_bits": float(np.mean(_batched(model.prior_bits, test_codes, labels))),
+  # One pass of the prior: the bits at every position, summed per image (and per stage).
+  bits = _position_bits(model, test_codes, labels).reshape(len(test_codes), -1)
+  out = {"prior_bits": float(np.mean(bits.sum(axis=1))),
          "uniform_bits": positions * math.log2(k),
          "unigram_bits": float(np.mean(unigram_bits(train_codes, test_codes, k, per_stage)))}
   if model.prior.num_classes and marginal:
     out["prior_bits_marginal"] = float(np.mean(_batched(model.prior_bits, test_codes, None)))
   if per_stage and model.prior.kind == "pixelcnn":
-    out["prior_bits_by_stage"] = _prior_bits_by_stage(model, test_codes, labels).tolist()
+    stages = model.config.quantizer.num_stages
+    out["prior_bits_by_stage"] = bits.reshape(len(bits), -1, stages).sum(axis=1).mean(
+        axis=0).tolist()
     out["unigram_bits_by_stage"] = np.mean(
         _unigram_bits_by_stage(train_codes, test_codes, k, per_stage), axis=0).tolist()
   return out
 
 
-def _prior_bits_by_stage(model: Any, codes: np.ndarray, labels: np.ndarray | None
-                         ) -> np.ndarray:
-  """``[S]`` mean bits per image of each residual stage's codes under the prior (given the
-  labels), from the bits at every position of its ``(H, W * S)`` grid."""
+def _position_bits(model: Any, codes: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+  """``[N, *prior.latent_shape]`` float64 bits of each code given the codes before it (and
+  the labels); a residual model's ``[N, H, W, S]`` codes lie on the prior's ``(H, W * S)``
+  grid, stages innermost."""
   config = model.prior
   logits = build_prior(config).apply
   fn = cpu_tuning.jit(lambda p, c, l: position_bits(logits(p, None, c, l), c))
   grid = np.asarray(codes, np.int32).reshape(len(codes), *config.latent_shape)
-  bits = _batched(lambda c, l: np.asarray(fn(model.prior_params, c, l)), grid, labels)
-  stages = model.config.quantizer.num_stages
-  return bits.reshape(len(codes), -1, stages).sum(axis=1).mean(axis=0)
+  labels = None if labels is None else np.asarray(labels, np.int32)
+  return _batched(lambda c, l: np.asarray(fn(model.prior_params, c, l), np.float64), grid,
+                  labels)
 
 
 def _batched(fn, codes: np.ndarray, labels: np.ndarray | None, size: int = 1000) -> np.ndarray:
