@@ -2,14 +2,20 @@
 
 from pathlib import Path
 
-import jax
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: For processes that compile far more than they compute (a few steps of a small model): LLVM's
+#: optimisation passes are most of XLA:CPU's compile time. Without them, test_quantizer_family
+#: and test_train took 182 CPU-s instead of 342 on 2 cores (convolutions and matrix products
+#: run in Eigen either way). Imported before JAX, so the conftest can set it first.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
 
 def assert_trees_equal(a, b) -> None:
   """Bit-for-bit equality of two pytrees' leaves (same structure, same values)."""
+  import jax
   assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
   la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
   for x, y in zip(la, lb):

@@ -16,6 +16,12 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8"
                            " --xla_cpu_collective_call_terminate_timeout_seconds=3600"
                            " --xla_cpu_collective_timeout_seconds=3600").strip()
+# The tests compile far more than they compute: see _util.FAST_COMPILE. The subprocesses that
+# train a recipe or run the README as a user does (test_scripts, test_readme, test_examples)
+# set their own XLA_FLAGS and compile fully optimised.
+from _util import FAST_COMPILE, REPO  # noqa: E402  (no JAX import)
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " " + FAST_COMPILE
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One XLA intra-op thread per process (inherited by the tests' subprocesses). The suite's
 # workers already keep every core busy, and on a saturated machine a second intra-op thread
@@ -31,7 +37,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
-from _util import REPO  # noqa: E402
 SHARED_TFDS = REPO.parent / "shared" / "datasets" / "tensorflow_datasets"
 if "TFDS_DATA_DIR" not in os.environ and SHARED_TFDS.is_dir():
   os.environ["TFDS_DATA_DIR"] = str(SHARED_TFDS)

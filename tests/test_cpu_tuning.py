@@ -26,21 +26,34 @@ def test_user_flags_and_opt_out_win(monkeypatch):
   assert cpu_tuning.compiler_options() is None
 
 
+INIT_EQUALITY = """
+import jax, jax.numpy as jnp, numpy as np
+from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig, TrainConfig
+from vqzoo.nn import build
+from vqzoo.training.trainer import init_train_state, make_optimizer
+config = ModelConfig(arch="conv", conv=ConvConfig(16, 1, 8),
+                     quantizer=QuantizerConfig(32, 8, ema=True))
+fresh = init_train_state(config, make_optimizer(TrainConfig(steps=2, batch_size=8)), seed=5)
+init_rng = jax.random.split(jax.random.PRNGKey(5))[0]  # as init_train_state splits it
+params, state = build(config).init(init_rng, jnp.zeros((1, 28, 28, 1)), True)  # op by op
+for got, want in zip(jax.tree_util.tree_leaves((fresh.params, fresh.state)),
+                     jax.tree_util.tree_leaves((params, state)), strict=True):
+  np.testing.assert_array_equal(got, want)
+"""
+
+
 def test_a_training_init_compiled_once_equals_haikus_own_init_bit_for_bit():
   """jit_once (optimisation level 1) changes how long the init compiles, not its values: the
-  trainer's fresh state is what ``build(config).init`` gives op by op, as before."""
-  from vqzoo.configs import ConvConfig, ModelConfig, QuantizerConfig, TrainConfig
-  from vqzoo.nn import build
-  from vqzoo.training.trainer import init_train_state, make_optimizer
-  config = ModelConfig(arch="conv", conv=ConvConfig(16, 1, 8),
-                       quantizer=QuantizerConfig(32, 8, ema=True))
-  recipe = TrainConfig(steps=2, batch_size=8)
-  fresh = init_train_state(config, make_optimizer(recipe), seed=5)
-  init_rng = jax.random.split(jax.random.PRNGKey(5))[0]  # as init_train_state splits it
-  params, state = build(config).init(init_rng, jnp.zeros((1, 28, 28, 1)), True)  # op by op
-  for got, want in zip(jax.tree_util.tree_leaves((fresh.params, fresh.state)),
-                       jax.tree_util.tree_leaves((params, state)), strict=True):
-    np.testing.assert_array_equal(got, want)
+  trainer's fresh state is what ``build(config).init`` gives op by op, as before. In its own
+  process with XLA's default flags, as a user runs it (the suite compiles op by op at level 0,
+  _util.FAST_COMPILE)."""
+  import os
+  import subprocess
+  import sys
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run([sys.executable, "-c", INIT_EQUALITY], env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
   once = cpu_tuning.jit_once(lambda x: x + 1)
   assert once(np.float32(1)) == 2
   assert jax.jit(once)(np.float32(1)) == 2  # inside another jit: compiled with it

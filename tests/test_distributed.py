@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _util import REPO, assert_trees_equal  # noqa: E402
+from _util import FAST_COMPILE, REPO, assert_trees_equal  # noqa: E402
 THIS = Path(__file__).resolve()
 RUN_TIMEOUT_S = 240  # per subprocess: far above a healthy run, so a hang fails, never blocks
 # The worker's recipe: a few dozen steps of each model on a slice of MNIST.
@@ -101,7 +101,7 @@ def _env(cache: Path, cpu_devices: int | None = None) -> dict:
   """The worker's environment: its own XLA_FLAGS (not the suite's 8 devices), a shared cache."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
              XLA_FLAGS="--xla_cpu_collective_call_terminate_timeout_seconds=600"
-                       " --xla_cpu_collective_timeout_seconds=600",
+                       f" --xla_cpu_collective_timeout_seconds=600 {FAST_COMPILE}",
              JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   env.pop("JAX_NUM_CPU_DEVICES", None)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from _util import REPO, assert_trees_equal
+from _util import FAST_COMPILE, REPO, assert_trees_equal
 
 CHILD = REPO / "tests" / "_resume_child.py"
 TIMEOUT_S = 600
@@ -22,7 +22,7 @@ TIMEOUT_S = 600
 
 def _env():
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  env["XLA_FLAGS"] = ""  # one CPU device, not the suite's eight
+  env["XLA_FLAGS"] = FAST_COMPILE  # one CPU device, not the suite's eight
   return env
 
 
