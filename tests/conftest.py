@@ -17,8 +17,8 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_cpu_collective_call_terminate_timeout_seconds=3600"
                            " --xla_cpu_collective_timeout_seconds=3600").strip()
 # The tests compile far more than they compute: see _util.FAST_COMPILE. The subprocesses that
-# train a recipe or run the README as a user does (test_scripts, test_readme, test_examples)
-# set their own XLA_FLAGS and compile fully optimised.
+# train a recipe or run the README as a user does (test_scripts, test_readme, test_examples),
+# and the test of jit_once's init against the default level, set their own XLA_FLAGS.
 from _util import FAST_COMPILE, REPO  # noqa: E402  (no JAX import)
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " " + FAST_COMPILE

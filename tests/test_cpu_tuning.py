@@ -1,6 +1,8 @@
 """vqzoo.cpu_tuning: every CPU trick computes what the plain model computes, through nn's hooks."""
 
 import os
+import subprocess
+import sys
 
 import haiku as hk
 import jax
@@ -47,9 +49,6 @@ def test_a_training_init_compiled_once_equals_haikus_own_init_bit_for_bit():
   trainer's fresh state is what ``build(config).init`` gives op by op, as before. In its own
   process with XLA's default flags, as a user runs it (the suite compiles op by op at level 0,
   _util.FAST_COMPILE)."""
-  import os
-  import subprocess
-  import sys
   env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
   result = subprocess.run([sys.executable, "-c", INIT_EQUALITY], env=env, capture_output=True,
                           text=True, timeout=600)
