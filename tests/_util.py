@@ -13,6 +13,17 @@ REPO = Path(__file__).resolve().parent.parent
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
+def user_env(**extra: str) -> dict[str, str]:
+  """The environment of a subprocess that runs as a user runs vqzoo: XLA's default flags (not
+  the suite's eight simulated devices, nor :data:`FAST_COMPILE`) on the CPU, plus ``extra``.
+
+  For what computes more than it compiles: a whole recipe, whole-split measurements, the
+  README and examples as written.
+  """
+  import os
+  return {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **extra}
+
+
 def assert_trees_equal(a, b) -> None:
   """Bit-for-bit equality of two pytrees' leaves (same structure, same values)."""
   import jax

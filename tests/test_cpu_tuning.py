@@ -13,6 +13,8 @@ import pytest
 from vqzoo import cpu_tuning
 from vqzoo.nn import hooks
 
+from _util import user_env  # noqa: E402
+
 
 def test_cpu_options_known_to_this_jaxlib_and_applied():
   # CI runs on the CPU with the pinned jaxlib: the option must exist there, or the fast
@@ -49,9 +51,8 @@ def test_a_training_init_compiled_once_equals_haikus_own_init_bit_for_bit():
   trainer's fresh state is what ``build(config).init`` gives op by op, as before. In its own
   process with XLA's default flags, as a user runs it (the suite compiles op by op at level 0,
   _util.FAST_COMPILE)."""
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run([sys.executable, "-c", INIT_EQUALITY], env=env, capture_output=True,
-                          text=True, timeout=600)
+  result = subprocess.run([sys.executable, "-c", INIT_EQUALITY], env=user_env(),
+                          capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   once = cpu_tuning.jit_once(lambda x: x + 1)
   assert once(np.float32(1)) == 2

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _util import REPO  # noqa: E402
+from _util import REPO, user_env  # noqa: E402
 EXAMPLES = REPO / "examples"
 
 
 def _run(args, cwd, timeout=600):
-  env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-         "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  env = user_env(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
   result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
   return result.stdout

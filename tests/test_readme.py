@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from _util import REPO  # noqa: E402
+from _util import REPO, user_env  # noqa: E402
 
 BLOCK = re.compile(r"(?:<!--\s*not run:\s*(?P<why>.*?)\s*-->\s*\n)?```(?P<lang>bash|python)\n"
                    r"(?P<code>.*?)```", re.S)
@@ -52,9 +52,10 @@ def test_readme_setup_names_the_environment_and_the_data():
 def test_readme_code_blocks_run_as_written(tmp_path, tfds_dir):
   for name in ("scripts", "examples"):
     (tmp_path / name).symlink_to(REPO / name)
-  env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-         "TFDS_DATA_DIR": tfds_dir, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+  env = user_env(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                 TFDS_DATA_DIR=tfds_dir,
+                 PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
+                                                          os.environ.get("PYTHONPATH")])))
   env.pop("JAX_NUM_CPU_DEVICES", None)
   timings = []
   for i, (lang, code, why) in enumerate(readme_blocks((REPO / "README.md").read_text())):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from _util import REPO  # noqa: E402
+from _util import REPO, user_env  # noqa: E402
 SCRIPTS = ["scripts/train.py", "scripts/evaluate.py", "scripts/finetune.py",
            "scripts/push_to_hub.py"]
 
@@ -62,13 +62,11 @@ def test_train_script_reproduces_mnist_mlp_within_its_bar(tmp_path, tfds_dir):
   Run as a user runs it: its own process, the script's default device count (the suite's eight
   simulated devices would make it eight replicas on two cores, three times slower).
   """
-  import os
   import subprocess
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
   result = subprocess.run(
       [sys.executable, str(REPO / "scripts" / "train.py"), "--variant", "mnist-mlp", "--workdir",
        str(tmp_path / "w"), "--data-dir", tfds_dir, "--no-progress"],
-      env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
+      env=user_env(), cwd=REPO, capture_output=True, text=True, timeout=1800)
   metrics = json.loads(result.stdout)
   assert result.returncode == 0, (metrics, result.stderr[-2000:])
   assert metrics["mse"] <= 0.0305 and metrics["codes_used"] >= 450

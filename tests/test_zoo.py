@@ -3,6 +3,9 @@
 import json
 import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,8 @@ from vqzoo.io import sha256_file
 from vqzoo.pretrained import load, registry
 from vqzoo.pretrained.cards import zoo_table
 from vqzoo.training.data import load_images
+
+from _util import user_env
 
 REPO_CARDS = registry.WEIGHTS_DIR.parent.parent / "model_cards"
 SHIPPED = [n for n in registry.list_models() if registry.get_entry(n).weights.sha256]
@@ -213,15 +218,15 @@ def test_every_required_variant_ships_a_prior():
 @pytest.mark.heavy
 @pytest.mark.parametrize("name", WITH_PRIOR)
 def test_prior_nll_of_every_zoo_model_matches_its_card(name, tfds_dir):
-  from vqzoo.training.data import load_labels
-  from vqzoo.training.prior_fitting import encode_images, prior_nll
+  """The full splits re-encoded and the prior re-measured, in a process of its own with XLA's
+  default flags (tests/_prior_nll_child.py)."""
   entry = registry.get_entry(name)
   model = load(name)
-  dataset = entry.eval_dataset
-  test_codes = encode_images(model, load_images(dataset, "test", tfds_dir), progress=False)
-  train_codes = encode_images(model, load_images(dataset, "train", tfds_dir), progress=False)
-  measured = prior_nll(model, test_codes, load_labels(dataset, "test", tfds_dir), train_codes,
-                       marginal=False)
+  result = subprocess.run([sys.executable, str(Path(__file__).parent / "_prior_nll_child.py"),
+                           name, tfds_dir], env=user_env(), capture_output=True, text=True,
+                          timeout=1200)
+  assert result.returncode == 0, result.stderr[-3000:]
+  measured = json.loads(result.stdout.splitlines()[-1])
   recorded = entry.metrics["prior"]
   for key in ("prior_bits", "unigram_bits", "uniform_bits"):
     assert math.isclose(measured[key], recorded[key], rel_tol=1e-3), key
