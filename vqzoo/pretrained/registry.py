@@ -220,9 +220,9 @@ def _entries() -> list[dict[str, Any]]:
       # LFQ's default weights (commitment 0.25, entropy 0.1, as vector-quantize-pytorch) are
       # sized for a reconstruction loss far larger than an MSE of ~0.005: here they pin z to
       # +-1 and reach 0.0126 on the rate-distortion recipe; 0.002 and 0.003 reach 0.0076
-      # (bounding z by tanh or a clip before the sign, or binarizing tanh(z) stochastically in
-      # training, changed nothing: 0.0075-0.0076). On the zoo's recipe that is test MSE
-      # 0.00326, FSQ's 0.00171 with the same 128 codes: short of the bar.
+      # (benchmarks/lfq_estimators.py: a tanh-bounded, a normalised (BSQ) or a stochastic
+      # binarization in training gave 0.0074-0.0076, FSQ 0.0041). On the zoo's recipe that is
+      # test MSE 0.00326, FSQ's 0.00171 with the same 128 codes: short of the bar.
       dict(name="mnist-conv-lfq",
            description="Conv, 7x7 latent grid, LFQ: 7 sign bits, 128 implicit codes",
            config=ModelConfig(arch="conv", conv=_CONV, quantizer=QuantizerConfig(
