@@ -222,7 +222,8 @@ def _entries() -> list[dict[str, Any]]:
       # +-1 and reach 0.0126 on the rate-distortion recipe; 0.002 and 0.003 reach 0.0076
       # (benchmarks/lfq_estimators.py: a tanh-bounded, a normalised (BSQ) or a stochastic
       # binarization in training gave 0.0074-0.0076, FSQ 0.0041). On the zoo's recipe that is
-      # test MSE 0.00326, FSQ's 0.00171 with the same 128 codes: short of the bar.
+      # test MSE 0.00326, FSQ's 0.00171 with the same 128 codes: short of the bar; a second
+      # 16,000-step cycle from these weights (`vqzoo finetune`, BENCHMARKS.md) 0.00305.
       dict(name="mnist-conv-lfq",
            description="Conv, 7x7 latent grid, LFQ: 7 sign bits, 128 implicit codes",
            config=ModelConfig(arch="conv", conv=_CONV, quantizer=QuantizerConfig(
