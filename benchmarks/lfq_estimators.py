@@ -72,7 +72,9 @@ def estimator(name: str) -> Iterator[None]:
     return
 
   def call(self, z_e, is_training=False):
-    out = shipped(self, z_e, is_training)
+    # The shipped call for codes and counts only: its loss is replaced below, so its own
+    # entropy penalty (the [N, 2^d] table) is not computed.
+    out = shipped(self, z_e, False)
     hard, soft = _relaxed(name, z_e.astype(jnp.float32), is_training)
     commitment = jnp.mean(jnp.square(soft - hard))
     penalty = jnp.zeros((), jnp.float32)
