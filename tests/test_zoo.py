@@ -16,12 +16,12 @@ from vqzoo import cpu_tuning
 from vqzoo.io import sha256_file
 from vqzoo.pretrained import load, registry
 from vqzoo.pretrained.cards import zoo_table
-from vqzoo.training.data import load_images
 
 from _util import user_env
 
 REPO_CARDS = registry.WEIGHTS_DIR.parent.parent / "model_cards"
 SHIPPED = [n for n in registry.list_models() if registry.get_entry(n).weights.sha256]
+WITH_PRIOR = [n for n in SHIPPED if "prior" in registry.get_entry(n).metrics]
 REQUIRED = ["mnist-mlp", "mnist-mlp-ema", "mnist-conv", "mnist-conv-ema", "fashion-mnist-conv-ema"]
 
 
@@ -47,13 +47,25 @@ def test_every_required_variant_ships_with_pinned_weights():
     assert (REPO_CARDS / f"{name}.md").exists()
 
 
+def _remeasure(name: str, tfds_dir: str) -> dict:
+  """``{"evaluate": metrics, "prior": figures or None}`` of a zoo model on its full splits, in
+  a process of its own with XLA's default flags (tests/_remeasure_child.py)."""
+  result = subprocess.run([sys.executable, str(Path(__file__).parent / "_remeasure_child.py"),
+                           name, tfds_dir], env=user_env(), capture_output=True, text=True,
+                          timeout=1200)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_variant_meets_its_bar_and_matches_its_card(name, tfds_dir):
+def test_shipped_variant_re_measured_meets_its_bars_and_matches_its_card(name, tfds_dir):
+  """The full test split through the model (and, with a prior, the prior over its codes)."""
   entry = registry.get_entry(name)
   model = load(name)
-  images = load_images(entry.eval_dataset, "test", tfds_dir)
-  assert len(images) == 10000
-  measured = vqzoo.evaluate(model.config, model.params, model.state, images)
+  remeasured = _remeasure(name, tfds_dir)
+  measured = remeasured["evaluate"]
+  assert measured["num_images"] == 10000
   # Meets its bar, or misses exactly what the registry declares (the card and README say so).
   assert set(registry.bar_misses(entry.bar, measured)) == set(entry.bar_missed)
   recorded = entry.metrics
@@ -74,6 +86,9 @@ def test_shipped_variant_meets_its_bar_and_matches_its_card(name, tfds_dir):
   assert math.isclose(results["mse"], measured["mse"], rel_tol=0.01)
   assert results["codes_used"] == measured["codes_used"]
   assert f"| {measured['codes_used']} |" in card
+  assert (remeasured["prior"] is None) == (name not in WITH_PRIOR) == (model.prior is None)
+  if remeasured["prior"] is not None:
+    _check_prior(name, model, remeasured["prior"], card)
 
 
 def test_a_bar_names_what_it_misses_and_cards_mark_it():
@@ -206,7 +221,17 @@ def test_conv_model_in_chunks_equals_one_call_and_checks_every_chunk(monkeypatch
     model.reconstruct(bad)
 
 
-WITH_PRIOR = [n for n in SHIPPED if "prior" in registry.get_entry(n).metrics]
+def test_evaluate_gives_the_codes_encode_gives():
+  """return_codes: the codes of the measuring pass (padded last chunk included) are encode's."""
+  digits = np.load(registry.WEIGHTS_DIR.parent / "assets" / "mnist_test_digits.npy")
+  for name in ("mnist-mlp", "mnist-conv-rvq"):
+    model = load(name)
+    measured, codes = vqzoo.evaluate(model.config, model.params, model.state, digits,
+                                     batch_size=10, return_codes=True)
+    assert codes.dtype == np.int32
+    np.testing.assert_array_equal(codes, model.encode(digits))
+    assert measured == vqzoo.evaluate(model.config, model.params, model.state, digits,
+                                      batch_size=10)
 
 
 def test_every_required_variant_ships_a_prior():
@@ -215,18 +240,9 @@ def test_every_required_variant_ships_a_prior():
     assert vqzoo.load(name).prior is not None
 
 
-@pytest.mark.heavy
-@pytest.mark.parametrize("name", WITH_PRIOR)
-def test_prior_nll_of_every_zoo_model_matches_its_card(name, tfds_dir):
-  """The full splits re-encoded and the prior re-measured, in a process of its own with XLA's
-  default flags (tests/_prior_nll_child.py)."""
+def _check_prior(name: str, model, measured: dict, card: str) -> None:
+  """The prior's re-measured figures against the registry, the card and the prior bar."""
   entry = registry.get_entry(name)
-  model = load(name)
-  result = subprocess.run([sys.executable, str(Path(__file__).parent / "_prior_nll_child.py"),
-                           name, tfds_dir], env=user_env(), capture_output=True, text=True,
-                          timeout=1200)
-  assert result.returncode == 0, result.stderr[-3000:]
-  measured = json.loads(result.stdout.splitlines()[-1])
   recorded = entry.metrics["prior"]
   for key in ("prior_bits", "unigram_bits", "uniform_bits"):
     assert math.isclose(measured[key], recorded[key], rel_tol=1e-3), key
@@ -234,7 +250,6 @@ def test_prior_nll_of_every_zoo_model_matches_its_card(name, tfds_dir):
     assert (key in measured) == (model.config.quantizer.kind == "rvq") == (key in recorded)
     if key in measured:
       assert measured[key] == pytest.approx(recorded[key], rel=1e-3), key
-  card = (REPO_CARDS / f"{name}.md").read_text()
   assert f"| this prior (given the true label) | {measured['prior_bits']:.1f} |" in card
   if model.config.arch == "conv" and "bits_vs_unigram_max" in entry.prior_bar:  # e.g. 60%
     ratio = measured["prior_bits"] / measured["unigram_bits"]

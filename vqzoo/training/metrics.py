@@ -53,7 +53,8 @@ def _depth_fn(config: ModelConfig, tricks: tuple):
 
 
 def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
-             batch_size: int | None = None, progress: bool = False) -> dict[str, float]:
+             batch_size: int | None = None, progress: bool = False, return_codes: bool = False
+             ) -> dict[str, float] | tuple[dict[str, float], np.ndarray]:
   """Measures a model on ``images`` ``[N, H, W, C]`` (uint8, or float in [0, 1]).
 
   ``batch_size`` images go through the model per call: by default the loaded model's
@@ -70,6 +71,10 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
     its last entry is ``mse``); its ``perplexity`` and ``codes_used`` pool the N stages' code
     indices, and ``perplexity_by_stage`` and ``codes_used_by_stage`` (lists of N) give each
     stage's own. ``progress`` shows a progress bar.
+
+    With ``return_codes``: ``(metrics, codes)``, ``codes`` the ``[N, *latent]`` int32 codes
+    of the same pass (what :meth:`vqzoo.PretrainedVQVAE.encode` gives), so a split is
+    measured and tokenized at once.
   """
   images = to_float_images(images, config.image_shape)
   if batch_size is None:
@@ -84,6 +89,7 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
   counts = np.zeros(k, np.int64)
   stage_counts = np.zeros((stages, k), np.int64)
   depth_sq = np.zeros(stages, np.float64)
+  all_codes = []
   total_sq = pixel_sum = pixel_sq = 0.0
   from tqdm.auto import tqdm
   for start in tqdm(range(0, len(images), batch_size), desc="evaluate", unit="batch",
@@ -100,6 +106,8 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
     pixel_sum += float(np.sum(chunk, dtype=np.float64))
     pixel_sq += float(np.sum(np.square(chunk, dtype=np.float64)))
     counts += np.bincount(codes.ravel(), minlength=k)
+    if return_codes:
+      all_codes.append(codes)
     for stage in range(stages):
       stage_counts[stage] += np.bincount(codes[..., stage].ravel(), minlength=k)
   pixels = len(images) * math.prod(config.image_shape)
@@ -110,7 +118,7 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
               "perplexity_by_stage": [_perplexity(c) for c in stage_counts],
               "codes_used_by_stage": [int(np.count_nonzero(c)) for c in stage_counts]
               } if stages else {}
-  return {
+  metrics = {
       "mse": mse,
       "nmse": mse / variance if variance > 0 else float("inf"),
       "psnr": 10.0 * math.log10(1.0 / mse) if mse > 0 else float("inf"),
@@ -120,6 +128,9 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
       "num_images": int(len(images)),
       **by_depth,
   }
+  if return_codes:
+    return metrics, np.concatenate(all_codes).astype(np.int32, copy=False)
+  return metrics
 
 
 def _perplexity(counts: np.ndarray) -> float:
