@@ -33,6 +33,20 @@ def assert_trees_equal(a, b) -> None:
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def traces_during(fn):
+  """``(fn(), n)``: ``n`` functions JAX traced (to compile them, or to fetch them from the
+  persistent cache) while ``fn`` ran; 0 when everything it ran was compiled before."""
+  import jax
+  events = []
+  listener = lambda event, duration, **kwargs: events.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    result = fn()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return result, events.count("/jax/core/compile/jaxpr_trace_duration")
+
+
 def synthetic_images(n: int, shape=(28, 28, 1), seed: int = 0) -> np.ndarray:
   """``[n, *shape]`` uint8 images with structure (blurred blobs), for tests that need no real data.
 

@@ -13,7 +13,7 @@ import pytest
 from vqzoo import cpu_tuning
 from vqzoo.nn import hooks
 
-from _util import user_env  # noqa: E402
+from _util import synthetic_images, traces_during, user_env  # noqa: E402
 
 
 def test_cpu_options_known_to_this_jaxlib_and_applied():
@@ -58,6 +58,25 @@ def test_a_training_init_compiled_once_equals_haikus_own_init_bit_for_bit():
   assert once(np.float32(1)) == 2
   assert jax.jit(once)(np.float32(1)) == 2  # inside another jit: compiled with it
   assert jax.eval_shape(once, np.float32(1)).shape == ()
+
+
+def test_models_of_one_config_share_their_compiled_functions():
+  """Loading a model again (or a saved copy: the same config) encodes, decodes and samples
+  without tracing anything; with the tricks off it gets functions of its own."""
+  import vqzoo
+  digits = synthetic_images(8)
+
+  def use():
+    model = vqzoo.load("mnist-conv-ema")
+    return model.decode(model.encode(digits)), model.sample(2, label=1, seed=0)
+  first = use()
+  second, traced = traces_during(use)
+  assert traced == 0
+  for a, b in zip(first, second):
+    np.testing.assert_array_equal(a, b)
+  with cpu_tuning.disabled():
+    _, traced = traces_during(use)
+  assert traced > 0
 
 
 def _conv(x, w):

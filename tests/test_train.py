@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from _util import assert_trees_equal as _tree_equal
+from _util import assert_trees_equal as _tree_equal, traces_during
+from vqzoo import cpu_tuning
 from vqzoo.nn import part_of, part_prefixes
 from vqzoo.training import data as data_lib
 from vqzoo.training import trainer as train_lib
@@ -262,6 +263,22 @@ def test_resume_checks_the_step_count_and_the_recipe(tmp_path, synthetic_train):
   assert result.step == 8
   # The checkpoint now records the extended recipe: resuming it needs no flag.
   assert _run(tmp_path, images, longer, resume=True).step == 8
+
+
+def test_a_second_run_of_the_same_model_and_recipe_compiles_nothing(tmp_path, synthetic_train):
+  """Init and step are compiled once per process (a resume, a second run in a notebook), and
+  a run with the CPU tricks off never reuses the tricks' programs."""
+  images = synthetic_train[:512]
+  first = _run(tmp_path / "a", images)
+  second, traced = traces_during(lambda: _run(tmp_path / "b", images))
+  assert traced == 0
+  _tree_equal(first.params, second.params)
+  resumed, traced = traces_during(lambda: _run(tmp_path / "b", images, resume=True,
+                                               extend_schedule=True, until_step=TINY.steps))
+  assert traced == 0 and resumed.step == TINY.steps
+  with cpu_tuning.disabled():
+    _, traced = traces_during(lambda: _run(tmp_path / "c", images))
+  assert traced >= 2  # its own init and step
 
 
 def test_extend_schedule_recomputes_the_schedule_from_the_resumed_step(tmp_path, synthetic_train):

@@ -135,6 +135,26 @@ def jit_once(fn: Callable, **kwargs: Any) -> Callable:
   return call
 
 
+def memoize(builder: F) -> F:
+  """``builder`` memoised on its (hashable) arguments and on the tricks in force.
+
+  For the functions that build what ``jax.jit`` compiles. JAX caches compiled programs per
+  function object, so a builder that made a new closure each call would trace, lower and
+  compile its program again (or fetch it from the persistent cache: 0.3-0.7 s for a zoo
+  model's step or init on the CPU) each time the same model is trained, loaded or measured in
+  one process: a resume, a second ``train()`` in a notebook, a fine-tune after a training run.
+  The key holds :func:`enabled` and :func:`compiler_options`, so a trace made with the tricks on
+  never serves a call made with them off (:func:`tuned` decides when the function is traced).
+  Not CPU-specific: it applies on every backend.
+  """
+  cached = functools.lru_cache(maxsize=32)(lambda tricks, *args: builder(*args))
+
+  @functools.wraps(builder)
+  def call(*args: Any) -> Any:
+    return cached((enabled(), repr(compiler_options())), *args)
+  return call  # type: ignore[return-value]
+
+
 # ----------------------------------------------------------------------------- 2. convolutions
 
 

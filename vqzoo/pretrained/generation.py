@@ -51,6 +51,12 @@ def labels_for(config: PriorConfig, label: Any, num: int, rng: np.random.Generat
   return labels.astype(np.int32)
 
 
+@cpu_tuning.memoize
+def generation_for(config: PriorConfig) -> Generation:
+  """The :class:`Generation` of ``config``, shared by every model with that prior config."""
+  return Generation(config)
+
+
 class Generation:
   """Compiled prior functions for one :class:`PriorConfig`."""
 

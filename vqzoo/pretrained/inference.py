@@ -18,6 +18,13 @@ from vqzoo.images import as_image_batch, check_codes, to_float_images
 from vqzoo.nn import build_codec
 
 
+@cpu_tuning.memoize
+def inference_for(config: ModelConfig) -> Inference:
+  """The :class:`Inference` of ``config``: the same object (so the same compiled functions) for
+  every model of that config in a process, e.g. a model loaded, saved and loaded again."""
+  return Inference(config)
+
+
 class Inference:
   """``encode`` / ``decode`` / ``reconstruct`` / ``codebook`` of one config, compiled once.
 

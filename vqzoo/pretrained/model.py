@@ -8,6 +8,7 @@ A model directory (and a Hub repo) holds ``config.json`` (the :class:`ModelConfi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -22,13 +23,13 @@ from huggingface_hub import ModelHubMixin
 from vqzoo.configs import ModelConfig, PriorConfig
 from vqzoo.images import to_float_images
 from vqzoo.io import atomic_write_bytes
-from vqzoo.nn import build
+from vqzoo.nn import build, prior_bits
 from vqzoo.pretrained import hub, loading, serialization
 from vqzoo.pretrained.artifact import Artifact
 from vqzoo.pretrained.cards import render_card
-from vqzoo.pretrained.inference import Inference
+from vqzoo.pretrained.inference import inference_for
 from vqzoo.pretrained.initial import initial_weights
-from vqzoo.pretrained.generation import FIT_HINT, Generation, NoPriorError
+from vqzoo.pretrained.generation import FIT_HINT, Generation, NoPriorError, generation_for
 from vqzoo.pretrained.integrity import (CARD_NAME, CONFIG_NAME, PRIOR_CONFIG_NAME, PRIOR_FILES,
                                         PRIOR_WEIGHTS_NAME, WEIGHTS_NAME)
 
@@ -36,6 +37,22 @@ from vqzoo.pretrained.integrity import (CARD_NAME, CONFIG_NAME, PRIOR_CONFIG_NAM
 def _same_leaves(a: list[Any], b: list[Any]) -> bool:
   """The same array objects (arrays are immutable, so the same values)."""
   return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+# The shapes and dtypes a model's weights must have, traced once per config in a process.
+@functools.lru_cache(maxsize=32)
+def _weights_template(config: ModelConfig) -> tuple[Any, Any]:
+  """``(params, state)`` of ``build(config)`` as ``jax.ShapeDtypeStruct`` trees."""
+  return jax.eval_shape(lambda: build(config).init(jax.random.PRNGKey(0),
+                                                   jnp.zeros((1, *config.image_shape)), True))
+
+
+@functools.lru_cache(maxsize=32)
+def _prior_template(prior: PriorConfig) -> Any:
+  """The params of ``prior_bits(prior)`` as a ``jax.ShapeDtypeStruct`` tree."""
+  codes = jnp.zeros((1, *prior.latent_shape), jnp.int32)
+  labels = None if prior.num_classes == 0 else jnp.zeros((1,), jnp.int32)
+  return jax.eval_shape(lambda: prior_bits(prior).init(jax.random.PRNGKey(0), codes, labels))
 
 
 class PretrainedVQVAE(
@@ -70,9 +87,7 @@ class PretrainedVQVAE(
       if params is not None or state is not None:
         raise ValueError("params, state: give both or neither (neither: a fresh initialisation)")
       params, state = initial_weights(config, 0)
-    template_params, template_state = jax.eval_shape(
-        lambda: build(config).init(jax.random.PRNGKey(0), jnp.zeros((1, *config.image_shape)),
-                                   True))
+    template_params, template_state = _weights_template(config)
     serialization.check_structure(template_params, params, "params")
     serialization.check_structure(template_state, state, "state")
     serialization.check_values(template_params, params, "params")
@@ -82,7 +97,7 @@ class PretrainedVQVAE(
     self.state = jax.tree_util.tree_map(jnp.asarray, state)
     self.card = card
     self.source = source or {}
-    self._inference = Inference(config)
+    self._inference = inference_for(config)
     self.prior: PriorConfig | None = None
     self.prior_params: hk.Params | None = None
     self._generation: Generation | None = None
@@ -129,16 +144,12 @@ class PretrainedVQVAE(
       raise ValueError(f"prior: models codes of K={prior.num_embeddings} on a "
                        f"{prior.latent_shape} grid, but this model has K={q.num_embeddings} "
                        f"on {self.config.prior_shape}")
-    from vqzoo.nn import prior_bits
-    dummy = jnp.zeros((1, *prior.latent_shape), jnp.int32)
-    labels = None if prior.num_classes == 0 else jnp.zeros((1,), jnp.int32)
-    template = jax.eval_shape(lambda: prior_bits(prior).init(jax.random.PRNGKey(0), dummy,
-                                                             labels))
+    template = _prior_template(prior)
     serialization.check_structure(template, prior_params, "prior params")
     serialization.check_values(template, prior_params, "prior params")
     self.prior = prior
     self.prior_params = jax.tree_util.tree_map(jnp.asarray, prior_params)
-    self._generation = Generation(prior)
+    self._generation = generation_for(prior)
 
   def _require_prior(self) -> Generation:
     if self._generation is None:

@@ -106,8 +106,13 @@ def init_params(seed: int = 0, image_shape: Sequence[int] = IMAGE_SHAPE) -> hk.P
     image_shape: ``(H, W, C)`` of the input, one of :data:`SHAPE_BY_CHANNELS`' values.
   """
   # Compiled whole rather than op by op (see trainer.init_train_state); the same values.
-  return cpu_tuning.jit_once(build_classifier().init)(jax.random.PRNGKey(seed),
-                                                      jnp.zeros((1, *image_shape)))
+  return cpu_tuning.jit_once(_classifier_init())(jax.random.PRNGKey(seed),
+                                                 jnp.zeros((1, *image_shape)))
+
+
+@cpu_tuning.memoize
+def _classifier_init() -> Callable:
+  return build_classifier().init
 
 
 def image_shape_for(dataset: str) -> tuple[int, int, int]:
@@ -188,19 +193,10 @@ def train_classifier(images_u8: np.ndarray, labels: np.ndarray, steps: int,
   # A cosine decay from the peak to 0: TrainConfig's schedule with no warm-up.
   recipe = TrainConfig(dataset="classifier", steps=steps, batch_size=batch_size, seed=seed,
                        learning_rate=learning_rate, warmup_steps=0, final_lr_fraction=0.0)
-  model = build_classifier(wrap=cpu_tuning.tuned)
-  optimizer = optax.adam(loop.learning_rate_schedule(recipe))
+  optimizer, step = _classifier_step(recipe)
   params = jax.device_get(init_params(seed, image_shape))
   opt_state = jax.device_get(cpu_tuning.jit_once(optimizer.init)(params))
   fresh = TrainState(params, {}, opt_state, np.int32(0), np.asarray(jax.random.PRNGKey(seed)))
-
-  def step(ts: TrainState, batch):
-    x, y = batch
-    loss, grads = jax.value_and_grad(lambda p: jnp.mean(
-        optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x)[0], y)))(ts.params)
-    updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-    return (ts._replace(params=optax.apply_updates(ts.params, updates), opt_state=opt_state,
-                        step=ts.step + 1), {"loss": loss})
 
   def batches(start):
     for s, pick in enumerate(batch_indices(len(labels), batch_size, seed, start), start):
@@ -215,17 +211,28 @@ def train_classifier(images_u8: np.ndarray, labels: np.ndarray, steps: int,
   return result.state.params
 
 
+@cpu_tuning.memoize
+def _classifier_step(recipe: TrainConfig) -> tuple[optax.GradientTransformation, Callable]:
+  """Adam on ``recipe``'s schedule and ``step(train_state, (images, labels))`` on cross-entropy."""
+  model = build_classifier(wrap=cpu_tuning.tuned)
+  optimizer = optax.adam(loop.learning_rate_schedule(recipe))
+
+  def step(ts: TrainState, batch):
+    x, y = batch
+    loss, grads = jax.value_and_grad(lambda p: jnp.mean(
+        optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x)[0], y)))(ts.params)
+    updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+    return (ts._replace(params=optax.apply_updates(ts.params, updates), opt_state=opt_state,
+                        step=ts.step + 1), {"loss": loss})
+  return optimizer, step
+
+
 # ----------------------------------------------------------------------------- inference
 
 
-_APPLY_CACHE: dict[str, Callable] = {}
-
-
+@cpu_tuning.memoize
 def _apply_fn() -> Callable:
-  key = "tuned" if cpu_tuning.enabled() else "plain"
-  if key not in _APPLY_CACHE:
-    _APPLY_CACHE[key] = cpu_tuning.jit(build_classifier(wrap=cpu_tuning.tuned).apply)
-  return _APPLY_CACHE[key]
+  return cpu_tuning.jit(build_classifier(wrap=cpu_tuning.tuned).apply)
 
 
 def _run(params: hk.Params, images: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

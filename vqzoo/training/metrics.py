@@ -6,7 +6,6 @@ returns), so MSE is measured on valid images.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -19,11 +18,10 @@ from vqzoo.images import to_float_images
 from vqzoo.nn import build, build_codec
 
 
-# One compiled function per (config, CPU tricks and compiler options), reused by every evaluate()
-# of a process (a fine-tune measures its base and its result); a trace made with the tricks on
-# never serves a call made with them off.
-@functools.lru_cache(maxsize=8)
-def _eval_fn(config: ModelConfig, tricks: tuple):
+# One compiled function per config (and tricks in force), reused by every evaluate() of a
+# process: a fine-tune measures its base and its result.
+@cpu_tuning.memoize
+def _eval_fn(config: ModelConfig):
   model = build(config, wrap=cpu_tuning.tuned)
 
   @cpu_tuning.jit
@@ -36,8 +34,8 @@ def _eval_fn(config: ModelConfig, tricks: tuple):
   return fn
 
 
-@functools.lru_cache(maxsize=8)
-def _depth_fn(config: ModelConfig, tricks: tuple):
+@cpu_tuning.memoize
+def _depth_fn(config: ModelConfig):
   """Squared error per image ``[N, B]`` of a residual model decoding at depths ``1..N``."""
   codec = build_codec(config, wrap=cpu_tuning.tuned)
 
@@ -81,11 +79,10 @@ def evaluate(config: ModelConfig, params: Any, state: Any, images: np.ndarray,
     batch_size = cpu_tuning.inference_chunk_rows(config.image_shape, config.arch) or 1000
   if batch_size < 1:
     raise ValueError(f"batch_size: expected a positive number of images, got {batch_size}")
-  tricks = (cpu_tuning.enabled(), repr(cpu_tuning.compiler_options()))  # the cache key's part
-  fn = _eval_fn(config, tricks)
+  fn = _eval_fn(config)
   k = config.quantizer.num_embeddings
   stages = config.quantizer.num_stages if config.quantizer.kind == "rvq" else 0
-  depth_fn = _depth_fn(config, tricks) if stages else None
+  depth_fn = _depth_fn(config) if stages else None
   counts = np.zeros(k, np.int64)
   stage_counts = np.zeros((stages, k), np.int64)
   depth_sq = np.zeros(stages, np.float64)

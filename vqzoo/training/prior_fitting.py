@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import haiku as hk
 import jax
@@ -66,7 +66,12 @@ def _init_params(config: PriorConfig, seed: int) -> hk.Params:
   codes = jnp.zeros((1, *config.latent_shape), jnp.int32)
   labels = None if config.num_classes == 0 else jnp.zeros((1,), jnp.int32)
   # Compiled whole rather than op by op (see trainer.init_train_state); the same values.
-  return cpu_tuning.jit_once(prior_bits(config).init)(jax.random.PRNGKey(seed), codes, labels)
+  return cpu_tuning.jit_once(_prior_init(config))(jax.random.PRNGKey(seed), codes, labels)
+
+
+@cpu_tuning.memoize
+def _prior_init(config: PriorConfig) -> Callable:
+  return prior_bits(config).init
 
 
 def _count_categorical(config: PriorConfig, codes: np.ndarray,
@@ -128,21 +133,12 @@ def fit_prior(config: PriorConfig, recipe: TrainConfig, codes: np.ndarray,
   _check_data(config, codes, labels)
   if config.kind == "categorical":
     return _count_categorical(config, codes, labels)
-  bits = prior_bits(config)
   recipe = dataclasses.replace(recipe, batch_size=min(recipe.batch_size, len(codes)))
-  optimizer = optax.adam(loop.learning_rate_schedule(recipe))
+  optimizer, step = _prior_step(config, recipe)
   params = jax.device_get(_init_params(config, recipe.seed))
   opt_state = jax.device_get(cpu_tuning.jit_once(optimizer.init)(params))
   fresh = TrainState(params, {}, opt_state, np.int32(0),
                      np.asarray(jax.random.PRNGKey(recipe.seed)))
-
-  def step(ts: TrainState, batch):
-    c, l = batch
-    loss, grads = jax.value_and_grad(
-        lambda p: jnp.mean(bits.apply(p, None, c, l)) * math.log(2))(ts.params)  # nats/image
-    updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-    return (ts._replace(params=optax.apply_updates(ts.params, updates), opt_state=opt_state,
-                        step=ts.step + 1), {"bits_per_image": loss / math.log(2)})
 
   def batches(start):
     for pick in batch_indices(len(codes), recipe.batch_size, recipe.seed, start):
@@ -152,6 +148,23 @@ def fit_prior(config: PriorConfig, recipe: TrainConfig, codes: np.ndarray,
                     files=FILES, desc="fit prior",
                     postfix=lambda m: {"bits": f"{m['bits_per_image']:.1f}"})
   return result.state.params
+
+
+@cpu_tuning.memoize
+def _prior_step(config: PriorConfig, recipe: TrainConfig
+                ) -> tuple[optax.GradientTransformation, Callable]:
+  """Adam on ``recipe``'s schedule and ``step(train_state, (codes, labels))`` minimising bits."""
+  bits = prior_bits(config)
+  optimizer = optax.adam(loop.learning_rate_schedule(recipe))
+
+  def step(ts: TrainState, batch):
+    c, l = batch
+    loss, grads = jax.value_and_grad(
+        lambda p: jnp.mean(bits.apply(p, None, c, l)) * math.log(2))(ts.params)  # nats/image
+    updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+    return (ts._replace(params=optax.apply_updates(ts.params, updates), opt_state=opt_state,
+                        step=ts.step + 1), {"bits_per_image": loss / math.log(2)})
+  return optimizer, step
 
 
 def code_frequencies(train_codes: np.ndarray, num_embeddings: int, per_stage: bool = False

@@ -50,8 +50,18 @@ def _check_frozen(frozen: Iterable[str]) -> set[str]:
 
 def make_optimizer(recipe: TrainConfig, frozen: Iterable[str] = (),
                    model: ModelSpec | None = None) -> optax.GradientTransformation:
-  """Adam on a warmup + cosine schedule; ``frozen`` parts of ``model`` get zero updates."""
-  frozen = _check_frozen(frozen)
+  """Adam on a warmup + cosine schedule; ``frozen`` parts of ``model`` get zero updates.
+
+  Equal arguments give the same object, so the functions built on it (the init and the step)
+  are the same too and compile once per process (:func:`vqzoo.cpu_tuning.memoize`).
+  """
+  frozen = frozenset(_check_frozen(frozen))
+  return _optimizer(recipe, frozen, model if frozen else None)
+
+
+@cpu_tuning.memoize
+def _optimizer(recipe: TrainConfig, frozen: frozenset[str], model: ModelSpec | None
+               ) -> optax.GradientTransformation:
   adam = optax.adam(loop.learning_rate_schedule(recipe))
   if not frozen:
     return adam
@@ -82,6 +92,17 @@ def init_train_state(model: ModelSpec, optimizer: optax.GradientTransformation, 
     if not isinstance(model, ModelConfig):
       raise ValueError("image_shape: needed to initialise a model given as a factory")
     image_shape = model.image_shape
+  image_shape = tuple(image_shape)
+  build_fresh = _config_fresh_state if isinstance(model, ModelConfig) else _fresh_state
+  fresh = build_fresh(model, optimizer, seed, image_shape)
+  params, state, opt_state = cpu_tuning.jit_once(fresh)(jnp.zeros((1, *image_shape), jnp.float32))
+  return TrainState(params, state, opt_state, step, rng)
+
+
+def _fresh_state(model: ModelSpec, optimizer: optax.GradientTransformation, seed: int,
+                 image_shape: tuple[int, ...]) -> Callable:
+  """``fresh(x) -> (params, state, opt_state)``: ``model`` initialised on ``x`` by ``seed``."""
+  init_rng = jax.random.split(jax.random.PRNGKey(seed))[0]
   init = lambda x: build(model).init(init_rng, x, True)
   if not isinstance(model, ModelConfig):  # a factory's quantizer may name the replica axis:
     init = _bind_axis(init)                # bind it (one replica)
@@ -89,9 +110,11 @@ def init_train_state(model: ModelSpec, optimizer: optax.GradientTransformation, 
   def fresh(x):
     params, state = init(x)
     return params, state, optimizer.init(params)
+  return fresh
 
-  params, state, opt_state = cpu_tuning.jit_once(fresh)(jnp.zeros((1, *image_shape), jnp.float32))
-  return TrainState(params, state, opt_state, step, rng)
+
+# A config's init, built once per process (a factory may differ between calls: built anew).
+_config_fresh_state = cpu_tuning.memoize(_fresh_state)
 
 
 def _bind_axis(fn: Callable) -> Callable:
@@ -159,9 +182,18 @@ def compile_step(model: ModelSpec, optimizer: optax.GradientTransformation,
 
 def _global_step(model: ModelSpec, optimizer: optax.GradientTransformation,
                  frozen: Iterable[str], compute_dtype: str | None = None) -> Callable:
-  """The step on the global batch, as :func:`train` and :func:`compile_step` run it."""
-  step = make_train_step(model, optimizer, frozen=frozen, compute_dtype=compute_dtype)
-  return step if isinstance(model, ModelConfig) else _bind_axis(step)
+  """The step on the global batch, as :func:`train` and :func:`compile_step` run it (the same
+  function for equal arguments when ``model`` is a :class:`ModelConfig`)."""
+  frozen = frozenset(frozen)
+  if isinstance(model, ModelConfig):
+    return _config_step(model, optimizer, frozen, compute_dtype)
+  return _bind_axis(make_train_step(model, optimizer, frozen=frozen, compute_dtype=compute_dtype))
+
+
+@cpu_tuning.memoize
+def _config_step(model: ModelConfig, optimizer: optax.GradientTransformation,
+                 frozen: frozenset[str], compute_dtype: str | None) -> Callable:
+  return make_train_step(model, optimizer, frozen=frozen, compute_dtype=compute_dtype)
 
 
 @dataclasses.dataclass
