@@ -1,8 +1,10 @@
 # On a fresh machine with Python 3.11 and pip:
-#   make demo   - install vqzoo in .venv and run the offline demo (two pretrained zoo models)
-#   make test   - install vqzoo with its test extra in .venv-test and run the whole test suite
-#   make bench  - install the benchmark extra (PyTorch) in .venv-bench and print the tables
-#   make docs   - build the API reference (pdoc) into build/docs, failing on any warning
+#   make demo      - install vqzoo in .venv and run the offline demo (two pretrained zoo models)
+#   make test      - install vqzoo with its test extra in .venv-test and run the test suite
+#   make reproduce - re-measure the published figures on full real splits (every shipped model
+#                    against its card and bars; the mnist-mlp recipe trained from scratch)
+#   make bench     - install the benchmark extra (PyTorch) in .venv-bench and print the tables
+#   make docs      - build the API reference (pdoc) into build/docs, failing on any warning
 
 PYTHON ?= python3
 TFDS_DATA_DIR ?= $(abspath ../shared/datasets/tensorflow_datasets)
@@ -10,7 +12,7 @@ export TFDS_DATA_DIR
 
 DOC_MODULES = vqzoo vqzoo.nn vqzoo.pretrained vqzoo.training vqzoo.evaluation vqzoo.cpu_tuning vqzoo.configs vqzoo.images vqzoo.io vqzoo.folders vqzoo.grid vqzoo.cli
 
-.PHONY: demo test bench docs clean
+.PHONY: demo test reproduce bench docs clean
 
 .venv/.done: pyproject.toml setup.cfg constraints.txt
 	$(PYTHON) -m venv .venv
@@ -34,7 +36,10 @@ demo: .venv/.done
 	.venv/bin/vqzoo demo --out vqzoo_demo.png
 
 test: .venv-test/.done
-	.venv-test/bin/python -m pytest -q -n 3 --dist worksteal
+	.venv-test/bin/python -m pytest -q -n 3 --dist worksteal -m "not reproduce"
+
+reproduce: .venv-test/.done
+	.venv-test/bin/python -m pytest -q -n 3 --dist worksteal -m reproduce
 
 bench: .venv-bench/.done
 	.venv-bench/bin/python benchmarks/run_all.py --json bench_results/latest.json

@@ -55,7 +55,7 @@ def test_train_script_reproduces_a_variant_briefly(tmp_path, tfds_dir, capsys):
   assert vqzoo.load(str(tmp_path / "model")).config == vqzoo.get_config("mnist-mlp")
 
 
-@pytest.mark.slow
+@pytest.mark.reproduce
 def test_train_script_reproduces_mnist_mlp_within_its_bar(tmp_path, tfds_dir):
   """The full registry recipe (20,000 steps; 2-3 minutes on 2 cores) meets the bar again.
 

@@ -57,7 +57,7 @@ def _remeasure(name: str, tfds_dir: str) -> dict:
   return json.loads(result.stdout.splitlines()[-1])
 
 
-@pytest.mark.heavy
+@pytest.mark.reproduce
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_variant_re_measured_meets_its_bars_and_matches_its_card(name, tfds_dir):
   """The full test split through the model (and, with a prior, the prior over its codes)."""
