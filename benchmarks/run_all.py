@@ -225,8 +225,8 @@ def first_step(name: str, threads: int) -> dict:
   recipe = registry.config_and_recipe(name)[1]
   load_images(recipe.dataset, recipe.split)  # decoded once, outside the timing
   with tempfile.TemporaryDirectory() as cache:
-    first = time_to_first_step(name, cache)
-    cached = time_to_first_step(name, cache)
+    first, _ = time_to_first_step(name, cache)
+    cached, _ = time_to_first_step(name, cache)
   start = time.time()
   res = subprocess.run([sys.executable, "-c", FIRST_STEP_TORCH.format(
       threads=threads, here=str(HERE), name=name), str(start)], capture_output=True, text=True,

@@ -4,8 +4,10 @@
 Each row runs ``scripts/train.py --variant NAME --steps 1`` style training in a child process
 (``vqzoo.training.train`` with ``until_step=1`` after the entry points' compilation-cache
 set-up; vqzoo's dataset cache is kept), twice against one empty compilation cache: the first run compiles ("first run"), the
-second finds the step in JAX's persistent compilation cache ("cached"). The dataset is decoded
-once beforehand, so neither row counts TFDS decoding.
+second finds the step in JAX's persistent compilation cache ("cached"), then trains the same
+model to its first step again in that process ("again in that process": nothing is traced or
+compiled again, :func:`vqzoo.cpu_tuning.memoize`). The dataset is decoded once beforehand, so
+no column counts TFDS decoding.
 
   python benchmarks/startup.py --json bench_results/startup.json
 """
@@ -36,24 +38,31 @@ if hasattr(registry, "config_and_recipe"):
 else:
   config, recipe = registry.get_entry(sys.argv[2]).config, registry.get_entry(sys.argv[2]).recipe
 images = load_images(recipe.dataset, recipe.split)
-try:
-  from vqzoo.configs import RunConfig
-  train(config, recipe, tempfile.mkdtemp(), images, run=RunConfig(until_step=1, progress=False))
-except ImportError:  # vqzoo <= 0.2
-  train(config, recipe, tempfile.mkdtemp(), images, until_step=1, progress=False)
-print(time.time() - start)
+def first_step():
+  try:
+    from vqzoo.configs import RunConfig
+    train(config, recipe, tempfile.mkdtemp(), images, run=RunConfig(until_step=1, progress=False))
+  except ImportError:  # vqzoo <= 0.2
+    train(config, recipe, tempfile.mkdtemp(), images, until_step=1, progress=False)
+first_step()
+first = time.time() - start
+again = time.time()
+first_step()  # the same model and recipe again in this process (a resume, a notebook)
+print(first, time.time() - again)
 """
 MODELS = ("mnist-conv-ema", "cifar10-conv-ema")
 
 
-def time_to_first_step(name: str, cache: str) -> float:
+def time_to_first_step(name: str, cache: str) -> tuple[float, float]:
+  """Seconds to the first step of a fresh process, and of a second run in that process."""
   env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache,  # an empty cache of its own
          "XLA_FLAGS": "",
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}  # as compilation_cache.enable
   start = time.time()
   out = subprocess.run([sys.executable, "-c", CHILD, str(start), name], cwd=REPO, env=env,
                        capture_output=True, text=True, check=True)
-  return float(out.stdout.strip().splitlines()[-1])
+  first, again = map(float, out.stdout.strip().splitlines()[-1].split())
+  return first, again
 
 
 def main(argv=None) -> int:
@@ -66,17 +75,17 @@ def main(argv=None) -> int:
   from vqzoo.training.data import load_images
   rows = {}
   print(f"vqzoo from {__import__('vqzoo').__file__}")
-  print("| model | first run (s) | cached (s) |")
-  print("| --- | ---: | ---: |")
+  print("| model | first run (s) | cached (s) | again in that process (s) |")
+  print("| --- | ---: | ---: | ---: |")
   for name in args.models:
     recipe = (registry.config_and_recipe(name)[1] if hasattr(registry, "config_and_recipe")
               else registry.get_entry(name).recipe)
     load_images(recipe.dataset, recipe.split)  # decoded and cached once, outside the timing
     with tempfile.TemporaryDirectory() as cache:
-      first = time_to_first_step(name, cache)
-      cached = time_to_first_step(name, cache)
-    rows[name] = {"first_run_s": first, "cached_s": cached}
-    print(f"| {name} | {first:.1f} | {cached:.1f} |", flush=True)
+      first, _ = time_to_first_step(name, cache)
+      cached, again = time_to_first_step(name, cache)
+    rows[name] = {"first_run_s": first, "cached_s": cached, "again_in_process_s": again}
+    print(f"| {name} | {first:.1f} | {cached:.1f} | {again:.2f} |", flush=True)
   if args.json:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

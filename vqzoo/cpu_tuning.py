@@ -28,7 +28,9 @@ the hooks it declares (:mod:`vqzoo.nn.hooks`); nothing is written onto a module:
    :func:`jit_once` compiles it at LLVM optimisation level 1, 2-3x faster to compile than the
    default level for the zoo's models, with the same values (the tests compare them).
 
-The measured effect of each is in BENCHMARKS.md. Nothing here applies when
+The measured effect of each is in BENCHMARKS.md. Beside them, :func:`memoize` (on every
+backend) keeps the functions vqzoo compiles one per configuration in a process, so a second
+run, load or measurement of a config compiles nothing. The six tricks do not apply when
 
 * the default backend is not the CPU (GPU and TPU get the plain model),
 * ``VQZOO_CPU_TUNING=0`` is set or :func:`disabled` is active (all six tricks off), or, for
