@@ -46,8 +46,8 @@ import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
-  """The reproductions and heavy tests first: xdist's work stealing then hands out the short ones around
-  them, instead of one long test running alone at the end."""
+  """The reproductions and heavy tests first: xdist's work stealing then hands out the short
+  ones around them, instead of one long test running alone at the end."""
   items.sort(key=lambda item: not any(item.iter_markers(name) for name in ("reproduce", "heavy")))
 
 
